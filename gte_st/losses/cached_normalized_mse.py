@@ -1,0 +1,137 @@
+"""Normalised MSE with in-batch negatives, computed with gradient caching (GradCache)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.gradcache import (
+    CachedLossMixin,
+    _validate_mini_batch_num_tokens,
+    has_static_embedding_input,
+)
+from torch import Tensor, nn
+
+from gte_st.losses.normalized_mse import (
+    InBatchView,
+    NormalizedMSELoss,
+    text_fingerprints,
+    validate_sentence_features,
+)
+
+
+class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        margin: float = 0.1,
+        negative_weight: float = 1.0,
+        symmetric: bool = False,
+        gather_across_devices: bool = False,
+        mask_duplicates: bool = True,
+        mini_batch_size: int = 32,
+        mini_batch_num_tokens: int | None = None,
+        show_progress_bar: bool = False,
+    ) -> None:
+        """
+        :class:`NormalizedMSELoss` computed with gradient caching (Gao et al., 2021), so that the batch -- and with it
+        the number of in-batch negatives -- can grow far beyond what fits in memory at once.
+
+        Built on sentence-transformers' ``CachedLossMixin`` (the machinery behind
+        ``CachedMultipleNegativesRankingLoss``): (1) embed every mini-batch without a graph, (2) compute the loss over
+        the whole batch and back-propagate it to the embeddings only, chunked over ``mini_batch_size`` anchor rows
+        so the similarity matrix is never materialised whole, (3) re-embed each mini-batch with a graph and push the
+        cached embedding gradients through it. Loss and gradients equal the uncached loss (up to float rounding);
+        peak memory depends on ``mini_batch_size``, not on the batch size.
+
+        Args:
+            model: The SentenceTransformer model.
+            margin, negative_weight, symmetric, gather_across_devices, mask_duplicates: As in
+                :class:`NormalizedMSELoss`.
+            mini_batch_size: Rows embedded (and loss rows computed) at once; bounds memory. Default 32.
+            mini_batch_num_tokens: Optionally pack embedding mini-batches by non-padding token count instead.
+            show_progress_bar: Show progress bars over the mini-batches.
+
+        References:
+            - Gao et al., *Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup*, 2021:
+              https://huggingface.co/papers/2101.06983
+
+        Example:
+            ::
+
+                import gte_st
+
+                model = gte_st.build_model()
+                loss = gte_st.losses.CachedNormalizedMSELoss(model, mini_batch_size=32)
+                # use with per_device_train_batch_size=1024 in SentenceTransformerTrainingArguments
+        """
+        super().__init__()
+        if has_static_embedding_input(model):
+            raise ValueError(
+                f"{type(self).__name__} cannot mini-batch a StaticEmbedding model; use NormalizedMSELoss."
+            )
+        if mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}")
+        _validate_mini_batch_num_tokens(mini_batch_num_tokens)
+        self.model = model
+        self.loss = NormalizedMSELoss(
+            model,
+            margin=margin,
+            negative_weight=negative_weight,
+            symmetric=symmetric,
+            gather_across_devices=gather_across_devices,
+            mask_duplicates=mask_duplicates,
+        )
+        self.mini_batch_size = mini_batch_size
+        self.mini_batch_num_tokens = mini_batch_num_tokens
+        self.show_progress_bar = show_progress_bar
+        self._fingerprints: list[Tensor] | None = None
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        sentence_features = list(sentence_features)
+        validate_sentence_features(sentence_features, type(self).__name__)
+        self._fingerprints = [text_fingerprints(f) for f in sentence_features] if self.loss.mask_duplicates else None
+        return self.forward_cached(sentence_features, labels)
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        embeddings = [torch.cat(column) for column in reps]
+        view = InBatchView.build(embeddings, self._fingerprints, self.loss.gather_across_devices, type(self).__name__)
+        counts = self.loss.negative_counts(view, self.mini_batch_size)
+        # Chunks are computed on detached copies; their gradients are then pushed through the normalisation
+        # (and the cross-rank gather) in one backward call.
+        leaves = view.detached() if with_backward else view
+        total = torch.zeros((), device=view.queries.device)
+        for begin in range(0, view.local_size, self.mini_batch_size):
+            end = min(begin + self.mini_batch_size, view.local_size)
+            chunk = self.loss.loss_for_rows(leaves, begin, end, counts)
+            if with_backward:
+                chunk.backward()
+                chunk = chunk.detach()
+            total = total + chunk
+        if with_backward:
+            pairs = [(t, leaf.grad) for t, leaf in zip(view.tensors(), leaves.tensors()) if leaf.grad is not None]
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        return total
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}
+
+    @property
+    def citation(self) -> str:
+        return (
+            self.loss.citation
+            + """
+@misc{gao2021scaling,
+    title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+    author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+    year={2021},
+    eprint={2101.06983},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}
+"""
+        )

