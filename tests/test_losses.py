@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import stsb_rows
+from datasets import Dataset
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+import gte_st
+from gte_st.losses import CachedNormalizedMSELoss, NormalizedMSELoss
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def reference_loss(q, d, negs, margin, weight, symmetric, texts=None):
+    """The loss written out literally, one pair at a time, in float64."""
+    q, d = F.normalize(q.double(), dim=-1), F.normalize(d.double(), dim=-1)
+    negs = [F.normalize(n.double(), dim=-1) for n in negs]
+    batch = q.size(0)
+    positive = sum(((q[i] - d[i]) ** 2).sum() for i in range(batch)) / batch
+    candidates = [(d[j], ("d", 0, j)) for j in range(batch)]
+    candidates += [(n[j], ("n", k, j)) for k, n in enumerate(negs) for j in range(batch)]
+
+    def text(kind, column, row):
+        if texts is None:
+            return (kind, column, row)
+        return texts[0][row] if kind == "q" else texts[2 + column if kind == "n" else 1][row]
+
+    def hinge_mean(rows, vectors, candidates_of):
+        terms = []
+        for i in rows:
+            own = {text("q", 0, i), text("d", 0, i)}
+            for vector, key in candidates_of(i):
+                if key == ("d", 0, i) or key == ("q", 0, i) or text(*key) in own:
+                    continue
+                terms.append(torch.relu(vectors[i] @ vector - margin) ** 2)
+        return sum(terms) / len(terms)
+
+    negative = hinge_mean(range(batch), q, lambda i: candidates)
+    if symmetric:
+        backward = hinge_mean(range(batch), d, lambda i: [(q[j], ("q", 0, j)) for j in range(batch)])
+        negative = (negative + backward) / 2
+    return positive + weight * negative
+
+
+@pytest.mark.parametrize(
+    "num_negatives,symmetric,margin,weight", [(0, False, 0.1, 1.0), (2, False, 0.0, 0.5), (1, True, 0.3, 2.0)]
+)
+def test_loss_matches_formula(num_negatives, symmetric, margin, weight):
+    torch.manual_seed(0)
+    # correlated embeddings so that many cosines exceed the margin
+    base = torch.randn(6, 16)
+    q, d = base + 0.3 * torch.randn(6, 16), base + 0.3 * torch.randn(6, 16)
+    negs = [base.roll(k + 1, 0) + 0.5 * torch.randn(6, 16) for k in range(num_negatives)]
+    loss = NormalizedMSELoss(None, margin=margin, negative_weight=weight, symmetric=symmetric)
+    value = loss.compute_loss_from_embeddings([q, d, *negs])
+    expected = reference_loss(q, d, negs, margin, weight, symmetric)
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_duplicate_texts_are_never_negatives_of_each_other():
+    torch.manual_seed(1)
+    q, d, n = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
+    texts = [["a0", "a1", "a2", "a3", "a0"], ["p0", "p1", "p0", "a1", "p4"], ["n0", "p1", "n2", "n3", "n4"]]
+    fingerprints = [torch.tensor([hash(t) for t in column]) for column in texts]
+    loss = NormalizedMSELoss(None, margin=-1.0, symmetric=True)
+    value = loss.compute_loss_from_embeddings([q, d, n], fingerprints=fingerprints)
+    expected = reference_loss(q, d, [n], -1.0, 1.0, True, texts=texts)
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+    without_masking = loss.compute_loss_from_embeddings([q, d, n])
+    assert without_masking.item() != pytest.approx(value.item(), abs=1e-4)
+
+
+def test_bad_input_errors():
+    loss = NormalizedMSELoss(None)
+    with pytest.raises(ValueError, match="at least 2"):
+        loss.compute_loss_from_embeddings([torch.randn(1, 4), torch.randn(1, 4)])
+    with pytest.raises(ValueError, match="positive column"):
+        loss.compute_loss_from_embeddings([torch.randn(3, 4), torch.full((3, 4), float("nan"))])
+    with pytest.raises(ValueError, match="negative_1 column"):
+        loss.compute_loss_from_embeddings([torch.randn(3, 4), torch.randn(3, 4), torch.full((3, 4), float("inf"))])
+    with pytest.raises(ValueError, match="margin"):
+        NormalizedMSELoss(None, margin=1.5)
+    with pytest.raises(ValueError, match="negative_weight"):
+        NormalizedMSELoss(None, negative_weight=-1)
+
+
+def test_bad_columns_through_the_model(tiny_bert_dir):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    for loss in (NormalizedMSELoss(model), CachedNormalizedMSELoss(model, mini_batch_size=2)):
+        with pytest.raises(ValueError, match="1 column"):
+            loss([model.preprocess(["a", "b"])], None)
+        with pytest.raises(ValueError, match="anchor=3, positive=2"):
+            loss([model.preprocess(["a", "b", "c"]), model.preprocess(["d", "e"])], None)
+
+
+def features(model, columns):
+    return [model.preprocess(column) for column in columns]
+
+
+def gradients(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_cached_loss_equals_uncached(tiny_bert_dir, symmetric):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    model.eval()  # no dropout: both losses see the same embeddings
+    rows = stsb_rows("train")[:13]
+    columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[5:] + rows[:5]]]
+    columns[0][7] = columns[0][2]  # a duplicate anchor text
+    results = []
+    for loss in (
+        NormalizedMSELoss(model, symmetric=symmetric),
+        CachedNormalizedMSELoss(model, symmetric=symmetric, mini_batch_size=4),
+    ):
+        model.zero_grad()
+        value = loss(features(model, columns), None)
+        value.backward()
+        results.append((value.detach(), gradients(model)))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_b, grad_a, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_steps_raise_positive_and_lower_negative_cosine(minilm_dir):
+    """A few SGD steps on real STS-B pairs (score >= 4) increase positive cosine and decrease in-batch cosine."""
+    torch.manual_seed(0)
+    model = gte_st.build_model(str(minilm_dir), max_seq_length=32)
+    rows = [r for r in stsb_rows("train") if r[0] >= 4.0][:12]
+    anchors, positives = [r[1] for r in rows], [r[2] for r in rows]
+
+    def cosines() -> tuple[float, float]:
+        with torch.no_grad():
+            a = model.encode(anchors, convert_to_tensor=True)
+            p = model.encode(positives, convert_to_tensor=True)
+        sim = a @ p.T
+        off_diagonal = sim[~torch.eye(len(rows), dtype=torch.bool)]
+        return sim.diagonal().mean().item(), off_diagonal.mean().item()
+
+    pos_before, neg_before = cosines()
+    loss = NormalizedMSELoss(model, margin=0.0, negative_weight=4.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
+    model.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss(features(model, [anchors, positives]), None).backward()
+        optimizer.step()
+    pos_after, neg_after = cosines()
+    assert pos_after > pos_before
+    assert neg_after < neg_before
+
+
+@pytest.mark.parametrize("loss_name", ["NormalizedMSELoss", "CachedNormalizedMSELoss"])
+def test_trainer_smoke(loss_name, tiny_bert_dir, tmp_path):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    rows = stsb_rows("train")[:24]
+    dataset = Dataset.from_dict(
+        {
+            "anchor": [r[1] for r in rows],
+            "positive": [r[2] for r in rows],
+            "negative": [r[2] for r in rows[1:] + rows[:1]],
+        }
+    )
+    loss = (
+        NormalizedMSELoss(model)
+        if loss_name == "NormalizedMSELoss"
+        else CachedNormalizedMSELoss(model, mini_batch_size=3)
+    )
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        max_steps=3,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+    model.save(str(tmp_path / "final"))
+    reloaded = SentenceTransformer(str(tmp_path / "final"))
+    texts = [r[1] for r in rows[:4]]
+    torch.testing.assert_close(
+        torch.from_numpy(reloaded.encode(texts)), torch.from_numpy(model.encode(texts)), atol=1e-6, rtol=0
+    )
+
+
+def test_config_and_citation(tiny_bert_dir):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    cached = CachedNormalizedMSELoss(model, margin=0.2, mini_batch_size=7)
+    assert cached.get_config_dict() == {
+        "margin": 0.2,
+        "negative_weight": 1.0,
+        "symmetric": False,
+        "gather_across_devices": False,
+        "mask_duplicates": True,
+        "mini_batch_size": 7,
+    }
+    assert "2308.03281" in cached.citation and "2101.06983" in cached.citation
+
+
+@pytest.mark.distributed
+def test_gather_across_two_processes_equals_one_process(tiny_bert_dir, tmp_path):
+    """`accelerate launch --cpu --num_processes 2`: with gathering, the rank-averaged loss and gradients equal those of
+    one process holding the concatenated batch, for the plain and the cached loss (a duplicate text spans ranks)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        str(TESTS_DIR / "distributed_loss_check.py"), str(tiny_bert_dir), str(tmp_path / "result.json"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    report = json.loads((tmp_path / "result.json").read_text())
+    for name, entry in report.items():
+        assert entry["loss_gap"] < 1e-5, (name, entry)
+        assert entry["grad_gap"] < 1e-5, (name, entry)
+        assert entry["loss_gap_without_gather"] > 1e-4, (name, entry)  # the check can fail
+
+
+def test_symmetric_option_changes_the_loss():
+    torch.manual_seed(3)
+    q, d = torch.randn(5, 8), torch.randn(5, 8)
+    values = {
+        sym: NormalizedMSELoss(None, margin=0.0, symmetric=sym).compute_loss_from_embeddings([q, d]).item()
+        for sym in (False, True)
+    }
+    assert values[False] != pytest.approx(values[True])
