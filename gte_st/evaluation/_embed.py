@@ -1,0 +1,55 @@
+"""Glue that lets sentence-transformers' evaluators embed through :func:`gte_st.encoding.encode`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import (
+    BinaryClassificationEvaluator,
+    EmbeddingSimilarityEvaluator,
+    RerankingEvaluator,
+)
+
+from gte_st.encoding import encode
+
+
+class FastEmbedMixin:
+    """Mixin for sentence-transformers evaluators: ``embed_inputs`` goes through :func:`gte_st.encoding.encode`
+    (token-length-sorted batches, the chosen precision), so the evaluators' own metric code runs unchanged."""
+
+    precision_mode: str = "fp32"
+    return_tensor: bool = False
+    batch_size: int
+
+    def embed_inputs(
+        self, model: SentenceTransformer, sentences: Any, encode_fn_name: str | None = None, **kwargs: Any
+    ) -> Any:
+        # encode_fn_name is "query" / "document" for the retrieval-style evaluators: use the model's prompt of
+        # that name when it has one, as model.encode_query / encode_document do.
+        prompt_name = encode_fn_name if encode_fn_name and model.prompts.get(encode_fn_name) else None
+        embeddings = encode(
+            model, list(sentences), batch_size=self.batch_size, precision=self.precision_mode, prompt_name=prompt_name
+        )
+        return torch.from_numpy(embeddings) if self.return_tensor else embeddings
+
+
+class STSEvaluator(FastEmbedMixin, EmbeddingSimilarityEvaluator):
+    """sentence-transformers' EmbeddingSimilarityEvaluator embedding through gte-st's encode path."""
+
+
+class PairEvaluator(FastEmbedMixin, BinaryClassificationEvaluator):
+    """sentence-transformers' BinaryClassificationEvaluator embedding through gte-st's encode path."""
+
+
+class RerankEvaluator(FastEmbedMixin, RerankingEvaluator):
+    """sentence-transformers' RerankingEvaluator embedding through gte-st's encode path."""
+
+    return_tensor = True
+
+
+def make_evaluator(cls: type, precision: str, **kwargs: Any) -> Any:
+    evaluator = cls(**kwargs)
+    evaluator.precision_mode = precision
+    return evaluator

@@ -1,0 +1,212 @@
+"""``gte-st eval MODEL --task TASK --data PATH``: evaluate a model on local files, print a table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gte_st.evaluation.result import EvalResult
+
+TASKS = ("sts", "retrieval", "pair-classification", "classification", "clustering", "reranking", "mteb")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gte-st eval",
+        description="Evaluate a sentence-transformers model (a local directory, or a Hub id when the Hub is "
+        "reachable) on local data files. Metrics are printed as a table and written as JSON with --output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", help="model directory or Hugging Face Hub id")
+    parser.add_argument("--task", required=True, choices=TASKS, help="task type")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="data file(s) or folder(s): STS-B/SICK/jsonl (sts), BEIR folder (retrieval), MRPC/LCQMC/jsonl "
+        "(pair-classification), labelled csv/tsv/jsonl (classification, clustering), WikiQA/jsonl (reranking)",
+    )
+    parser.add_argument("--split", default=None, help="split to evaluate (default: test, or what the file holds)")
+    parser.add_argument("--output", default=None, metavar="JSON", help='write {"model", "results": [...]} here')
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=("fp32", "bf16", "bf16-autocast", "auto"),
+        help="encode precision (fp32 reproduces published numbers; bf16/auto is faster on AMX CPUs and GPUs)",
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--max-seq-length", type=int, default=None, help="override the model's truncation length")
+    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only N pairs/texts/queries")
+    parser.add_argument("--dataset", default=None, help="dataset name to report (default: the data folder's name)")
+    parser.add_argument("--trust-remote-code", action="store_true")
+
+    group = parser.add_argument_group("retrieval")
+    group.add_argument("--cache-dir", default=None, help="cache corpus embeddings here (keyed by model and corpus)")
+    group.add_argument("--max-corpus", type=int, default=None, help="search relevant docs + others up to N")
+    group.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
+    group.add_argument("--retriever", default="dense", choices=("dense", "bm25"), help="first-stage retriever")
+    group.add_argument("--bm25-rerank", type=int, default=None, metavar="K", help="re-score BM25's top K with MODEL")
+
+    group = parser.add_argument_group("classification / clustering")
+    group.add_argument("--train-data", default=None, metavar="PATH", help="fit the classifier on this file")
+    group.add_argument("--n-folds", type=int, default=5, help="cross-validation folds when there is no train data")
+    group.add_argument("--n-clusters", type=int, default=None, help="k for k-means (default: number of labels)")
+    group.add_argument("--seed", type=int, default=42)
+
+    group = parser.add_argument_group("mteb (needs `pip install 'gte-st[mteb]'` and Hub access)")
+    group.add_argument("--mteb-tasks", nargs="+", default=None, metavar="NAME", help="e.g. STSBenchmark SciFact")
+    group.add_argument("--mteb-task-types", nargs="+", default=None, metavar="TYPE", help="e.g. Retrieval STS")
+    group.add_argument("--mteb-languages", nargs="+", default=None, metavar="LANG", help="ISO 639-3, e.g. eng")
+    group.add_argument("--list-tasks", action="store_true", help="list the selected mteb tasks and exit")
+    group.add_argument("--output-folder", default="mteb-results", help="where mteb writes its result files")
+    return parser
+
+
+def load_model(name_or_path: str, *, device: str | None, max_seq_length: int | None, trust_remote_code: bool) -> Any:
+    """A SentenceTransformer from a local directory, or from the Hub (clear error when it is unreachable)."""
+    from sentence_transformers import SentenceTransformer
+
+    local = Path(name_or_path).expanduser()
+    if not local.exists():
+        looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+        if looks_like_path:
+            raise FileNotFoundError(f"model directory {name_or_path} does not exist")
+    try:
+        model = SentenceTransformer(
+            str(local) if local.exists() else name_or_path, device=device, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = " (HF_HUB_OFFLINE is set)" if offline else ""
+        raise OSError(
+            f"could not load model {name_or_path!r}: not a local directory and not loadable from the Hub{hint}: {e}"
+        ) from e
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def format_table(results: list[EvalResult]) -> str:
+    """A plain-text table: one row per result, metrics in percent."""
+    header = ["task", "dataset", "split", "main", "metrics (%)"]
+    rows = [
+        [
+            r.task_type,
+            r.dataset,
+            r.split,
+            f"{r.main_score} {100 * r.score:.2f}",
+            "  ".join(f"{k} {100 * v:.2f}" for k, v in r.metrics.items() if k != r.main_score),
+        ]
+        for r in results
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _run_task(args: argparse.Namespace, model: Any, path: str) -> EvalResult:
+    from gte_st import evaluation as ev
+
+    common: dict[str, Any] = {"batch_size": args.batch_size, "precision": args.precision, "dataset": args.dataset}
+    if args.task == "retrieval":
+        return ev.evaluate_retrieval(
+            model, path, split=args.split or "test", cache_dir=args.cache_dir, max_corpus=args.max_corpus,
+            max_queries=args.max_queries or args.max_samples, retriever=args.retriever,
+            bm25_rerank=args.bm25_rerank, **common,
+        )  # fmt: skip
+    common.update({"split": args.split, "max_samples": args.max_samples})
+    if args.task == "classification":
+        return ev.evaluate_classification(
+            model, path, train_path=args.train_data, n_folds=args.n_folds, seed=args.seed, **common
+        )
+    if args.task == "clustering":
+        return ev.evaluate_clustering(model, path, n_clusters=args.n_clusters, seed=args.seed, **common)
+    functions: dict[str, Callable[..., EvalResult]] = {
+        "sts": ev.evaluate_sts,
+        "pair-classification": ev.evaluate_pair_classification,
+        "reranking": ev.evaluate_reranking,
+    }
+    return functions[args.task](model, path, **common)
+
+
+def _run_mteb(args: argparse.Namespace) -> int:
+    from gte_st.evaluation import mteb_runner
+
+    try:
+        mteb_runner.import_mteb()
+    except ImportError as e:
+        print(f"gte-st eval: {e}", file=sys.stderr)
+        return 2
+    if args.list_tasks:
+        for name, task_type in mteb_runner.list_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages):
+            print(f"{task_type}\t{name}")
+        return 0
+    try:
+        tasks = mteb_runner.get_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages)
+    except ValueError as e:
+        print(f"gte-st eval: {e}", file=sys.stderr)
+        return 2
+    model = load_model(
+        args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code
+    )
+    mteb_runner.run_mteb(model, tasks, args.output_folder)
+    print(f"mteb results written under {args.output_folder}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.task == "mteb":
+        return _run_mteb(args)
+    if not args.data:
+        parser.error(f"--data is required for --task {args.task}")
+    if args.bm25_rerank is not None and (args.task != "retrieval" or args.bm25_rerank < 1):
+        parser.error("--bm25-rerank K needs --task retrieval and K >= 1")
+    if args.retriever == "bm25" and args.bm25_rerank:
+        parser.error("--retriever bm25 and --bm25-rerank are exclusive (the latter re-scores BM25 with the model)")
+    for path in args.data:
+        if not Path(path).exists():
+            parser.error(f"--data {path} does not exist")
+
+    model = None
+    if not (args.task == "retrieval" and args.retriever == "bm25"):
+        try:
+            model = load_model(
+                args.model,
+                device=args.device,
+                max_seq_length=args.max_seq_length,
+                trust_remote_code=args.trust_remote_code,
+            )
+        except (OSError, FileNotFoundError) as e:
+            print(f"gte-st eval: {e}", file=sys.stderr)
+            return 2
+    results = []
+    for path in args.data:
+        try:
+            results.append(_run_task(args, model, path))
+        except (ValueError, FileNotFoundError) as e:
+            print(f"gte-st eval: {e}", file=sys.stderr)
+            return 1
+    print(format_table(results))
+    if args.output:
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"model": args.model, "results": [r.to_dict() for r in results]}
+        output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        print(f"results written to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

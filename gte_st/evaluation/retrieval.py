@@ -1,0 +1,212 @@
+"""Retrieval on a BEIR folder: exact inner-product search through FAISS, BEIR metrics, cached corpus embeddings."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+from gte_st.encoding import encode, resolve_precision
+from gte_st.evaluation.readers import BEIRData, read_beir
+from gte_st.evaluation.result import EvalResult
+
+logger = logging.getLogger(__name__)
+
+
+def model_fingerprint(model: SentenceTransformer) -> str:
+    """A hash of everything that decides a torch model's embeddings: its weights (names and bytes), module types,
+    max sequence length and prompts. Non-torch backends are identified by their path and backend."""
+    h = hashlib.sha256()
+    h.update(repr([type(m).__name__ for m in model]).encode())
+    h.update(repr((model.max_seq_length, sorted(model.prompts.items()), getattr(model, "backend", "torch"))).encode())
+    state = model.state_dict()
+    if not state:
+        h.update(str(getattr(model[0], "auto_model", model[0]).__dict__.get("name_or_path", "")).encode())
+        h.update(str(getattr(model.model_card_data, "base_model", "")).encode())
+    for name, tensor in state.items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def corpus_fingerprint(ids: list[str], texts: list[str]) -> str:
+    h = hashlib.sha256()
+    for doc_id, text in zip(ids, texts):
+        h.update(doc_id.encode())
+        h.update(b"\x00")
+        h.update(text.encode())
+        h.update(b"\x01")
+    return h.hexdigest()
+
+
+def encode_corpus_cached(
+    model: SentenceTransformer,
+    ids: list[str],
+    texts: list[str],
+    *,
+    cache_dir: str | Path | None,
+    batch_size: int = 64,
+    precision: str = "fp32",
+    name: str = "corpus",
+) -> tuple[np.ndarray, bool]:
+    """Corpus embeddings, read from ``cache_dir`` when the same model (by weights) already encoded the same corpus
+    (by ids and texts) at the same precision; otherwise encoded and written there. Returns (embeddings, hit)."""
+    prompt_name = "document" if model.prompts.get("document") else None
+    resolved = resolve_precision(precision, model.device)
+    if cache_dir is None:
+        return encode(model, texts, batch_size=batch_size, precision=resolved, prompt_name=prompt_name), False
+    key = f"{name}-{model_fingerprint(model)[:20]}-{corpus_fingerprint(ids, texts)[:20]}-{resolved}"
+    cache_file = Path(cache_dir) / f"{key}.npy"
+    if cache_file.exists():
+        embeddings = np.load(cache_file)
+        if embeddings.shape[0] == len(ids):
+            logger.info(f"corpus embeddings read from cache {cache_file}")
+            return embeddings, True
+    embeddings = encode(model, texts, batch_size=batch_size, precision=resolved, prompt_name=prompt_name)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")
+    np.save(tmp, embeddings)
+    os.replace(tmp, cache_file)
+    return embeddings, False
+
+
+def _limit_queries(data: BEIRData, max_queries: int | None) -> None:
+    """Keep only the first ``max_queries`` queries that have relevant documents (in place)."""
+    if max_queries is not None:
+        kept = [qid for qid in data.queries if data.qrels.get(qid)][:max_queries]
+        data.queries = {qid: data.queries[qid] for qid in kept}
+        data.qrels = {qid: data.qrels[qid] for qid in kept}
+
+
+def _limit_corpus(data: BEIRData, max_corpus: int | None) -> list[str]:
+    """Corpus ids to search: all, or every relevant document plus the first others up to ``max_corpus``."""
+    ids = list(data.corpus)
+    if max_corpus is None or max_corpus >= len(ids):
+        return ids
+    relevant = {doc for docs in data.qrels.values() for doc in docs if doc in data.corpus}
+    others = [doc for doc in ids if doc not in relevant][: max(0, max_corpus - len(relevant))]
+    keep = relevant | set(others)
+    return [doc for doc in ids if doc in keep]
+
+
+def evaluate_retrieval(
+    model: SentenceTransformer,
+    beir_dir: str | Path,
+    *,
+    split: str = "test",
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+    max_corpus: int | None = None,
+    max_queries: int | None = None,
+    precision: str = "fp32",
+    retriever: Literal["dense", "bm25"] = "dense",
+    bm25_rerank: int | None = None,
+    top_k: int = 100,
+    dataset: str | None = None,
+) -> EvalResult:
+    """nDCG@10 (main score), MRR@10, Recall@10/100, MAP@100 and Accuracy@1 on a BEIR folder.
+
+    Search is exact: inner product of the L2-normalised embeddings (= cosine) in a FAISS ``IndexFlatIP``; the metric
+    code is sentence-transformers' ``InformationRetrievalEvaluator.compute_metrics`` applied to the FAISS top-k.
+
+    Args:
+        model: Any SentenceTransformer; its ``"query"`` / ``"document"`` prompts are used when set.
+        beir_dir: Folder with ``corpus.jsonl[.gz]``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
+        split: The qrels split.
+        batch_size: Encoding batch size.
+        cache_dir: Where corpus embeddings are cached, keyed by model weights and corpus hash; ``None`` disables it.
+        max_corpus: Search only the relevant documents plus the first other ones up to this many (quick checks).
+        max_queries: Evaluate only the first N queries (quick checks; with ``max_corpus`` only their relevant
+            documents are kept).
+        precision: ``"fp32"`` (default: reproduces published numbers), ``"bf16"`` or ``"auto"``.
+        retriever: ``"dense"`` (the model) or ``"bm25"`` (``gte_st.search.BM25Retriever`` alone: a baseline).
+        bm25_rerank: Re-score BM25's top ``bm25_rerank`` documents per query with the model (only they are encoded).
+        top_k: Hits kept per query (the deepest metric is @100).
+        dataset: Name reported in the result (default: the folder's name).
+    """
+    import faiss
+
+    if retriever not in ("dense", "bm25"):
+        raise ValueError(f"retriever must be 'dense' or 'bm25', got {retriever!r}")
+    start = time.perf_counter()
+    data = read_beir(beir_dir, split)
+    _limit_queries(data, max_queries)
+    corpus_ids = _limit_corpus(data, max_corpus)
+    corpus_texts = [data.corpus[doc] for doc in corpus_ids]
+    evaluator = InformationRetrievalEvaluator(
+        queries=data.queries,
+        corpus={doc: data.corpus[doc] for doc in corpus_ids},
+        relevant_docs=data.qrels,
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10, 100],
+        map_at_k=[100],
+        write_csv=False,
+    )
+    query_ids = evaluator.queries_ids
+    query_texts = [data.queries[qid] for qid in query_ids]
+    k = min(top_k, len(corpus_ids))
+    details: dict = {"queries": len(query_ids), "corpus": len(corpus_ids), "retriever": retriever}
+
+    if retriever == "bm25" or bm25_rerank:
+        from gte_st.search import BM25Retriever
+
+        bm25_hits = BM25Retriever(corpus_ids, corpus_texts).search(query_texts, bm25_rerank or k)
+    if retriever == "bm25":
+        results = [[{"corpus_id": doc, "score": float(score)} for doc, score in hits] for hits in bm25_hits]
+    else:
+        query_prompt = "query" if model.prompts.get("query") else None
+        q_emb = encode(model, query_texts, batch_size=batch_size, precision=precision, prompt_name=query_prompt)
+        if bm25_rerank:
+            candidates = sorted({doc for hits in bm25_hits for doc, _ in hits})
+            position = {doc: i for i, doc in enumerate(candidates)}
+            doc_prompt = "document" if model.prompts.get("document") else None
+            d_emb = encode(
+                model, [data.corpus[doc] for doc in candidates], batch_size=batch_size, precision=precision,
+                prompt_name=doc_prompt,
+            )  # fmt: skip
+            results = []
+            for qi, hits in enumerate(bm25_hits):
+                docs = [doc for doc, _ in hits]
+                scores = d_emb[[position[doc] for doc in docs]] @ q_emb[qi] if docs else []
+                results.append([{"corpus_id": doc, "score": float(s)} for doc, s in zip(docs, scores)])
+            details.update({"bm25_rerank": bm25_rerank, "encoded_documents": len(candidates)})
+        else:
+            d_emb, cache_hit = encode_corpus_cached(
+                model, corpus_ids, corpus_texts, cache_dir=cache_dir, batch_size=batch_size, precision=precision,
+                name=dataset or Path(beir_dir).name,
+            )  # fmt: skip
+            index = faiss.IndexFlatIP(d_emb.shape[1])
+            index.add(np.ascontiguousarray(d_emb, dtype=np.float32))
+            scores, indices = index.search(np.ascontiguousarray(q_emb, dtype=np.float32), k)
+            results = [
+                [{"corpus_id": corpus_ids[j], "score": float(s)} for s, j in zip(row_s, row_i) if j >= 0]
+                for row_s, row_i in zip(scores, indices)
+            ]
+            details["cache_hit"] = cache_hit
+    scores = evaluator.compute_metrics(results)
+    details.update({"encode_precision": precision, "runtime_s": round(time.perf_counter() - start, 2)})
+    return EvalResult(
+        task_type="Retrieval",
+        dataset=dataset or Path(beir_dir).name,
+        split=split,
+        metrics={
+            "ndcg_at_10": scores["ndcg@k"][10],
+            "mrr_at_10": scores["mrr@k"][10],
+            "recall_at_10": scores["recall@k"][10],
+            "recall_at_100": scores["recall@k"][100],
+            "map": scores["map@k"][100],
+            "accuracy_at_1": scores["accuracy@k"][1],
+        },
+        main_score="ndcg_at_10",
+        details=details,
+    )
