@@ -213,11 +213,13 @@ def test_config_and_citation(tiny_bert_dir):
 
 @pytest.mark.distributed
 def test_gather_across_two_processes_equals_one_process(tiny_bert_dir, tmp_path):
-    """`accelerate launch --cpu --num_processes 2`: with gathering, the rank-averaged loss and gradients equal those of
+    """Two CPU processes (gloo) under accelerate launch: with gathering, the rank-averaged loss and gradients equal those of
     one process holding the concatenated batch, for the plain and the cached loss (a duplicate text spans ranks)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR)}
+    # accelerate 1.15's `--cpu --num_processes 2` starts a single process unless MPI is used; `--multi_gpu` starts
+    # torchrun, and ACCELERATE_USE_CPU makes every process a CPU (gloo) rank: DistributedType.MULTI_CPU.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR), "ACCELERATE_USE_CPU": "true"}
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
         str(TESTS_DIR / "distributed_loss_check.py"), str(tiny_bert_dir), str(tmp_path / "result.json"),
     ]  # fmt: skip
