@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -21,6 +22,7 @@ import torch
 from hub_server import LoopbackHub
 
 from gte_st import build_model
+from gte_st.cli import main as cli_main
 from gte_st.hub import (
     CorruptDownloadError,
     latest_checkpoint_name,
@@ -33,6 +35,16 @@ from gte_st.hub import (
 
 TOKEN = "hf_" + secrets.token_hex(16)
 SENTENCES = ["A man is playing a guitar.", "A woman is slicing an onion.", "Two dogs run on the beach."]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU OpenMP's spinning threads make each
+    step many times slower: run this module's training and encoding on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +132,10 @@ def test_push_then_pull_is_byte_identical(hub, hub_env, model_dir):
     assert hub.repos["me/gte-tiny"].commits[hub.head("me/gte-tiny")].parent == head
 
 
-def test_push_to_branch_and_pull_by_revision_with_the_cli(hub, hub_env, model_dir, tiny_bert_dir, tmp_path):
+def test_push_to_branch_and_pull_by_revision_with_the_cli(
+    hub, hub_env, model_dir, tiny_bert_dir, tmp_path, capsys, caplog
+):
+    caplog.set_level(logging.DEBUG)
     push_model(model_dir, "me/gte-branches")
     main_head = hub.head("me/gte-branches")
     other = tmp_path / "other-model"
@@ -140,6 +155,7 @@ def test_push_to_branch_and_pull_by_revision_with_the_cli(hub, hub_env, model_di
         "HF_HOME": str(hf_home),
         "HF_TOKEN": TOKEN,
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "OMP_NUM_THREADS": "1",
     }
 
     def gte_st(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
@@ -153,9 +169,10 @@ def test_push_to_branch_and_pull_by_revision_with_the_cli(hub, hub_env, model_di
     assert dev_head in push.stdout and hub.head("me/gte-branches") == main_head  # main untouched
     assert hub.repos["me/gte-branches"].commits[dev_head].message == "branch push"
 
-    pull_dev = gte_st("pull", "me/gte-branches", "--revision", "dev", "--local-dir", str(tmp_path / "dev"))
-    assert pull_dev.returncode == 0, pull_dev.stderr
-    dev_path = Path(pull_dev.stdout.strip())
+    # the pull command in-process (same client, patched constants): prints the verified snapshot path
+    assert cli_main(["pull", "me/gte-branches", "--revision", "dev", "--local-dir", str(tmp_path / "dev")]) == 0
+    pull_out = capsys.readouterr()
+    dev_path = Path(pull_out.out.strip())
     main_path = pull_model("me/gte-branches", revision="main")
     assert dev_path == (tmp_path / "dev").resolve() and main_path.name == main_head
     assert (dev_path / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()
@@ -171,7 +188,7 @@ def test_push_to_branch_and_pull_by_revision_with_the_cli(hub, hub_env, model_di
     )
 
     # the token is never printed, logged or written to a file
-    outputs = "".join(p.stdout + p.stderr for p in (push, pull_dev))
+    outputs = push.stdout + push.stderr + pull_out.out + pull_out.err + caplog.text
     assert TOKEN not in outputs
     for root in (hf_home, tmp_path / "dev", other, model_dir, hub_env):
         for file in root.rglob("*"):
