@@ -7,14 +7,36 @@ Public API::
     model = gte_st.build_model("sentence-transformers/all-MiniLM-L6-v2")   # Transformer + GTEMeanPooling
     loss = gte_st.losses.NormalizedMSELoss(model)                          # normalised MSE, in-batch negatives
     model.save("gte")                                                      # portable: loads with plain SentenceTransformer
+
+Attributes are imported lazily, so ``import gte_st`` (and the ``gte-st`` CLI's ``--help``) stays fast.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from gte_st import losses
-from gte_st.model import GTEModel, build_model, default_base_model
-from gte_st.pooling import GTEMeanPooling
+_LAZY_ATTRIBUTES = {
+    "GTEMeanPooling": "gte_st.pooling",
+    "GTEModel": "gte_st.model",
+    "build_model": "gte_st.model",
+    "default_base_model": "gte_st.model",
+}
+
+if TYPE_CHECKING:
+    from gte_st import losses
+    from gte_st.model import GTEModel, build_model, default_base_model
+    from gte_st.pooling import GTEMeanPooling
+
+
+def __getattr__(name: str) -> Any:
+    if name == "losses":
+        return importlib.import_module("gte_st.losses")
+    if name in _LAZY_ATTRIBUTES:
+        return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
+    raise AttributeError(f"module 'gte_st' has no attribute {name!r}")
+
 
 __all__ = ["GTEMeanPooling", "GTEModel", "build_model", "default_base_model", "losses", "__version__"]
