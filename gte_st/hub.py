@@ -30,6 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
@@ -268,6 +270,34 @@ def push_checkpoint(
     return str(info.commit_url)
 
 
+class HubCheckpointCallback(TrainerCallback):
+    """Push every checkpoint the Trainer saves to ``branch`` of ``repo_id`` with :func:`push_checkpoint` (main
+    process only). The token is checked when training starts, so a missing token fails before any training work."""
+
+    def __init__(
+        self, repo_id: str, *, branch: str = "checkpoints", token: str | None = None, private: bool | None = None
+    ) -> None:
+        self.repo_id, self.branch, self.token, self.private = repo_id, branch, token, private
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.is_world_process_zero:
+            _require_token(self.token)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and checkpoint.is_dir():
+            url = push_checkpoint(checkpoint, self.repo_id, branch=self.branch, token=self.token, private=self.private)
+            logger.info(f"Pushed {checkpoint.name} to {self.repo_id}@{self.branch}: {url}")
+
+
+def split_repo_revision(spec: str) -> tuple[str, str | None]:
+    """``"me/gte@v2"`` -> ``("me/gte", "v2")``; ``"me/gte"`` -> ``("me/gte", None)`` (``--resume-from-hub`` syntax)."""
+    repo_id, _, revision = spec.partition("@")
+    if not repo_id or (_ and not revision):
+        raise ValueError(f"expected REPO_ID or REPO_ID@REVISION, got {spec!r}")
+    return repo_id, revision or None
+
+
 def _file_hashes(path: Path) -> tuple[str, str]:
     """(git blob sha1, sha256) of a file, streamed."""
     sha1 = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
@@ -482,11 +512,13 @@ def main(argv: list[str] | None = None, command: str = "push") -> int:
 
 __all__ = [
     "CorruptDownloadError",
+    "HubCheckpointCallback",
     "main",
     "model_files",
     "pull_latest_checkpoint",
     "pull_model",
     "push_checkpoint",
     "push_model",
+    "split_repo_revision",
     "verify_snapshot",
 ]

@@ -17,20 +17,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
 from hub_server import LoopbackHub
+from sentence_transformers import SentenceTransformer
 
 from gte_st import build_model
 from gte_st.cli import main as cli_main
 from gte_st.hub import (
     CorruptDownloadError,
+    HubCheckpointCallback,
     latest_checkpoint_name,
     model_files,
     pull_latest_checkpoint,
     pull_model,
     push_checkpoint,
     push_model,
+    split_repo_revision,
 )
 
 TOKEN = "hf_" + secrets.token_hex(16)
@@ -95,8 +99,6 @@ def _digests(root: Path) -> dict[str, str]:
 
 
 def _encode(path: Path):
-    from sentence_transformers import SentenceTransformer
-
     return SentenceTransformer(str(path), device="cpu").encode(SENTENCES, convert_to_tensor=True)
 
 
@@ -240,13 +242,15 @@ def test_offline_pull_uses_the_cache(hub, hub_env, model_dir, monkeypatch):
         pull_model("me/gte-offline")
 
 
-def test_missing_token_is_a_clear_error_before_any_upload(hub, hub_env, model_dir, monkeypatch):
+def test_missing_token_is_a_clear_error_before_any_upload(hub, hub_env, model_dir, monkeypatch, capsys):
     monkeypatch.delenv("HF_TOKEN")
     requests = len(hub.requests)
     with pytest.raises(OSError, match="No Hugging Face token found.*HF_TOKEN.*hf auth login"):
         push_model(model_dir, "me/gte-no-token")
     with pytest.raises(OSError, match="No Hugging Face token found"):
         push_checkpoint(model_dir / "checkpoint-5", "me/gte-no-token")
+    assert cli_main(["push", str(model_dir), "me/gte-no-token"]) == 1
+    assert "gte-st push: error: No Hugging Face token found" in capsys.readouterr().err
     assert len(hub.requests) == requests and "me/gte-no-token" not in hub.repos
 
 
@@ -259,12 +263,26 @@ def test_a_file_holding_the_token_is_never_uploaded(hub, hub_env, model_dir, tmp
     assert "me/gte-leak" not in hub.repos
 
 
-def test_latest_checkpoint_is_the_highest_step():
+def test_latest_checkpoint_is_the_highest_step_and_repo_specs_split():
     assert latest_checkpoint_name(["checkpoint-9", "checkpoint-10", "runs", "checkpoint-2"]) == "checkpoint-10"
     assert latest_checkpoint_name(["runs"]) is None
+    assert split_repo_revision("me/gte@v2") == ("me/gte", "v2") and split_repo_revision("me/gte") == ("me/gte", None)
+    with pytest.raises(ValueError, match="REPO_ID@REVISION"):
+        split_repo_revision("me/gte@")
 
 
-def _trainer(model_dir: Path, output_dir: Path, max_steps: int):
+def test_private_repo_needs_the_token_to_pull(hub, hub_env, model_dir, monkeypatch):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    push_model(model_dir, "me/gte-private", private=True)
+    assert hub.repos["me/gte-private"].private
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(RepositoryNotFoundError):
+        pull_model("me/gte-private")
+    assert (pull_model("me/gte-private", token=TOKEN) / "model.safetensors").is_file()
+
+
+def _trainer(model_dir: Path, output_dir: Path, max_steps: int, callbacks: list | None = None):
     from conftest import stsb_rows
     from datasets import Dataset
     from sentence_transformers import (
@@ -291,16 +309,15 @@ def _trainer(model_dir: Path, output_dir: Path, max_steps: int):
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
-    return SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
-    )
+    loss = MultipleNegativesRankingLoss(model)
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
 
 
-def test_checkpoint_push_and_resume_from_hub_match_a_local_resume(hub, hub_env, model_dir, tmp_path):
-    first = _trainer(model_dir, tmp_path / "run", max_steps=4)
-    first.train()
-    for step in (2, 4):
-        push_checkpoint(tmp_path / "run" / f"checkpoint-{step}", "me/gte-train")
+def test_checkpoint_push_and_resume_from_hub_match_a_local_resume(hub, hub_env, model_dir, tmp_path, monkeypatch):
+    first = _trainer(model_dir, tmp_path / "run", max_steps=4, callbacks=[HubCheckpointCallback("me/gte-train")])
+    first.train()  # the callback pushes checkpoint-2 and checkpoint-4, each in its own commit
+    commits = hub.repos["me/gte-train"].commits
+    assert commits[hub.head("me/gte-train", "checkpoints")].message == "Training checkpoint checkpoint-4"
     assert hub.head("me/gte-train", "checkpoints") != hub.head("me/gte-train")  # on their own branch
     assert {p.split("/")[0] for p in hub.files("me/gte-train", "checkpoints") if "/" in p} == {
         "checkpoint-2",
@@ -310,6 +327,9 @@ def test_checkpoint_push_and_resume_from_hub_match_a_local_resume(hub, hub_env, 
     pulled = pull_latest_checkpoint("me/gte-train", local_dir=tmp_path / "pulled")
     assert pulled == tmp_path / "pulled" / "checkpoint-4"
     assert _digests(pulled) == _digests(tmp_path / "run" / "checkpoint-4")
+    with monkeypatch.context() as offline:  # offline, the checkpoint already pulled is found again
+        offline.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        assert pull_latest_checkpoint("me/gte-train", local_dir=tmp_path / "pulled") == pulled
 
     local = _trainer(model_dir, tmp_path / "local-resume", max_steps=6)
     local.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-4"))
@@ -319,5 +339,5 @@ def test_checkpoint_push_and_resume_from_hub_match_a_local_resume(hub, hub_env, 
     local_weights, remote_weights = local.model.state_dict(), remote.model.state_dict()
     assert local_weights.keys() == remote_weights.keys()
     assert all(torch.equal(local_weights[k], remote_weights[k]) for k in local_weights)
-    initial = _trainer(model_dir, tmp_path / "unused", max_steps=1).model.state_dict()
+    initial = SentenceTransformer(str(model_dir), device="cpu").state_dict()
     assert not all(torch.equal(initial[k], local_weights[k]) for k in initial)  # training did move the weights
