@@ -1,0 +1,333 @@
+"""Training data: loading sources, mapping their columns, validating them, and the n^alpha single-source sampler.
+
+A *source* is a local ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` file (``.gz`` allowed), a directory of such
+files, or a Hugging Face Hub dataset id, all loaded through :mod:`datasets`. Each source becomes a
+:class:`datasets.Dataset` with string columns ``anchor``, ``positive`` and optionally ``negative_1`` ...
+``negative_k`` (the layout sentence-transformers' in-batch-negative losses expect). Several sources form a
+:class:`datasets.DatasetDict`; :class:`AlphaSourceBatchSampler` then draws every batch from one source, chosen with
+probability proportional to ``n_i ** alpha`` (GTE's multi-task mixture), identically on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict
+from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
+from torch.utils.data import BatchSampler, ConcatDataset
+
+logger = logging.getLogger(__name__)
+
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+
+# Default column names, tried in order: sentence-transformers, FlagEmbedding, then common pair layouts.
+ANCHOR_COLUMNS = ("anchor", "query", "question", "sentence1", "sentence_A", "text1", "title")
+POSITIVE_COLUMNS = ("positive", "pos", "answer", "document", "sentence2", "sentence_B", "text2", "body", "text")
+NEGATIVE_COLUMNS = ("negative", "neg", "negatives", "hard_negative", "hard_negatives")
+
+
+class DataValidationError(ValueError):
+    """Raised before training when a source is unusable; the message names the source, column and row."""
+
+
+@dataclass
+class SourceSpec:
+    """One training source: ``name`` (used in logs and the summary) and ``location`` (path or Hub id)."""
+
+    name: str
+    location: str
+
+    @classmethod
+    def parse(cls, spec: str) -> SourceSpec:
+        """``"path"``, ``"hub/dataset-id"`` or ``"name=path"``."""
+        name, sep, location = spec.partition("=")
+        if not sep or "/" in name or not name:
+            location, name = spec, ""
+        if not name:
+            path = Path(location)
+            name = path.name.split(".")[0] if path.exists() else location.replace("/", "__")
+        return cls(name=name, location=location)
+
+
+def _file_format(path: Path) -> str | None:
+    suffixes = [s for s in path.suffixes if s != ".gz"]
+    return FILE_FORMATS.get(suffixes[-1].lower()) if suffixes else None
+
+
+def load_source(location: str, *, split: str = "train", max_rows: int | None = None) -> Dataset:
+    """Load one source with :func:`datasets.load_dataset` (files, directories) or as a Hub dataset id."""
+    from datasets import load_dataset
+
+    path = Path(location).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _file_format(p) is not None)
+        if not files:
+            raise DataValidationError(
+                f"{location}: directory has no .jsonl/.json/.csv/.tsv/.parquet files (looked recursively)."
+            )
+        formats = {_file_format(p) for p in files}
+        tsv = {p.suffixes[0] == ".tsv" for p in files} if formats == {"csv"} else {False}
+        if len(formats) > 1 or len(tsv) > 1:
+            raise DataValidationError(f"{location}: directory mixes file formats {sorted(formats)}; use one format.")
+        return _load_files([str(p) for p in files], formats.pop(), tsv.pop(), max_rows)
+    if path.is_file() or path.suffix.lower() in FILE_FORMATS or path.suffix == ".gz":
+        if not path.is_file():
+            raise DataValidationError(f"{location}: file not found.")
+        fmt = _file_format(path)
+        if fmt is None:
+            raise DataValidationError(
+                f"{location}: unsupported file type; use .jsonl, .json, .csv, .tsv or .parquet (optionally .gz)."
+            )
+        return _load_files([str(path)], fmt, ".tsv" in path.suffixes, max_rows)
+    if location.startswith((".", "/", "~")) or location.count("/") > 1:
+        raise DataValidationError(f"{location}: file or directory not found.")
+    try:
+        dataset = load_dataset(location, split=split)
+    except Exception as exc:  # the Hub is unreachable, the id is wrong, the split is missing, ...
+        raise DataValidationError(
+            f"{location}: not a local file or directory, and loading it as a Hub dataset (split {split!r}) failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return dataset.select(range(min(max_rows, len(dataset)))) if max_rows is not None else dataset
+
+
+def _load_files(files: list[str], fmt: str, tsv: bool, max_rows: int | None) -> Dataset:
+    from datasets import load_dataset
+
+    kwargs = {"delimiter": "\t", "quoting": 3} if tsv else {}
+    split = "train" if max_rows is None else f"train[:{max_rows}]"
+    try:
+        return load_dataset(fmt, data_files=files, split=split, **kwargs)
+    except Exception as exc:
+        raise DataValidationError(f"{', '.join(files)}: could not be read as {fmt}: {exc}") from exc
+
+
+def resolve_columns(column_names: Sequence[str], columns: Sequence[str] | None = None) -> tuple[str, str, list[str]]:
+    """(anchor, positive, negative columns) of a source: the explicit ``columns`` (source column names in the
+    order anchor, positive, negative...) or the first matching default names."""
+    names = list(column_names)
+    if columns:
+        if len(columns) < 2:
+            raise DataValidationError(f"columns={list(columns)}: give at least an anchor and a positive column.")
+        if missing := [c for c in columns if c not in names]:
+            raise DataValidationError(f"unknown column(s) {missing}; the source has columns {names}.")
+        return columns[0], columns[1], list(columns[2:])
+    anchor = next((c for c in ANCHOR_COLUMNS if c in names), None)
+    positive = next((c for c in POSITIVE_COLUMNS if c in names and c != anchor), None)
+    if anchor is None or positive is None:
+        raise DataValidationError(
+            f"cannot tell the anchor/positive columns from {names}; expected e.g. anchor/positive[/negative] "
+            "(sentence-transformers) or query/pos/neg (FlagEmbedding), or pass --columns ANCHOR POSITIVE [NEG ...]."
+        )
+    negatives = [c for c in NEGATIVE_COLUMNS if c in names]
+    numbered = sorted(
+        (c for c in names if c.startswith("negative_") and c.removeprefix("negative_").isdigit()),
+        key=lambda c: int(c.removeprefix("negative_")),
+    )
+    return anchor, positive, negatives[:1] + numbered
+
+
+def prepare_source(
+    dataset: Dataset,
+    source: str,
+    *,
+    columns: Sequence[str] | None = None,
+    num_negatives: int | None = None,
+) -> Dataset:
+    """Validate one loaded source and return it as ``anchor, positive[, negative_1..k]`` string columns.
+
+    List-valued columns (FlagEmbedding's ``pos``/``neg``) are flattened: the first positive, the first ``k``
+    negatives (``k`` = ``num_negatives``, default the shortest list). Raises :class:`DataValidationError` naming
+    ``source``, the column and the (0-based) row of the first bad value.
+    """
+    if len(dataset) == 0:
+        raise DataValidationError(f"{source}: no rows.")
+    try:
+        anchor, positive, negatives = resolve_columns(dataset.column_names, columns)
+    except DataValidationError as exc:
+        raise DataValidationError(f"{source}: {exc}") from None
+    out: dict[str, list[str]] = {}
+    out["anchor"] = _string_column(dataset[anchor], source, anchor, first_only=True)
+    out["positive"] = _string_column(dataset[positive], source, positive, first_only=True)
+    if num_negatives != 0:
+        negative_lists: list[list[str]] = [[] for _ in range(len(dataset))]
+        for column in negatives:
+            values = dataset[column]
+            for row, value in enumerate(values):
+                items = value if isinstance(value, list) else [value]
+                for item in items:
+                    _check_string(item, source, column, row)
+                negative_lists[row].extend(items)
+        if negatives:
+            k = min(len(n) for n in negative_lists)
+            if num_negatives is not None:
+                if k < num_negatives:
+                    row = next(i for i, n in enumerate(negative_lists) if len(n) < num_negatives)
+                    raise DataValidationError(
+                        f"{source}: column {negatives[0]!r}, row {row}: {len(negative_lists[row])} negative(s), "
+                        f"but num_negatives={num_negatives}."
+                    )
+                k = num_negatives
+            if k == 0:
+                row = next(i for i, n in enumerate(negative_lists) if not n)
+                raise DataValidationError(
+                    f"{source}: column {negatives[0]!r}, row {row}: empty negatives list; fix the row or pass "
+                    "--num_negatives 0 to train on pairs only."
+                )
+            for i in range(k):
+                out[f"negative_{i + 1}"] = [n[i] for n in negative_lists]
+        elif num_negatives:
+            raise DataValidationError(
+                f"{source}: num_negatives={num_negatives} but no negative column in {dataset.column_names}."
+            )
+    return Dataset.from_dict(out)
+
+
+def _check_string(value: object, source: str, column: str, row: int) -> None:
+    if not isinstance(value, str):
+        raise DataValidationError(
+            f"{source}: column {column!r}, row {row}: expected a string, got {type(value).__name__} ({value!r:.60})."
+        )
+    if not value.strip():
+        raise DataValidationError(f"{source}: column {column!r}, row {row}: empty text.")
+
+
+def _string_column(values: list[object], source: str, column: str, *, first_only: bool) -> list[str]:
+    out = []
+    for row, value in enumerate(values):
+        if isinstance(value, list) and first_only:
+            if not value:
+                raise DataValidationError(f"{source}: column {column!r}, row {row}: empty list.")
+            value = value[0]
+        _check_string(value, source, column, row)
+        out.append(value)
+    return out
+
+
+def load_training_data(
+    specs: Sequence[str],
+    *,
+    columns: Sequence[str] | None = None,
+    num_negatives: int | None = None,
+    split: str = "train",
+    max_rows: int | None = None,
+    min_rows: int = 1,
+) -> DatasetDict:
+    """Load, map and validate every source; returns a :class:`DatasetDict` keyed by source name.
+
+    ``min_rows`` is the smallest acceptable source (one global batch): smaller sources are an error.
+    """
+    data: dict[str, Dataset] = {}
+    for spec in specs:
+        source = SourceSpec.parse(spec)
+        if source.name in data:
+            raise DataValidationError(f"{spec}: two sources are named {source.name!r}; name them with NAME=PATH.")
+        dataset = load_source(source.location, split=split, max_rows=max_rows)
+        data[source.name] = prepare_source(dataset, source.location, columns=columns, num_negatives=num_negatives)
+    return validate_sizes(DatasetDict(data), min_rows=min_rows, locations={SourceSpec.parse(s).name: s for s in specs})
+
+
+def validate_sizes(data: DatasetDict, *, min_rows: int, locations: dict[str, str] | None = None) -> DatasetDict:
+    """Every source must hold at least one (global) batch, since each batch is drawn from a single source."""
+    for name, dataset in data.items():
+        if len(dataset) < min_rows:
+            where = (locations or {}).get(name, name)
+            raise DataValidationError(
+                f"{where}: {len(dataset)} rows, fewer than one global batch ({min_rows} rows); lower the batch size "
+                "or merge this source with another."
+            )
+    return data
+
+
+def sampling_probabilities(sizes: Sequence[int], alpha: float = 0.5) -> list[float]:
+    """GTE's multi-source mixture: p_i = n_i^alpha / sum_j n_j^alpha (alpha=1: proportional, 0: uniform)."""
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    weights = [n**alpha if n > 0 else 0.0 for n in sizes]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+class AlphaSourceBatchSampler(MultiDatasetDefaultBatchSampler):
+    """Draws each batch from a single source, chosen with probability proportional to ``n_i ** alpha``.
+
+    Under data parallelism accelerate hands batch ``i`` of this sampler to rank ``i % world_size``; the sampler
+    therefore draws sources for whole groups of ``world_size`` consecutive batches, so that at every step all ranks
+    train on the same source. The sequence is a pure function of ``seed`` and the epoch, so every rank (and a resumed
+    run) sees the same batches. An epoch has as many batches as the sources hold together; a source exhausted before
+    the epoch ends is reshuffled and drawn again (small sources are up-sampled when ``alpha < 1``).
+
+    Args:
+        dataset: The :class:`~torch.utils.data.ConcatDataset` of the sources.
+        batch_samplers: One batch sampler per source (e.g. sentence-transformers' ``NoDuplicatesBatchSampler``).
+        generator, seed: As in sentence-transformers' multi-dataset samplers.
+        alpha: The mixture exponent.
+        world_size: Number of data-parallel ranks (batches per step).
+    """
+
+    def __init__(
+        self,
+        dataset: ConcatDataset,
+        batch_samplers: list[BatchSampler],
+        generator: torch.Generator | None = None,
+        seed: int = 0,
+        alpha: float = 0.5,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(dataset, batch_samplers, generator=generator, seed=seed)
+        self.alpha = alpha
+        self.world_size = max(1, world_size)
+        self.probabilities = sampling_probabilities([len(d) for d in dataset.datasets], alpha)
+
+    def source_sequence(self) -> list[int]:
+        """The source index of every batch of the current epoch."""
+        generator = torch.Generator().manual_seed(int(self.seed) * 1_000_003 + self.epoch)
+        groups = len(self) // self.world_size
+        draws = torch.multinomial(torch.tensor(self.probabilities), groups, replacement=True, generator=generator)
+        return [int(source) for source in draws for _ in range(self.world_size)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        offsets = [0] + list(accumulate(len(d) for d in self.dataset.datasets))
+        iterators: list[Iterator[list[int]] | None] = [None] * len(self.batch_samplers)
+        restarts = [0] * len(self.batch_samplers)
+        for source in self.source_sequence():
+            sampler = self.batch_samplers[source]
+            batch = None
+            for _ in range(3):
+                if iterators[source] is None:
+                    if restarts[source] and hasattr(sampler, "set_epoch"):
+                        sampler.set_epoch(self.epoch + 7919 * restarts[source])
+                    iterators[source] = iter(sampler)
+                batch = next(iterators[source], None)
+                if batch is not None:
+                    break
+                iterators[source] = None
+                restarts[source] += 1
+            if batch is None:
+                raise RuntimeError(f"source {source} yields no batches; is it smaller than one batch?")
+            yield [index + offsets[source] for index in batch]
+        for source, sampler in enumerate(self.batch_samplers):
+            if restarts[source] and hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        total = sum(len(sampler) for sampler in self.batch_samplers)
+        return max(self.world_size, total - total % self.world_size)
+
+
+__all__ = [
+    "AlphaSourceBatchSampler",
+    "DataValidationError",
+    "SourceSpec",
+    "load_source",
+    "load_training_data",
+    "prepare_source",
+    "resolve_columns",
+    "sampling_probabilities",
+    "validate_sizes",
+]
