@@ -35,6 +35,7 @@ from transformers import TrainerCallback
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+PICKLED_WEIGHTS_RE = re.compile(r"pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?")
 # Trainer state that belongs in checkpoints, not in a published model.
 TRAINER_STATE_FILES = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt"}
 
@@ -124,7 +125,7 @@ def model_files(model_dir: str | os.PathLike) -> dict[str, Path]:
         raise ValueError(
             f"{model_dir} has no safetensors weights (model.safetensors); re-save the model with safetensors"
         )
-    for pickled in [p for p in files if p.endswith(("pytorch_model.bin", ".bin.index.json"))]:
+    for pickled in [p for p in files if PICKLED_WEIGHTS_RE.fullmatch(p.rsplit("/", 1)[-1])]:
         del files[pickled]  # safetensors weights are published instead of pickles
     return files
 

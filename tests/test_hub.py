@@ -85,6 +85,7 @@ def model_dir(tiny_bert_dir, tmp_path_factory) -> Path:
     (path / "onnx").mkdir()
     (path / "onnx" / "model.onnx").write_bytes(os.urandom(2048))  # transport test only: bytes, not a real graph
     (path / "training_args.bin").write_bytes(b"trainer state, not part of a published model")
+    (path / "pytorch_model.bin").write_bytes(b"pickled weights: safetensors are published instead")
     (path / "checkpoint-5").mkdir()
     (path / "checkpoint-5" / "optimizer.pt").write_bytes(b"optimizer")
     return path
@@ -115,7 +116,7 @@ def test_push_then_pull_is_byte_identical(hub, hub_env, model_dir):
     assert set(remote) == expected
     assert {"model.safetensors", "modules.json", "1_Pooling/config.json", "2_Normalize/config.json"} <= expected
     assert {"tokenizer.json", "onnx/model.onnx", "training_summary.json"} <= expected
-    assert not any(p.startswith("checkpoint-") or p == "training_args.bin" for p in remote)
+    assert not any(p.startswith("checkpoint-") or p.endswith(".bin") for p in remote)
     assert b"library_name: sentence-transformers" in remote["README.md"]
 
     path = pull_model("me/gte-tiny")
@@ -341,3 +342,20 @@ def test_checkpoint_push_and_resume_from_hub_match_a_local_resume(hub, hub_env, 
     assert all(torch.equal(local_weights[k], remote_weights[k]) for k in local_weights)
     initial = SentenceTransformer(str(model_dir), device="cpu").state_dict()
     assert not all(torch.equal(initial[k], local_weights[k]) for k in initial)  # training did move the weights
+
+
+def test_only_portable_safetensors_models_are_published(model_dir, tmp_path):
+    custom = tmp_path / "custom"
+    shutil.copytree(model_dir, custom)
+    modules = json.loads((custom / "modules.json").read_text())
+    modules[1]["type"] = "gte_st.pooling.GTEMeanPooling"
+    (custom / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match=r"non-stock modules \['gte_st.pooling.GTEMeanPooling'\]"):
+        model_files(custom)
+    pickles = tmp_path / "pickles"
+    shutil.copytree(model_dir, pickles)
+    (pickles / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="no safetensors weights"):
+        model_files(pickles)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model_files(tmp_path / "missing")
