@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ TASK_TYPES: dict[str, tuple[str, str]] = {
     "Clustering": ("clustering", "Clustering"),
     "Reranking": ("reranking", "Reranking"),
 }
+HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+DATA_FILE_SUFFIXES = {".csv", ".tsv", ".txt", ".json", ".jsonl", ".gz", ".parquet", ".arrow", ".zip", ".tar"}
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "gte", "gte-st"]
 
 
@@ -87,6 +90,16 @@ def _base_model_hub_id(base_model: str | None) -> str | None:
     return base_model if base_model.count("/") <= 1 else None
 
 
+def _is_hub_dataset_id(source: str | None) -> bool:
+    """Whether a data source names a Hub dataset (``org/name``) rather than a local file or folder."""
+    return bool(
+        source
+        and HUB_ID_RE.fullmatch(source)
+        and not os.path.exists(source)
+        and Path(source).suffix.lower() not in DATA_FILE_SUFFIXES
+    )
+
+
 def _card_license(base_model: str | None) -> str | None:
     """The licence declared in the metadata of the base model's own README (local directory), if any."""
     if not base_model or not os.path.isfile(os.path.join(base_model, "README.md")):
@@ -139,6 +152,47 @@ def _model_facts(model_dir: Path) -> dict[str, Any]:
     return facts
 
 
+def _run_facts(summary: dict) -> list[str]:
+    facts = []
+    if summary.get("precision"):
+        facts.append(f"Precision {summary['precision']}")
+    if summary.get("world_size"):
+        facts.append(f"{summary['world_size']} process{'es' if summary['world_size'] > 1 else ''}")
+    if summary.get("seed") is not None:
+        facts.append(f"seed {summary['seed']}")
+    if summary.get("total_runtime_s"):
+        facts.append(f"total training time {summary['total_runtime_s']:.0f} s")
+    if facts:
+        facts[0] = facts[0][0].upper() + facts[0][1:]
+    return facts
+
+
+def _stage_rows(stage: dict) -> list[tuple[str, str]]:
+    """(label, value) rows describing one training stage; only what the summary records."""
+    rows = []
+    if loss := stage.get("loss"):
+        rows.append(("Loss", f"`{loss['name']}` with `{json.dumps(loss.get('config', {}), sort_keys=True)}`"))
+    if stage.get("per_device_batch_size"):
+        batch = f"{stage['per_device_batch_size']} per device"
+        if stage.get("global_batch_size"):
+            batch += f", {stage['global_batch_size']} global"
+        if stage.get("mini_batch_size"):
+            batch += f" (gradient-cached mini-batches of {stage['mini_batch_size']})"
+        rows.append(("Batch size", batch))
+    if stage.get("max_seq_length"):
+        rows.append(("Max sequence length", str(stage["max_seq_length"])))
+    if stage.get("learning_rate") is not None:
+        rows.append(("Learning rate", str(stage["learning_rate"])))
+    if stage.get("steps") is not None:
+        rows.append(("Steps / epochs", f"{stage['steps']} / {stage.get('epochs')}"))
+    if stage.get("pairs_per_second"):
+        throughput = f"{stage['pairs_per_second']:.1f} pairs/s"
+        if stage.get("runtime_s"):
+            throughput += f" over {stage['runtime_s']:.0f} s"
+        rows.append(("Throughput", throughput))
+    return rows
+
+
 def _eval_rows(results: list[dict], before: list[dict]) -> list[dict]:
     base = {(r["task_type"], r["dataset"], r["split"]): r for r in before}
     rows = []
@@ -186,7 +240,7 @@ def model_card_data(model_dir: str | os.PathLike, *, model_name: str | None = No
             data["source"]
             for stage in summary.get("stages", [])
             for data in stage.get("data", [])
-            if data.get("source") and not os.path.isabs(data["source"]) and data["source"].count("/") == 1
+            if _is_hub_dataset_id(data.get("source"))
         }
     )
     return ModelCardData(
@@ -234,10 +288,8 @@ def render_model_card(model_dir: str | os.PathLike, *, repo_id: str | None = Non
         "license": data.license,
         "license_from_base": license is None and data.license is not None,
         "facts": _model_facts(model_dir),
-        "stages": [
-            {**stage, "loss_config": json.dumps(stage.get("loss", {}).get("config", {}), sort_keys=True)}
-            for stage in summary.get("stages", [])
-        ],
+        "stages": [{**stage, "rows": _stage_rows(stage)} for stage in summary.get("stages", [])],
+        "run_facts": _run_facts(summary),
         "eval_rows": _eval_rows(
             load_eval_results(model_dir), _check_eval_results(before, f"{SUMMARY_FILE} eval.before")
         ),

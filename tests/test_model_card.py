@@ -108,6 +108,7 @@ def test_card_from_a_real_training_summary_parses_with_huggingface_hub(trained_d
     assert data.library_name == "sentence-transformers" and data.pipeline_tag == "sentence-similarity"
     assert {"sentence-transformers", "gte"} <= set(data.tags)
     assert data.base_model is None and data.license is None  # a local base with no Hub id / licence: left out
+    assert data.datasets is None  # local data files are not Hub datasets
     model_name, results = model_index_to_eval_results(data.to_dict()["model-index"])
     assert model_name == "gte-tiny"
     parsed = {(r.task_type, r.dataset_type, r.dataset_split, r.metric_type): r.metric_value for r in results}
@@ -185,13 +186,18 @@ def test_a_bare_model_gets_a_card_that_invents_nothing(tiny_bert_dir, tmp_path):
 
 def test_packaged_minilm_base_maps_to_its_hub_id_and_licence(minilm_dir, tiny_bert_dir, tmp_path):
     gte_st.build_model(str(tiny_bert_dir)).save(str(tmp_path / "m"))
-    summary = {"base_model": str(minilm_dir), "gte_st_version": gte_st.__version__}
+    data = [
+        {"name": "nli", "source": "sentence-transformers/all-nli", "rows": 10},
+        {"name": "x", "source": "a/b.jsonl"},
+    ]
+    summary = {"base_model": str(minilm_dir), "gte_st_version": gte_st.__version__, "stages": [{"data": data}]}
     (tmp_path / "m" / "training_summary.json").write_text(json.dumps(summary))
     (tmp_path / "m" / "onnx").mkdir()
     (tmp_path / "m" / "onnx" / "model.onnx").write_bytes(b"onnx")
     card = ModelCard(render_model_card(tmp_path / "m", repo_id="me/m"))
     assert card.data.base_model == gte_st.model.HUB_FALLBACK_BASE_MODEL
     assert card.data.license == "apache-2.0"  # declared by the base model's own card
+    assert card.data.datasets == ["sentence-transformers/all-nli"]
     assert "## Licence\n\napache-2.0, the licence declared by the base model" in card.text
     assert 'model_file="onnx/model.onnx"' in card.text and "dim=32" in card.text
     explicit = ModelCard(render_model_card(tmp_path / "m", license="mit"))
