@@ -359,3 +359,17 @@ def test_only_portable_safetensors_models_are_published(model_dir, tmp_path):
         model_files(pickles)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         model_files(tmp_path / "missing")
+
+
+def test_exported_onnx_model_round_trips_and_runs(hub, hub_env, model_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    export = pytest.importorskip("gte_st.export")
+    exported = tmp_path / "exported"
+    shutil.copytree(model_dir, exported, ignore=shutil.ignore_patterns("onnx"))
+    assert export.export_onnx(exported).variants[0].written
+    push_model(exported, "me/gte-onnx")
+    path = pull_model("me/gte-onnx")
+    assert (path / "onnx" / "model.onnx").read_bytes() == (exported / "onnx" / "model.onnx").read_bytes()
+    assert 'model_file="onnx/model.onnx"' in (path / "README.md").read_text()  # the FastEmbed snippet
+    onnx = export.load_onnx_model(path).encode(SENTENCES, convert_to_tensor=True)  # runs on ONNX Runtime
+    assert torch.allclose(onnx.cpu().float(), _encode(exported), atol=1e-4)
