@@ -321,7 +321,15 @@ class GTETrainer(SentenceTransformerTrainer):
         )
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except ValueError as exc:  # gte_st's losses refuse non-finite embeddings before computing a loss
+            if "non-finite" not in str(exc):
+                raise
+            raise NonFiniteLossError(
+                f"the training loss became nan at step {self.state.global_step + 1} ({exc}); training stopped "
+                "before applying this update."
+            ) from None
         bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
         if self.args.world_size > 1:
             bad = self.accelerator.reduce(bad, reduction="sum")

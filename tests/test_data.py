@@ -1,0 +1,181 @@
+"""Data sources, column mapping, validation errors and the n^alpha single-source batch sampler."""
+
+from __future__ import annotations
+
+import csv
+import json
+from itertools import accumulate
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import stsb_rows
+from datasets import Dataset
+from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+from torch.utils.data import ConcatDataset
+
+from gte_st.data import (
+    AlphaSourceBatchSampler,
+    DataValidationError,
+    load_source,
+    load_training_data,
+    prepare_source,
+    resolve_columns,
+    sampling_probabilities,
+)
+
+
+def _pairs(start: int, count: int) -> list[tuple[str, str]]:
+    return [(s1, s2) for _, s1, s2 in stsb_rows("train")[start : start + count]]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf8")
+    return path
+
+
+def source_of(batch: list[int], sizes: list[int]) -> int:
+    ends = list(accumulate(sizes))
+    owners = {next(i for i, end in enumerate(ends) if index < end) for index in batch}
+    assert len(owners) == 1, f"batch mixes sources {owners}"
+    return owners.pop()
+
+
+def test_resolve_columns_defaults_and_explicit():
+    assert resolve_columns(["anchor", "positive", "negative"]) == ("anchor", "positive", ["negative"])
+    assert resolve_columns(["query", "pos", "neg"]) == ("query", "pos", ["neg"])
+    assert resolve_columns(["anchor", "positive", "negative_2", "negative_1"]) == (
+        "anchor",
+        "positive",
+        ["negative_1", "negative_2"],
+    )
+    assert resolve_columns(["q", "d", "x"], ["q", "d"]) == ("q", "d", [])
+    with pytest.raises(DataValidationError, match=r"unknown column\(s\) \['nope'\]"):
+        resolve_columns(["q", "d"], ["q", "nope"])
+    with pytest.raises(DataValidationError, match="cannot tell the anchor/positive columns"):
+        resolve_columns(["foo", "bar"])
+
+
+def test_file_formats_and_flagembedding_lists(tmp_path):
+    pairs = _pairs(0, 20)
+    _write_jsonl(
+        tmp_path / "fe.jsonl", [{"query": a, "pos": [b], "neg": [pairs[-1][0], pairs[-2][0]]} for a, b in pairs]
+    )
+    with open(tmp_path / "st.tsv", "w", encoding="utf8") as f:
+        f.write("anchor\tpositive\n" + "".join(f"{a}\t{b}\n" for a, b in pairs))
+    with open(tmp_path / "st.csv", "w", encoding="utf8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "answer"])
+        writer.writerows(pairs)
+    Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [b for _, b in pairs]}).to_parquet(
+        tmp_path / "st.parquet"
+    )
+
+    fe = prepare_source(load_source(str(tmp_path / "fe.jsonl")), "fe.jsonl")
+    assert fe.column_names == ["anchor", "positive", "negative_1", "negative_2"]
+    assert fe[0] == {
+        "anchor": pairs[0][0],
+        "positive": pairs[0][1],
+        "negative_1": pairs[-1][0],
+        "negative_2": pairs[-2][0],
+    }
+    one_negative = prepare_source(load_source(str(tmp_path / "fe.jsonl")), "fe.jsonl", num_negatives=1)
+    assert one_negative.column_names == ["anchor", "positive", "negative_1"]
+    for name in ("st.tsv", "st.csv", "st.parquet"):
+        dataset = prepare_source(load_source(str(tmp_path / name)), name)
+        assert dataset.column_names == ["anchor", "positive"]
+        assert dataset["anchor"] == [a for a, _ in pairs]
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write_jsonl(folder / "part1.jsonl", [{"anchor": a, "positive": b} for a, b in pairs[:5]])
+    _write_jsonl(folder / "part2.jsonl", [{"anchor": a, "positive": b} for a, b in pairs[5:]])
+    data = load_training_data([f"mine={folder}", str(tmp_path / "st.tsv")], min_rows=4)
+    assert {name: len(d) for name, d in data.items()} == {"mine": 20, "st": 20}
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            [{"anchor": "a b c", "positive": "d e f"}, {"anchor": "", "positive": "x"}],
+            r"column 'anchor', row 1: empty",
+        ),
+        ([{"anchor": "a b", "positive": 3}], r"column 'positive', row 0: expected a string, got int"),
+        (
+            [{"query": "a", "pos": ["b"], "neg": ["c"]}, {"query": "a", "pos": ["b"], "neg": []}],
+            r"'neg', row 1: empty",
+        ),
+        ([{"query": "a", "pos": [], "neg": ["c"]}], r"column 'pos', row 0: empty list"),
+        ([{"foo": "a", "bar": "b"}], r"bad\.jsonl: cannot tell the anchor/positive columns"),
+    ],
+)
+def test_validation_errors_name_file_column_row(tmp_path, rows, message):
+    path = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataValidationError, match=message) as info:
+        load_training_data([str(path)])
+    assert "bad.jsonl" in str(info.value)
+
+
+def test_missing_unsupported_and_too_small_sources(tmp_path):
+    with pytest.raises(DataValidationError, match=r"missing\.jsonl: file not found"):
+        load_training_data([str(tmp_path / "missing.jsonl")])
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(DataValidationError, match="unsupported file type"):
+        load_training_data([str(tmp_path / "notes.txt")])
+    small = _write_jsonl(tmp_path / "small.jsonl", [{"anchor": a, "positive": b} for a, b in _pairs(0, 5)])
+    with pytest.raises(DataValidationError, match=r"small\.jsonl: 5 rows, fewer than one global batch \(8 rows\)"):
+        load_training_data([str(small)], min_rows=8)
+
+
+def test_sampling_probabilities():
+    assert sampling_probabilities([100, 400], 0.5) == pytest.approx([1 / 3, 2 / 3])
+    assert sampling_probabilities([100, 400], 1.0) == pytest.approx([0.2, 0.8])
+    assert sampling_probabilities([100, 400], 0.0) == pytest.approx([0.5, 0.5])
+
+
+def _sampler(sizes: list[int], batch_size: int, alpha: float, world_size: int = 1, seed: int = 7):
+    rows = stsb_rows("train")
+    datasets, start = [], 0
+    for size in sizes:
+        chunk = rows[start : start + size]
+        datasets.append(Dataset.from_dict({"anchor": [r[1] for r in chunk], "positive": [r[2] for r in chunk]}))
+        start += size
+    generator = torch.Generator()
+    samplers = [NoDuplicatesBatchSampler(d, batch_size, True, generator=generator, seed=seed) for d in datasets]
+    concat = ConcatDataset(datasets)
+    return concat, AlphaSourceBatchSampler(
+        concat, samplers, generator=generator, seed=seed, alpha=alpha, world_size=world_size
+    )
+
+
+def test_alpha_sampler_single_source_batches_follow_n_alpha_without_duplicates():
+    sizes = [160, 640, 2560]
+    concat, sampler = _sampler(sizes, batch_size=8, alpha=0.5)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == sum(sizes) // 8
+    counts = [0, 0, 0]
+    for batch in batches:
+        assert len(batch) == 8
+        counts[source_of(batch, sizes)] += 1
+        texts = [text for index in batch for text in concat[index].values()]
+        assert len(texts) == len(set(texts)), "duplicate text inside a batch"
+    expected = [p * len(batches) for p in sampling_probabilities(sizes, 0.5)]  # 1/7, 2/7, 4/7
+    for count, exp in zip(counts, expected):
+        assert abs(count - exp) < 4 * (exp * (1 - exp / len(batches))) ** 0.5, (counts, expected)
+    # the smallest source (20 batches) is up-sampled beyond one pass, the largest down-sampled
+    assert counts[0] > sizes[0] // 8 and counts[2] < sizes[2] // 8
+    assert batches == list(sampler), "same seed and epoch must give the same batches"
+    sampler.set_epoch(1)
+    assert batches != list(sampler)
+
+
+def test_alpha_sampler_groups_world_size_batches_per_source():
+    sizes = [96, 384]
+    _, sampler = _sampler(sizes, batch_size=8, alpha=1.0, world_size=2)
+    batches = list(sampler)
+    assert len(batches) % 2 == 0
+    sources = [source_of(batch, sizes) for batch in batches]
+    # accelerate gives batch i to rank i % 2: both ranks see the same source at every step
+    assert all(sources[i] == sources[i + 1] for i in range(0, len(sources), 2))
+    assert len(set(sources)) == 2

@@ -1,0 +1,169 @@
+"""Recipe parsing, loss factory, stage chaining, NaN stop, checkpoints and the atomic final save."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import stsb_rows
+from safetensors.torch import load_file
+from sentence_transformers.sentence_transformer import losses as st_losses
+
+import gte_st
+from gte_st import losses as gte_losses
+from gte_st.train import main
+from gte_st.training import (
+    GTE_DIRECTIONS,
+    build_loss,
+    latest_checkpoint,
+    parse_stages,
+    resolve_precision,
+    save_atomically,
+)
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    rows = stsb_rows("train")[:96]
+    path.write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in rows), encoding="utf8")
+    return path
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(next(model_dir.rglob("model.safetensors")))
+
+
+def test_yaml_recipe_stages_and_cli_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "base_model: some/encoder\nloss: mse\nlearning_rate: 1.0e-4\nprecision: fp32\noutput_dir: "
+        f"{tmp_path / 'model'}\n"
+        "stages:\n  - name: pretrain\n    max_seq_length: 32\n    mini_batch_size: 16\n"
+        "  - name: finetune\n    loss: gte\n    learning_rate: 2.0e-5\n    mine_hard_negatives: true\n"
+    )
+    stages = parse_stages(["--config", str(recipe), "--max_steps", "7", "--alpha", "0.3"])
+    assert [s.name for s in stages] == ["pretrain", "finetune"]
+    pretrain, finetune = stages
+    assert (pretrain.recipe.max_seq_length, pretrain.recipe.mini_batch_size, pretrain.recipe.loss) == (32, 16, "mse")
+    assert pretrain.args.learning_rate == 1e-4 and finetune.args.learning_rate == 2e-5
+    assert (
+        finetune.recipe.loss == "gte" and finetune.recipe.mine_hard_negatives and finetune.recipe.max_seq_length == 128
+    )
+    assert all(s.args.max_steps == 7 and s.recipe.alpha == 0.3 and not s.args.bf16 for s in stages)
+    assert pretrain.final_dir == tmp_path / "model"
+    assert Path(finetune.args.output_dir) == tmp_path / "model" / "checkpoints" / "finetune"
+
+    (default,) = parse_stages([])
+    assert default.final_dir == Path("gte") and default.recipe.data is None and default.recipe.loss == "mse"
+    assert default.args.batch_sampler == "no_duplicates"
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages:\n  - name: a\n    learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml \(stage 0\): unknown option\(s\) \['learning_rat'\]"):
+        parse_stages(["--config", str(bad)])
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--data", "--alpha", "--loss", "--mini_batch_size", "--gather_across_devices", "--resume",
+                   "--push-to-hub", "--hub-checkpoints", "--resume-from-hub", "--eval_beir", "--learning_rate",
+                   "--save_steps", "--gradient_checkpointing", "--bf16", "--mine_hard_negatives"):  # fmt: skip
+        assert option in text, option
+
+
+def test_precision_auto_follows_hardware():
+    flags = resolve_precision("auto")
+    if torch.cuda.is_available():
+        assert flags["bf16"] or flags["fp16"]
+    elif "amx_bf16" in Path("/proc/cpuinfo").read_text():
+        assert flags == {"bf16": True, "fp16": False, "use_cpu": True}
+    assert resolve_precision("fp32") == {"bf16": False, "fp16": False}
+
+
+@pytest.mark.parametrize(
+    ("name", "mini_batch_size", "expected"),
+    [
+        ("mse", None, gte_losses.NormalizedMSELoss),
+        ("mse", 4, gte_losses.CachedNormalizedMSELoss),
+        ("gte", None, st_losses.MultipleNegativesRankingLoss),
+        ("gte", 4, st_losses.CachedMultipleNegativesRankingLoss),
+        ("mnrl", None, st_losses.MultipleNegativesRankingLoss),
+        ("mnrl", 4, st_losses.CachedMultipleNegativesRankingLoss),
+    ],
+)
+def test_loss_factory(tiny_bert_dir, name, mini_batch_size, expected):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    loss = build_loss(model, name, mini_batch_size=mini_batch_size, gather_across_devices=True)
+    assert type(loss) is expected
+    config = loss.get_config_dict()
+    assert config["gather_across_devices"] is True
+    if mini_batch_size:
+        assert config["mini_batch_size"] == 4
+    if name == "gte":
+        assert tuple(loss.directions) == GTE_DIRECTIONS and loss.partition_mode == "joint"
+    if name == "mnrl":
+        assert tuple(loss.directions) == ("query_to_doc",)
+    with pytest.raises(ValueError, match="unknown loss 'triplet'"):
+        build_loss(model, "triplet")
+
+
+def test_stage_chaining_starts_from_previous_weights(tiny_bert_dir, pairs_file, tmp_path):
+    common = ["--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--precision", "fp32",
+              "--per_device_train_batch_size", "8", "--max_steps", "3", "--save_steps", "100"]  # fmt: skip
+    assert main([*common, "--output_dir", str(tmp_path / "one"), "--learning_rate", "1e-3"]) == 0
+    one = _weights(tmp_path / "one")
+
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(
+        "stages:\n  - name: pretrain\n    learning_rate: 1.0e-3\n    max_seq_length: 128\n"
+        "  - name: finetune\n    learning_rate: 0.0\n    max_seq_length: 64\n    loss: gte\n    mini_batch_size: 4\n"
+    )
+    assert main([*common, "--config", str(recipe), "--output_dir", str(tmp_path / "two")]) == 0
+    two = _weights(tmp_path / "two")
+    base = _weights(tiny_bert_dir)
+    # stage 2 (learning rate 0) ends exactly where stage 1 ended, which moved away from the base model
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert any(not torch.equal(base[k.removeprefix("0.").removeprefix("auto_model.")], two[k]) for k in two)
+
+    summary = json.loads((tmp_path / "two" / "training_summary.json").read_text())
+    assert [s["name"] for s in summary["stages"]] == ["pretrain", "finetune"]
+    pretrain, finetune = summary["stages"]
+    assert pretrain["loss"]["name"] == "NormalizedMSELoss"
+    assert finetune["loss"]["name"] == "CachedMultipleNegativesRankingLoss" and finetune["mini_batch_size"] == 4
+    assert finetune["max_seq_length"] == 64 and summary["max_seq_length"] == 64
+    assert pretrain["steps"] == 3 and pretrain["data"][0]["rows"] == 96 and pretrain["pairs_per_second"] > 0
+    assert summary["precision"] == "fp32" and summary["world_size"] == 1
+    assert not (tmp_path / "two" / "checkpoints").exists()
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_bert_dir, pairs_file, tmp_path, capsys):
+    out = tmp_path / "nan"
+    code = main(["--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--precision", "fp32",
+                 "--per_device_train_batch_size", "8", "--max_steps", "10", "--save_steps", "1",
+                 "--save_total_limit", "20", "--learning_rate", "1e30", "--warmup_steps", "0",
+                 "--max_grad_norm", "0", "--output_dir", str(out)])  # fmt: skip
+    assert code == 1
+    message = capsys.readouterr().err
+    assert "the training loss became nan" in message and "stopped before applying this update" in message
+    good = latest_checkpoint(out / "checkpoints" / "train")
+    assert good is not None and f"the last good checkpoint is {good}" in message
+    assert all(torch.isfinite(t).all() for t in _weights(good).values())
+    assert not (out / "modules.json").exists(), "no final model after a failed run"
+
+
+def test_save_atomically_replaces_old_model(tiny_bert_dir, tmp_path):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    final = tmp_path / "gte"
+    (final / "checkpoints" / "train" / "checkpoint-1").mkdir(parents=True)
+    (final / "stale.txt").write_text("old")
+    save_atomically(model, final, {"training_summary.json": {"ok": True}}, keep=final / "checkpoints")
+    assert (final / "modules.json").is_file() and not (final / "stale.txt").exists()
+    assert (final / "checkpoints" / "train" / "checkpoint-1").is_dir()
+    assert json.loads((final / "training_summary.json").read_text()) == {"ok": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gte"], "no temporary directories left behind"
