@@ -226,20 +226,12 @@ def _load_model(model: str | SentenceTransformer) -> tuple[SentenceTransformer, 
     return SentenceTransformer(model, device=None), model
 
 
-def _encode(
-    model: SentenceTransformer, texts: list[str], batch_size: int, show_progress_bar: bool = False
-) -> np.ndarray:
-    try:
-        from gte_st.encoding import encode
-    except ImportError:  # contract 4 not available
-        return model.encode(
-            texts,
-            batch_size=batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=show_progress_bar,
-        ).astype(np.float32)
-    return encode(model, texts, batch_size=batch_size, show_progress_bar=show_progress_bar)
+def _encode(model: SentenceTransformer, texts: list[str], batch_size: int, precision: str = "auto") -> np.ndarray:
+    """float32, L2-normalised embeddings through gte_st.encoding.encode (contract 4): length-sorted batches, bf16
+    on CPUs with AMX / AVX512-BF16 when ``precision="auto"``."""
+    from gte_st.encoding import encode
+
+    return encode(model, texts, batch_size=batch_size, precision=precision)
 
 
 # ---------------------------------------------------------------------------------------------------------- BM25
@@ -367,6 +359,7 @@ def build_index(
     text_field: str | None = None,
     overwrite: bool = False,
     show_progress_bar: bool = True,
+    encode_precision: str = "auto",
     seed: int = 0,
 ) -> Index:
     """Encode a corpus and write an index directory (see the module docstring for its layout).
@@ -382,6 +375,8 @@ def build_index(
         index_type: ``"flat"`` (exact inner product), ``"hnsw"`` or ``"ivf"``.
         hnsw_m: HNSW graph degree. ``nlist``: IVF cells (default ``4 * sqrt(N)``).
         overwrite: Replace an existing index at ``out``.
+        encode_precision: ``"auto"`` (bf16 on CPUs with AMX / AVX512-BF16 and on GPUs), ``"fp32"`` or ``"bf16"``;
+            queries are encoded the same way.
     """
     from tqdm.auto import tqdm
 
@@ -423,6 +418,7 @@ def build_index(
         "model_sha256": model_sha,
         "dim": dim,
         "shard_size": shard_size,
+        "encode_precision": encode_precision,
     }
     build_file = partial / "build.json"
     if partial.exists():
@@ -446,7 +442,7 @@ def build_index(
             if shard_path.is_file():
                 continue
             chunk = texts[s * shard_size : (s + 1) * shard_size]
-            embeddings = _encode(st_model, chunk, batch_size)
+            embeddings = _encode(st_model, chunk, batch_size, encode_precision)
             if embeddings.shape != (len(chunk), dim):
                 raise RuntimeError(
                     f"model returned embeddings of shape {embeddings.shape}, expected ({len(chunk)}, {dim})"
@@ -479,7 +475,7 @@ def build_index(
             f.write(json.dumps({"id": doc_id, "text": text}, ensure_ascii=False) + "\n")
     files["docs.jsonl"] = ""
     files = {name: _sha256(partial / name) for name in files}
-    probes = _encode(st_model, PROBE_TEXTS, batch_size)
+    probes = _encode(st_model, PROBE_TEXTS, batch_size, encode_precision)
     from gte_st import __version__
 
     meta = {
@@ -496,6 +492,7 @@ def build_index(
             "probe_embeddings": np.round(probes, 5).tolist(),
         },
         "precision": precision,
+        "encode_precision": encode_precision,
         "index": {
             "type": index_type,
             "hnsw_m": hnsw_m if index_type == "hnsw" else None,
@@ -613,7 +610,7 @@ class Index:
                 f"{self.path} was built by {recorded['name']!r} ({recorded['dimension']}-d embeddings); the query "
                 f"model {name or type(st_model).__name__!r} gives {dim}-d embeddings"
             )
-        probes = _encode(st_model, PROBE_TEXTS, 16)
+        probes = _encode(st_model, PROBE_TEXTS, 16, self.meta.get("encode_precision", "auto"))
         cosine = float((probes * np.asarray(recorded["probe_embeddings"], dtype=np.float32)).sum(axis=1).min())
         if cosine < PROBE_MIN_COSINE:
             raise ModelMismatchError(
@@ -631,7 +628,7 @@ class Index:
         return self._bm25
 
     def encode_queries(self, queries: list[str], batch_size: int = 64) -> np.ndarray:
-        return _encode(self.model, list(queries), batch_size)
+        return _encode(self.model, list(queries), batch_size, self.meta.get("encode_precision", "auto"))
 
     def search_embeddings(
         self,
@@ -756,6 +753,7 @@ def _index_main(argv: list[str]) -> int:
     parser.add_argument("--shard-size", type=int, default=4096, help="documents per resumable encoding shard")
     parser.add_argument("--id-field")
     parser.add_argument("--text-field")
+    parser.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -774,6 +772,7 @@ def _index_main(argv: list[str]) -> int:
             text_field=args.text_field,
             overwrite=args.overwrite,
             show_progress_bar=not args.no_progress,
+            encode_precision=args.encode_precision,
         )
     except (IndexError_, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"gte-st index: {exc}", file=sys.stderr)

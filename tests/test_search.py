@@ -1,0 +1,231 @@
+"""Index directories, search, BM25 and two-stage re-ranking, bad input, corruption and resumable builds."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, build_tiny_bert
+
+
+@pytest.fixture(scope="module")
+def tiny_gte(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import gte_st
+
+    out = tmp_path_factory.mktemp("tiny-gte-search") / "model"
+    gte_st.build_model(str(tiny_bert_dir)).save(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def scifact_docs(shared_data: Path) -> list[dict]:
+    docs = []
+    with gzip.open(shared_data / "beir_scifact" / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
+        for line in f:
+            docs.append(json.loads(line))
+    return docs
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_index(tiny_gte: Path, scifact_docs: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gte_st.cli import main
+
+    root = tmp_path_factory.mktemp("index")
+    corpus = _write_jsonl(root / "corpus.jsonl", scifact_docs[:300])
+    out = root / "idx"
+    assert main(["index", str(corpus), "--model", str(tiny_gte), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_index_cli_and_search_cli_return_ids_scores_texts(small_index, scifact_docs, capsys):
+    from gte_st.cli import main
+
+    meta = json.loads((small_index / "meta.json").read_text())
+    assert meta["count"] == 300 and meta["model"]["dimension"] == 32 and meta["model"]["sha256"]
+    assert set(meta["files"]) == {"docs.jsonl", "embeddings.npy", "index.faiss"}
+    doc = scifact_docs[7]
+    query = f"{doc['title']} {doc['text']}"
+    capsys.readouterr()
+    assert main(["search", str(small_index), query, "-k", "3", "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    hits = json.loads(line)["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["id"] == doc["_id"] and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert hits[0]["text"] == query and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_python_api_retrieve_and_two_stage_rerank(small_index, scifact_docs):
+    from gte_st.search import Index, retrieve
+
+    index = Index.load(small_index)
+    doc = scifact_docs[42]
+    hits = retrieve(small_index, doc["title"], k=2)
+    assert len(hits) == 2 and all(h.text for h in hits)
+
+    query = doc["title"]
+    candidates = index.bm25.search([query], 20)[0]
+    assert candidates and candidates[0][1] >= candidates[-1][1]
+    reranked = index.search(query, k=5, rerank_bm25=20)
+    assert {h.id for h in reranked} <= {doc_id for doc_id, _ in candidates}
+    query_embedding = index.encode_queries([query])[0]
+    for hit in reranked:  # the second stage scores are the model's cosines
+        row = index.ids.index(hit.id)
+        assert hit.score == pytest.approx(float(index.embeddings[row] @ query_embedding), abs=1e-5)
+    assert [h.score for h in reranked] == sorted((h.score for h in reranked), reverse=True)
+    bm25_only = index.search(query, k=3, bm25_only=True)
+    assert [h.id for h in bm25_only] == [doc_id for doc_id, _ in candidates[:3]]
+
+
+def test_bm25_retriever_contract():
+    from gte_st.search import BM25Retriever
+
+    bm25 = BM25Retriever(["a", "b", "c"], ["the cat sat on the mat", "dogs chase cats", "stock markets fell sharply"])
+    results = bm25.search(["markets falling", "purple elephant"], k=10)
+    assert results[0][0][0] == "c" and isinstance(results[0][0][1], float)
+    assert results[1] == []  # no shared term
+    assert len(bm25.search(["cat"], k=10)[0]) == 2  # k larger than the corpus; stemming matches cats
+
+
+@pytest.mark.parametrize(
+    ("precision", "index_type"), [("float32", "hnsw"), ("float32", "ivf"), ("int8", "flat"), ("binary", "hnsw")]
+)
+def test_precisions_and_index_types_find_the_document_itself(
+    request, tiny_gte, scifact_docs, tmp_path, precision, index_type
+):
+    from gte_st.search import build_index
+
+    # 32-bit binary codes of the random tiny model collide too much to rank anything: binary runs on MiniLM
+    model = str(request.getfixturevalue("minilm_dir") if precision == "binary" else tiny_gte)
+    docs = scifact_docs[:60] if precision == "binary" else scifact_docs[:200]
+    ids = [d["_id"] for d in docs]
+    texts = [d["title"] for d in docs] if precision == "binary" else [d["text"] for d in docs]
+    index = build_index(
+        (ids, texts), model, tmp_path / "idx", precision=precision, index_type=index_type, show_progress_bar=False
+    )
+    assert index.meta["precision"] in ("float32", "uint8", "ubinary")
+    results = index.search([texts[3], texts[50]], k=5)
+    assert [r[0].id for r in results] == [ids[3], ids[50]]
+    expected_dtype = {"float32": np.float32, "int8": np.uint8, "binary": np.uint8}[precision]
+    assert index.embeddings.dtype == expected_dtype
+    if precision == "binary":
+        assert index.embeddings.shape == (60, 384 // 8)
+
+
+def test_corpus_formats_and_bad_input(tmp_path, shared_data):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gte_st.search import CorpusError, read_corpus
+
+    ids, texts = read_corpus(shared_data / "beir_scifact")  # BEIR folder, gzipped corpus, title prepended
+    assert len(ids) == 5183 and len(set(ids)) == 5183
+    (tmp_path / "c.csv").write_text('doc_id,body\nx1,"hello, world"\nx2,second\n')
+    assert read_corpus(tmp_path / "c.csv") == (["x1", "x2"], ["hello, world", "second"])
+    pq.write_table(pa.table({"id": [1, 2], "text": ["one", "two"]}), tmp_path / "c.parquet")
+    assert read_corpus(tmp_path / "c.parquet") == (["1", "2"], ["one", "two"])
+
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(CorpusError, match=r"empty.jsonl: empty corpus"):
+        read_corpus(tmp_path / "empty.jsonl")
+    _write_jsonl(
+        tmp_path / "dup.jsonl", [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "a", "text": "z"}]
+    )
+    with pytest.raises(CorpusError, match=r"dup.jsonl: duplicate id 'a' in rows 1 and 3"):
+        read_corpus(tmp_path / "dup.jsonl")
+    _write_jsonl(tmp_path / "missing.jsonl", [{"id": "a", "text": "x"}, {"id": "b", "title": "no text"}])
+    with pytest.raises(CorpusError, match=r"missing.jsonl: row 2: missing text field 'text'"):
+        read_corpus(tmp_path / "missing.jsonl")
+    with pytest.raises(CorpusError, match="no text field"):
+        read_corpus(_write_jsonl(tmp_path / "nofield.jsonl", [{"id": "a", "body2": "x"}]))
+
+
+def test_index_cli_reports_bad_corpus(tiny_gte, tmp_path, capsys):
+    from gte_st.cli import main
+
+    _write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+    code = main(["index", str(tmp_path / "dup.jsonl"), "--model", str(tiny_gte), "--out", str(tmp_path / "i")])
+    assert code == 2 and "duplicate id 'a' in rows 1 and 2" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()
+
+
+def test_query_model_mismatch_is_refused(small_index, tmp_path):
+    import gte_st
+    from gte_st.search import Index, ModelMismatchError
+
+    other_same_dim = tmp_path / "other"
+    gte_st.build_model(str(build_tiny_bert(tmp_path / "bert-seed1", seed=1))).save(str(other_same_dim))
+    with pytest.raises(ModelMismatchError, match="embeds the probe texts differently"):
+        Index.load(small_index, model=str(other_same_dim))
+    wider = tmp_path / "wider"
+    gte_st.build_model(str(build_tiny_bert(tmp_path / "bert-48", hidden_size=48))).save(str(wider))
+    with pytest.raises(ModelMismatchError, match="gives 48-d embeddings"):
+        Index.load(small_index, model=str(wider)).search("anything")
+
+
+def test_corrupted_index_file_is_detected(small_index, tmp_path):
+    import shutil
+
+    from gte_st.search import CorruptIndexError, Index
+
+    copy = tmp_path / "idx"
+    shutil.copytree(small_index, copy)
+    data = bytearray((copy / "embeddings.npy").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "embeddings.npy").write_bytes(bytes(data))
+    with pytest.raises(CorruptIndexError, match=r"embeddings.npy is corrupted"):
+        Index.load(copy)
+    other = tmp_path / "idx2"
+    shutil.copytree(small_index, other)
+    (other / "index.faiss").unlink()
+    with pytest.raises(CorruptIndexError, match="index.faiss is missing"):
+        Index.load(other)
+
+
+def test_killed_build_never_loads_and_resumes_where_it_stopped(tiny_gte, scifact_docs, tmp_path, capfd):
+    from gte_st.search import IncompleteIndexError, Index, build_index
+
+    docs = scifact_docs[:640]
+    corpus = _write_jsonl(tmp_path / "corpus.jsonl", docs)
+    out = tmp_path / "idx"
+    shards = tmp_path / "idx.partial" / "shards"
+    cmd = [sys.executable, "-m", "gte_st.cli", "index", str(corpus), "--model", str(tiny_gte), "--out", str(out),
+           "--shard-size", "8", "--batch-size", "8", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.npy"))) >= 3:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the build finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(shards.glob("*.npy")))
+    assert 3 <= done_before < 80
+    with pytest.raises(IncompleteIndexError, match="interrupted"):
+        Index.load(out)
+
+    capfd.readouterr()
+    index = build_index(corpus, str(tiny_gte), out, shard_size=8, batch_size=8, show_progress_bar=False)
+    assert f"resuming: {done_before}/80 shards already encoded" in capfd.readouterr().err
+    assert len(index) == 640 and not (tmp_path / "idx.partial").exists()
+    from sentence_transformers import SentenceTransformer
+
+    fresh = SentenceTransformer(str(tiny_gte), device="cpu").encode(
+        [index.texts[0], index.texts[-1]], normalize_embeddings=True
+    )
+    # bf16 (encode precision "auto") on AMX CPUs, fp32 elsewhere: compare by cosine
+    assert (index.embeddings[[0, -1]] * fresh).sum(1).min() > 0.999
