@@ -360,6 +360,7 @@ def build_index(
     overwrite: bool = False,
     show_progress_bar: bool = True,
     encode_precision: str = "auto",
+    embeddings: np.ndarray | None = None,
     seed: int = 0,
 ) -> Index:
     """Encode a corpus and write an index directory (see the module docstring for its layout).
@@ -377,6 +378,7 @@ def build_index(
         overwrite: Replace an existing index at ``out``.
         encode_precision: ``"auto"`` (bf16 on CPUs with AMX / AVX512-BF16 and on GPUs), ``"fp32"`` or ``"bf16"``;
             queries are encoded the same way.
+        embeddings: Precomputed float32, L2-normalised embeddings of the corpus (by ``model``): no encoding.
     """
     from tqdm.auto import tqdm
 
@@ -429,9 +431,15 @@ def build_index(
     shards_dir.mkdir(parents=True, exist_ok=True)
     build_file.write_text(json.dumps(build_key, indent=2))
 
+    if embeddings is not None:
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.shape != (len(ids), dim):
+            raise ValueError(f"embeddings have shape {embeddings.shape}, expected ({len(ids)}, {dim})")
+        shard_size = len(ids)
+        _atomic_save_npy(shards_dir / f"{0:06d}.npy", embeddings)
     n_shards = (len(ids) + shard_size - 1) // shard_size
     done = [s for s in range(n_shards) if (shards_dir / f"{s:06d}.npy").is_file()]
-    if done:
+    if done and embeddings is None:
         logger.warning(f"{partial}: resuming, {len(done)}/{n_shards} shards already encoded")
         print(f"resuming: {len(done)}/{n_shards} shards already encoded", file=sys.stderr)
     start = time.perf_counter()
