@@ -21,6 +21,8 @@ import huggingface_hub
 import pytest
 import torch
 from hub_server import LoopbackHub
+from huggingface_hub import ModelCard
+from huggingface_hub.repocard_data import model_index_to_eval_results
 from sentence_transformers import SentenceTransformer
 
 from gte_st import build_model
@@ -377,3 +379,38 @@ def test_exported_onnx_model_round_trips_and_runs(hub, hub_env, model_dir, tmp_p
     assert 'model_file="onnx/model.onnx"' in (path / "README.md").read_text()  # the FastEmbed snippet
     onnx = export.load_onnx_model(path).encode(SENTENCES, convert_to_tensor=True)  # runs on ONNX Runtime
     assert torch.allclose(onnx.cpu().float(), _encode(exported), atol=1e-4)
+
+
+def test_gte_st_train_publishes_model_and_checkpoints_and_resumes_from_hub(hub, hub_env, tiny_bert_dir, tmp_path):
+    """End to end through the training job: --push_to_hub + --hub_checkpoints, then --resume_from_hub."""
+    from conftest import stsb_rows
+
+    from gte_st.train import main as train_main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in stsb_rows("train")[:96]))
+    sts = tmp_path / "sts.jsonl"
+    sts.write_text(
+        "".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n" for s, a, b in stsb_rows("dev")[:100])
+    )
+    args = ["--base_model", str(tiny_bert_dir), "--data", str(data), "--precision", "fp32", "--seed", "5",
+            "--per_device_train_batch_size", "8", "--save_steps", "2", "--learning_rate", "1e-3"]  # fmt: skip
+    first = [*args, "--max_steps", "4", "--eval_sts", str(sts), "--output_dir", str(tmp_path / "first")]
+    assert train_main([*first, "--push_to_hub", "me/gte-e2e", "--hub_checkpoints"]) == 0
+
+    summary = json.loads((tmp_path / "first" / "training_summary.json").read_text())
+    remote = hub.files("me/gte-e2e")
+    assert remote["model.safetensors"] == (tmp_path / "first" / "model.safetensors").read_bytes()
+    card = ModelCard(remote["README.md"].decode())
+    _, results = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    assert {r.metric_type: r.metric_value for r in results} == summary["eval"]["after"][0]["metrics"]
+    checkpoints = {p.split("/")[0] for p in hub.files("me/gte-e2e", "checkpoints") if "/" in p}
+    assert checkpoints == {"checkpoint-2", "checkpoint-4"}
+
+    requests = len(hub.requests)
+    resumed = [*args, "--max_steps", "6", "--output_dir", str(tmp_path / "resumed")]
+    assert train_main([*resumed, "--resume_from_hub", "me/gte-e2e@checkpoints"]) == 0
+    fetched = {path for method, path in hub.requests[requests:] if method == "GET" and "/resolve/" in path}
+    assert any(path.endswith("checkpoint-4/optimizer.pt") for path in fetched)
+    assert not any("checkpoint-2/" in path for path in fetched)
+    assert json.loads((tmp_path / "resumed" / "training_summary.json").read_text())["stages"][0]["steps"] == 6
