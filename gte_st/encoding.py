@@ -114,8 +114,10 @@ def encode(
     elif prompt is None and model.default_prompt_name is not None:
         prompt = model.prompts.get(model.default_prompt_name)
 
+    if not texts:
+        return np.empty((0, model.get_embedding_dimension() or 0), dtype=np.float32)
     backend = getattr(model, "backend", "torch")
-    if backend != "torch" or not texts:
+    if backend != "torch":
         embeddings = model.encode(
             texts,
             batch_size=batch_size,

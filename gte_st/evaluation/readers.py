@@ -103,13 +103,13 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
         for number, row in _jsonl(file):
             if split and "split" in row and not _split_matches(str(row["split"]), split):
                 continue
-            try:
-                score = row["score"] if "score" in row else row["label"]
-                s1.append(row["sentence1"])
-                s2.append(row["sentence2"])
-                scores.append(float(score))
-            except KeyError as e:
-                raise ValueError(f"{file}:{number}: missing key {e} (need sentence1, sentence2, score)") from None
+            score = row.get("score", row.get("label"))
+            missing = [key for key in ("sentence1", "sentence2") if key not in row] + ["score"] * (score is None)
+            if missing:
+                raise ValueError(f"{file}:{number}: missing key {missing[0]!r} (need sentence1, sentence2, score)")
+            s1.append(row["sentence1"])
+            s2.append(row["sentence2"])
+            scores.append(float(score))
         return ScoredPairs(s1, s2, scores, split or "test")
 
     rows = _lines(file)
