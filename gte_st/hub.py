@@ -277,15 +277,13 @@ def split_repo_revision(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def _file_hashes(path: Path) -> tuple[str, str]:
-    """(git blob sha1, sha256) of a file, streamed."""
-    sha1 = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    sha256 = hashlib.sha256()
+def _file_hash(path: Path, algorithm: str) -> str:
+    """``"sha256"`` or ``"git-sha1"`` (the git blob id the Hub lists for regular files) of a file, streamed."""
+    digest = hashlib.sha256() if algorithm == "sha256" else hashlib.sha1(b"blob %d\0" % path.stat().st_size)
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
-            sha1.update(chunk)
-            sha256.update(chunk)
-    return sha1.hexdigest(), sha256.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _remote_listing(api: Any, repo_id: str, commit: str, local_dir: Path | None, cache_dir: str | None) -> dict:
@@ -336,15 +334,13 @@ def verify_snapshot(
         local_file = root / relative
         if not local_file.is_file():
             raise CorruptDownloadError(f"{relative} of {where} is listed on the Hub but missing from {root}")
-        git_sha1, sha256 = _file_hashes(local_file)
-        actual_size = local_file.stat().st_size
-        expected, actual = (lfs_sha256, sha256) if lfs_sha256 else (blob_id, git_sha1)
+        algorithm, expected = ("sha256", lfs_sha256) if lfs_sha256 else ("git-sha1", blob_id)
+        actual, actual_size = _file_hash(local_file, algorithm), local_file.stat().st_size
         if (size is not None and actual_size != size) or expected != actual:
             _discard(local_file, local_dir, relative)
             raise CorruptDownloadError(
-                f"{relative} of {where} is corrupted: got {actual_size} bytes with "
-                f"{'sha256' if lfs_sha256 else 'git-sha1'} {actual}, the Hub lists {size} bytes with {expected}. "
-                "The bad copy was removed from the cache; pull again."
+                f"{relative} of {where} is corrupted: got {actual_size} bytes with {algorithm} {actual}, the Hub "
+                f"lists {size} bytes with {expected}. The bad copy was removed from the cache; pull again."
             )
         checked += 1
     return checked
@@ -391,6 +387,8 @@ def _download(
         from huggingface_hub.utils import filter_repo_objects
 
         listing = {p: listing[p] for p in filter_repo_objects(list(listing), allow_patterns=allow_patterns)}
+    if not listing:
+        logger.warning(f"{where}: no file listing to verify {path} against (none cached with the snapshot)")
     verify_snapshot(path, listing, where=f"{where} ({commit[:8]})")
     return Path(path), commit, listing
 

@@ -16,10 +16,14 @@ Covered (model repos only)::
     HEAD|GET /{repo}/resolve/{rev}/{path}           ETag (git blob sha1), X-Repo-Commit, Content-Length; Range on GET;
                                                     X-Error-Code RepoNotFound / RevisionNotFound / EntryNotFound on 404
 
-Not covered: LFS and Xet storage. The preupload answer declares every file "regular", which is what the real client
-honours (``_fetch_upload_modes``): files then travel base64-encoded inside the NDJSON commit and nothing goes through
-the LFS batch API or the Xet CAS (``hf_xet`` is never called, as no ``X-Xet-Hash`` header is ever served). Commits
-with ``lfsFile`` lines are refused (400). Also not covered: datasets/spaces, tags, pull-request merging, pagination
+Not covered: LFS and Xet *transfers*. The preupload answer declares every file "regular", which is what the real
+client honours (``_fetch_upload_modes``): files then travel base64-encoded inside the NDJSON commit and nothing goes
+through the LFS batch API or the Xet CAS (``hf_xet`` is never called, as no ``X-Xet-Hash`` header is ever served).
+Commits with ``lfsFile`` lines are refused (400). What *is* modelled is how the Hub lists and serves files that
+.gitattributes sends to LFS (``*.safetensors``, ``*.onnx``, ``*.bin``, ``*.pt``, ``*.pth``): tree entries carry
+``lfs: {oid: sha256, size, pointerSize}`` with the pointer's blob id as ``oid``, and resolve answers with the
+pointer's ETag plus ``X-Linked-Etag`` (sha256) / ``X-Linked-Size``, so the cache stores them under their sha256 as
+with the real Hub. Also not covered: datasets/spaces, tags, pull-request merging, pagination
 (one page is returned), ``expand`` fields other than the basics, rate limits, gated repos, redirects to a CDN.
 
 Auth: writes need ``Authorization: Bearer <token>`` with one of the server's tokens (401 otherwise); reads of private
@@ -47,11 +51,22 @@ import yaml
 
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.onnx filter=lfs diff=lfs merge=lfs -text\n"
 _REPO = r"(?P<repo>[^/]+/[^/]+)"
+LFS_SUFFIXES = (".safetensors", ".onnx", ".bin", ".pt", ".pth")  # what GITATTRIBUTES-like rules send to LFS
 
 
 def git_blob_sha1(data: bytes) -> str:
     """The git blob id of ``data`` (what the Hub reports as ``oid`` / ETag of a regular file)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_view(path: str, data: bytes) -> dict | None:
+    """How the Hub lists a file that .gitattributes routes to LFS: the pointer's blob id plus the content's sha256.
+    Such files are stored and served like the others; only their listing and headers follow the Hub's LFS form."""
+    if not path.endswith(LFS_SUFFIXES):
+        return None
+    sha256 = hashlib.sha256(data).hexdigest()
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n".encode()
+    return {"pointer_oid": git_blob_sha1(pointer), "oid": sha256, "size": len(data), "pointerSize": len(pointer)}
 
 
 @dataclass
@@ -284,7 +299,11 @@ class LoopbackHub:
                 if not recursive:
                     break
             if recursive or len(rest) == 1:
-                entries[file_path] = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": file_path}
+                entry = {"type": "file", "oid": git_blob_sha1(data), "size": len(data), "path": file_path}
+                if lfs := lfs_view(file_path, data):
+                    entry["oid"] = lfs.pop("pointer_oid")
+                    entry["lfs"] = lfs
+                entries[file_path] = entry
         if prefix and not entries:
             raise HTTPError(404, f"{path} does not exist on {revision}", code="EntryNotFound", commit=commit.oid)
         return list(entries.values())
@@ -389,10 +408,13 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
 
         def _resolve(self, repo_id: str, revision: str, path: str) -> None:
             commit, data = hub.resolve(repo_id, revision, path, self.headers)
-            etag = git_blob_sha1(data)
+            headers = {"ETag": f'"{git_blob_sha1(data)}"', "X-Repo-Commit": commit.oid, "Accept-Ranges": "bytes"}
+            if lfs := lfs_view(path, data):  # like the Hub: ETag of the pointer, X-Linked-* of the content
+                headers.update({"ETag": f'"{lfs["pointer_oid"]}"', "X-Linked-Etag": f'"{lfs["oid"]}"'})
+                headers["X-Linked-Size"] = str(lfs["size"])
             if self.command == "GET" and path in hub.corrupt_paths and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
-            status, headers = 200, {"ETag": f'"{etag}"', "X-Repo-Commit": commit.oid, "Accept-Ranges": "bytes"}
+            status = 200
             if self.command == "GET" and (m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))):
                 start = int(m.group(1))
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"

@@ -125,6 +125,8 @@ def test_push_then_pull_is_byte_identical(hub, hub_env, model_dir):
     local, pulled = _digests(model_dir), _digests(path)
     assert {p: pulled[p] for p in model_files(model_dir)} == {p: local[p] for p in model_files(model_dir)}
     assert (path / "README.md").read_bytes() == remote["README.md"]
+    weights = (model_dir / "model.safetensors").read_bytes()  # served as an LFS file: cached under its sha256
+    assert (path / "model.safetensors").resolve().name == hashlib.sha256(weights).hexdigest()
     assert torch.allclose(_encode(path), _encode(model_dir), atol=0, rtol=0)
 
     # a second push mirrors the directory: a file the model no longer has is deleted in the same single commit
@@ -222,7 +224,7 @@ def test_corrupted_download_is_detected(hub, hub_env, model_dir):
     push_model(model_dir, "me/gte-corrupt")
     hub.corrupt_paths = {"model.safetensors"}  # same size and headers, one byte flipped
     try:
-        with pytest.raises(CorruptDownloadError, match="model.safetensors .* is corrupted"):
+        with pytest.raises(CorruptDownloadError, match="model.safetensors .* is corrupted: .* with sha256"):
             pull_model("me/gte-corrupt")
     finally:
         hub.corrupt_paths = set()
@@ -243,7 +245,7 @@ def test_offline_pull_uses_the_cache(hub, hub_env, model_dir, monkeypatch):
         pull_model("me/gte-offline", revision="never-pulled")
     # the cached copy is verified too: a file damaged on disk is caught
     (online / "tokenizer.json").resolve().write_text("{}")
-    with pytest.raises(CorruptDownloadError, match="tokenizer.json"):
+    with pytest.raises(CorruptDownloadError, match="tokenizer.json .* with git-sha1"):
         pull_model("me/gte-offline")
 
 
