@@ -223,7 +223,8 @@ def _load_model(model: str | SentenceTransformer) -> tuple[SentenceTransformer, 
         return model, str(getattr(config, "_name_or_path", "") or "")
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(model, device=None), model
+    name = str(Path(model).resolve()) if Path(model).is_dir() else model  # recorded: usable from any directory
+    return SentenceTransformer(model, device=None), name
 
 
 def _encode(model: SentenceTransformer, texts: list[str], batch_size: int, precision: str = "auto") -> np.ndarray:
@@ -740,7 +741,8 @@ _CACHE: dict[str, Index] = {}
 def retrieve(index: str | Path | Index, query: str, k: int = 5, **kwargs: Any) -> list[Hit]:
     """``k`` best documents for ``query`` from an index directory (loaded once and cached) or an :class:`Index`."""
     if not isinstance(index, Index):
-        key = str(Path(index).resolve())
+        meta = Path(index) / "meta.json"
+        key = f"{Path(index).resolve()}:{meta.stat().st_mtime_ns if meta.is_file() else 0}"  # a rebuilt index reloads
         if key not in _CACHE:
             _CACHE[key] = Index.load(index)
         index = _CACHE[key]
