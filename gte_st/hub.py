@@ -220,7 +220,8 @@ def push_model(
     except Exception as exc:
         raise RuntimeError(
             f"push of {model_dir} to {repo_id}@{branch} failed ({type(exc).__name__}: {exc}). Hub commits are "
-            f"atomic, so the remote revision is unchanged; {model_dir} was not modified."
+            f"atomic: the remote revision is unchanged (unless the connection dropped after the Hub had accepted "
+            f"the whole commit); {model_dir} was not modified."
         ) from exc
     logger.info(f"Pushed {model_dir} to {repo_id}@{branch}: {info.commit_url}")
     return str(info.pr_url if create_pr else info.commit_url)
@@ -263,8 +264,9 @@ def push_checkpoint(
         )
     except Exception as exc:
         raise RuntimeError(
-            f"push of {checkpoint_dir} to {repo_id}@{branch} failed ({type(exc).__name__}: {exc}); the remote "
-            "branch is unchanged."
+            f"push of {checkpoint_dir} to {repo_id}@{branch} failed ({type(exc).__name__}: {exc}). Hub commits are "
+            "atomic: the remote branch is unchanged (unless the connection dropped after the Hub had accepted the "
+            "whole commit)."
         ) from exc
     return str(info.commit_url)
 
