@@ -1,0 +1,96 @@
+"""`gte-st eval`: argument handling, JSON output and table, errors, and the mteb runner's offline behaviour."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from gte_st.cli import main as gte_st_main
+from gte_st.evaluation import EvalResult
+from gte_st.evaluation.cli import format_table, main
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_bert_dir, tmp_path_factory):
+    import gte_st
+
+    path = tmp_path_factory.mktemp("tiny-gte")
+    gte_st.build_model(str(tiny_bert_dir), max_seq_length=64).save(str(path))
+    return path
+
+
+def test_eval_writes_json_and_prints_a_table(tiny_model_dir, shared_data, tmp_path, capsys):
+    output = tmp_path / "out" / "results.json"
+    argv = ["eval", str(tiny_model_dir), "--task", "sts", "--data", str(shared_data / "stsb" / "sts-test.csv"),
+            str(shared_data / "sick" / "SICK_trial.txt"), "--max-samples", "40", "--output", str(output)]  # fmt: skip
+    assert gte_st_main(argv) == 0  # through the top-level dispatcher
+    payload = json.loads(output.read_text())
+    assert payload["model"] == str(tiny_model_dir)
+    results = [EvalResult.from_dict(r) for r in payload["results"]]
+    assert [(r.dataset, r.split, r.details["pairs"]) for r in results] == [("stsb", "test", 40), ("sick", "dev", 40)]
+    table = capsys.readouterr().out
+    assert "spearman" in table and "stsb" in table and "sick" in table and str(output) in table
+
+
+def test_eval_retrieval_with_bm25_needs_no_model(shared_data, tmp_path):
+    pytest.importorskip("bm25s")
+    output = tmp_path / "bm25.json"
+    argv = ["no-such-model-needed", "--task", "retrieval", "--retriever", "bm25", "--data",
+            str(shared_data / "beir_scifact"), "--max-queries", "20", "--max-corpus", "200", "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(output.read_text())["results"][0]
+    assert result["task_type"] == "Retrieval" and result["details"]["queries"] == 20
+
+
+def test_argument_errors(shared_data, tiny_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_model_dir), "--task", "sts"])
+    assert exit_info.value.code == 2 and "--data is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tiny_model_dir), "--task", "sts", "--data", str(tmp_path / "missing.csv")])
+    assert "missing.csv does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tiny_model_dir), "--task", "sts", "--data", str(shared_data / "stsb"), "--bm25-rerank", "5"])
+    assert "--bm25-rerank K needs --task retrieval" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tiny_model_dir), "--task", "summarization", "--data", "x"])
+
+    assert main([str(tmp_path / "no-model"), "--task", "sts", "--data", str(shared_data / "stsb")]) == 2
+    assert "model directory" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\n")
+    assert main([str(tiny_model_dir), "--task", "sts", "--data", str(bad)]) == 1
+    assert "bad.tsv:1: unrecognised STS row" in capsys.readouterr().err
+
+
+def test_format_table_aligns_columns():
+    results = [
+        EvalResult("STS", "stsb", "test", {"spearman": 0.8203, "pearson": 0.8274}, "spearman"),
+        EvalResult("Retrieval", "beir_scifact", "test", {"ndcg_at_10": 0.6451, "map": 0.6}, "ndcg_at_10"),
+    ]
+    lines = format_table(results).splitlines()
+    assert lines[0].split() == ["task", "dataset", "split", "main", "metrics", "(%)"]
+    assert "spearman 82.03" in lines[2] and "pearson 82.74" in lines[2]
+    assert "ndcg_at_10 64.51" in lines[3] and "map 60.00" in lines[3]
+    assert lines[2].index("stsb") == lines[3].index("beir_scifact")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mteb") is not None, reason="mteb is installed")
+def test_mteb_without_the_package_gives_the_pip_hint(capsys):
+    assert main(["some/model", "--task", "mteb", "--mteb-tasks", "STSBenchmark"]) == 2
+    assert "pip install 'gte-st[mteb]'" in capsys.readouterr().err
+    from gte_st.evaluation import mteb_runner
+
+    with pytest.raises(ImportError, match=r"gte-st\[mteb\]"):
+        mteb_runner.get_tasks(["SciFact"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mteb") is None, reason="mteb is not installed")
+def test_mteb_task_selection_offline(capsys):
+    assert main(["some/model", "--task", "mteb"]) == 2  # nothing selected
+    assert "select mteb tasks" in capsys.readouterr().err
+    assert main(["some/model", "--task", "mteb", "--list-tasks", "--mteb-tasks", "STSBenchmark"]) == 0
+    assert "STSBenchmark" in capsys.readouterr().out
