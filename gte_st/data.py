@@ -295,22 +295,26 @@ class AlphaSourceBatchSampler(MultiDatasetDefaultBatchSampler):
         offsets = [0] + list(accumulate(len(d) for d in self.dataset.datasets))
         iterators: list[Iterator[list[int]] | None] = [None] * len(self.batch_samplers)
         restarts = [0] * len(self.batch_samplers)
-        for source in self.source_sequence():
+        sequence = self.source_sequence()
+        for start in range(0, len(sequence), self.world_size):
+            source = sequence[start]
             sampler = self.batch_samplers[source]
-            batch = None
-            for _ in range(3):
+            group: list[list[int]] = []
+            for _ in range(3):  # a group never straddles two passes over a source: the ranks' rows stay disjoint
                 if iterators[source] is None:
                     if restarts[source] and hasattr(sampler, "set_epoch"):
                         sampler.set_epoch(self.epoch + 7919 * restarts[source])
                     iterators[source] = iter(sampler)
-                batch = next(iterators[source], None)
-                if batch is not None:
+                while len(group) < self.world_size and (batch := next(iterators[source], None)) is not None:
+                    group.append(batch)
+                if len(group) == self.world_size:
                     break
-                iterators[source] = None
+                group, iterators[source] = [], None
                 restarts[source] += 1
-            if batch is None:
-                raise RuntimeError(f"source {source} yields no batches; is it smaller than one batch?")
-            yield [index + offsets[source] for index in batch]
+            if len(group) < self.world_size:
+                raise RuntimeError(f"source {source} cannot fill {self.world_size} batches; is it too small?")
+            for batch in group:
+                yield [index + offsets[source] for index in batch]
         for source, sampler in enumerate(self.batch_samplers):
             if restarts[source] and hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(self.epoch)

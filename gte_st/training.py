@@ -165,7 +165,8 @@ class GTETrainingArguments(SentenceTransformerTrainingArguments):
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (max_steps > 0 overrides)."})
     warmup_steps: float = field(
-        default=0.1, metadata={"help": "Linear warm-up: a step count, or a float in [0, 1) as a fraction of all steps."}
+        default=0.1,
+        metadata={"help": "Linear warm-up: a step count, or a float in [0, 1) as a fraction of all steps."},
     )
     save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept per stage."})
@@ -209,8 +210,8 @@ def resolve_precision(precision: str) -> dict[str, bool]:
         else:
             precision = "bf16" if _cpu_supports_bf16() else "fp32"
     flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
-    if precision == "bf16" and not torch.cuda.is_available():
-        flags["use_cpu"] = True
+    if not torch.cuda.is_available():
+        flags["use_cpu"] = True  # also selects gloo for multi-process CPU runs (accelerate's MULTI_CPU)
     return flags
 
 
@@ -268,6 +269,7 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
         recipe, args = parser.parse_args_into_dataclasses(args=argv)
         final_dir = Path(args.output_dir)
         args.output_dir = str(final_dir / "checkpoints" / name)
+        _ = args.device  # sets up accelerate's (distributed) state with the parsed use_cpu/backend options
         stages.append(Stage(name=name, recipe=recipe, args=args, final_dir=final_dir))
     if len({s.name for s in stages}) != len(stages):
         raise ValueError(f"{config_path}: stage names must be unique, got {[s.name for s in stages]}.")

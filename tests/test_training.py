@@ -83,7 +83,7 @@ def test_precision_auto_follows_hardware():
         assert flags["bf16"] or flags["fp16"]
     elif "amx_bf16" in Path("/proc/cpuinfo").read_text():
         assert flags == {"bf16": True, "fp16": False, "use_cpu": True}
-    assert resolve_precision("fp32") == {"bf16": False, "fp16": False}
+    assert resolve_precision("fp32")["bf16"] is False and resolve_precision("fp32")["fp16"] is False
 
 
 @pytest.mark.parametrize(
