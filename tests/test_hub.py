@@ -249,7 +249,9 @@ def test_offline_pull_uses_the_cache(hub, hub_env, model_dir, monkeypatch):
         pull_model("me/gte-offline")
 
 
-def test_missing_token_is_a_clear_error_before_any_upload(hub, hub_env, model_dir, monkeypatch, capsys):
+def test_missing_token_is_a_clear_error_before_any_upload_and_stored_login_works(
+    hub, hub_env, model_dir, monkeypatch, capsys
+):
     monkeypatch.delenv("HF_TOKEN")
     requests = len(hub.requests)
     with pytest.raises(OSError, match="No Hugging Face token found.*HF_TOKEN.*hf auth login"):
@@ -259,6 +261,12 @@ def test_missing_token_is_a_clear_error_before_any_upload(hub, hub_env, model_di
     assert cli_main(["push", str(model_dir), "me/gte-no-token"]) == 1
     assert "gte-st push: error: No Hugging Face token found" in capsys.readouterr().err
     assert len(hub.requests) == requests and "me/gte-no-token" not in hub.repos
+
+    # the stored login (`hf auth login` writes HF_TOKEN_PATH) is used when HF_TOKEN is not set
+    token_file = Path(huggingface_hub.constants.HF_TOKEN_PATH)
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(TOKEN)
+    assert push_model(model_dir, "me/gte-no-token") and "me/gte-no-token" in hub.repos
 
 
 def test_a_file_holding_the_token_is_never_uploaded(hub, hub_env, model_dir, tmp_path):
