@@ -167,3 +167,12 @@ def test_save_atomically_replaces_old_model(tiny_bert_dir, tmp_path):
     assert (final / "checkpoints" / "train" / "checkpoint-1").is_dir()
     assert json.loads((final / "training_summary.json").read_text()) == {"ok": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gte"], "no temporary directories left behind"
+
+
+@pytest.mark.parametrize("recipe", ["gte-small.yaml", "gte-base.yaml"])
+def test_shipped_recipes_parse(recipe):
+    path = Path(__file__).resolve().parent.parent / "scripts" / "recipes" / recipe
+    pretrain, finetune = parse_stages(["--config", str(path)])
+    assert (pretrain.name, finetune.name) == ("pretrain", "finetune")
+    assert pretrain.recipe.mini_batch_size and pretrain.recipe.gather_across_devices
+    assert finetune.recipe.max_seq_length > pretrain.recipe.max_seq_length
