@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--ann-corpus", type=int, default=11014, help="20 Newsgroups subjects indexed for ANN")
     parser.add_argument("--ann-queries", type=int, default=300)
     parser.add_argument("--sts-samples", type=int, default=None, help="limit STS-B test pairs (smoke runs)")
+    parser.add_argument("--two-stage-precision", default="fp32", help="encode precision of section B (fp32, bf16)")
     parser.add_argument("--sections", default="ABCD", help="A encode, B two-stage, C quantised, D ANN")
     parser.add_argument("--out", default="bench_production.json")
     args = parser.parse_args()
@@ -175,8 +176,13 @@ def _section_two_stage(args, report, torch_model, scifact, cache) -> None:
         "bm25 -> gte (top 100)": {"bm25_rerank": 100},
         "gte (exact)": {},
     }.items():
-        result = evaluate_retrieval(torch_model, scifact, max_corpus=args.max_corpus, cache_dir=cache, **kwargs)
+        result = evaluate_retrieval(
+            torch_model, scifact, max_corpus=args.max_corpus, cache_dir=cache, precision=args.two_stage_precision,
+            **kwargs,
+        )  # fmt: skip
         stages[name] = {k: round(result.metrics[k], 4) for k in ("ndcg_at_10", "recall_at_10", "recall_at_100")}
+        details = getattr(result, "details", None) or {}
+        stages[name].update({k: details[k] for k in ("corpus", "encoded_documents", "runtime_s") if k in details})
         print(name, stages[name], flush=True)
     report["two_stage"] = stages
 
