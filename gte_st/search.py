@@ -288,7 +288,7 @@ def _make_faiss_index(
     import faiss
 
     count = embeddings.shape[0]
-    nlist = nlist or max(1, min(4096, int(4 * np.sqrt(count))))
+    nlist = nlist or max(1, min(4096, int(4 * np.sqrt(count)), count // 39))  # FAISS wants >= 39 points per cell
     if precision == "ubinary":
         bits = embeddings.shape[1] * 8
         if index_type == "flat":
@@ -375,7 +375,7 @@ def build_index(
         out: The index directory to create.
         precision: ``"float32"``, ``"int8"`` (= ``"uint8"`` scalar quantisation) or ``"binary"`` (= ``"ubinary"``).
         index_type: ``"flat"`` (exact inner product), ``"hnsw"`` or ``"ivf"``.
-        hnsw_m: HNSW graph degree. ``nlist``: IVF cells (default ``4 * sqrt(N)``).
+        hnsw_m: HNSW graph degree. ``nlist``: IVF cells (default ``min(4 * sqrt(N), N / 39)``).
         overwrite: Replace an existing index at ``out``.
         encode_precision: ``"auto"`` (bf16 on CPUs with AMX / AVX512-BF16 and on GPUs), ``"fp32"`` or ``"bf16"``;
             queries are encoded the same way.
@@ -758,7 +758,7 @@ def _index_main(argv: list[str]) -> int:
     parser.add_argument("--precision", default="float32", choices=sorted(PRECISIONS))
     parser.add_argument("--index", dest="index_type", default="flat", choices=INDEX_TYPES)
     parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--nlist", type=int, help="IVF cells (default 4*sqrt(N))")
+    parser.add_argument("--nlist", type=int, help="IVF cells (default min(4*sqrt(N), N/39))")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=4096, help="documents per resumable encoding shard")
     parser.add_argument("--id-field")
