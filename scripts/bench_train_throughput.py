@@ -42,13 +42,9 @@ def worker(config: dict) -> dict:
     from transformers import TrainerCallback
 
     import gte_st
-    from gte_st.default_data import default_datasets
     from gte_st.training import GTETrainer, GTETrainingArguments, build_loss, resolve_precision
 
-    train, _ = default_datasets(max_test=0)
-    pairs = Dataset.from_dict({k: sum((d[k] for d in train.values()), []) for k in ("anchor", "positive")}).shuffle(
-        seed=0
-    )
+    pairs = Dataset.from_json(config["pairs_file"])
     batch, steps = config["batch"], config["steps"]
     pairs = pairs.select(range(min(len(pairs), batch * (steps + 1))))
 
@@ -112,8 +108,19 @@ def main() -> None:
         configs = {k: v for k, v in configs.items() if k in args.only}
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}, "
           f"{os.cpu_count()} CPUs")  # fmt: skip
+    import tempfile
+
+    from datasets import Dataset
+
+    from gte_st.default_data import default_datasets
+
+    train, _ = default_datasets(max_test=0)
+    pairs_file = os.path.join(tempfile.mkdtemp(prefix="gte-st-bench-"), "pairs.jsonl")
+    columns = {k: sum((d[k] for d in train.values()), []) for k in ("anchor", "positive")}
+    Dataset.from_dict(columns).shuffle(seed=0).to_json(pairs_file)
     results = {}
     for name, config in configs.items():
+        config = {**config, "pairs_file": pairs_file}
         steps = args.steps if config["batch"] <= 64 else 2
         out = subprocess.run(
             [sys.executable, __file__, "--worker", json.dumps({**config, "steps": steps})],

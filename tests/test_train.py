@@ -20,7 +20,7 @@ from sentence_transformers import SentenceTransformer
 from gte_st.train import main
 
 # A resumed run replays the same batches, dropout masks and optimizer state; the only differences are float
-# summation-order effects, so weights must agree to within this absolute tolerance (observed: bit-identical).
+# summation-order effects, so weights must agree to within this absolute tolerance.
 RESUME_ATOL = 1e-6
 
 KILL_SCRIPT = textwrap.dedent(
