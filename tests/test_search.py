@@ -16,6 +16,17 @@ import pytest
 from conftest import REPO_ROOT, build_tiny_bert
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """Tiny models on small batches: one thread avoids OpenMP spinning on a busy 2-core machine (10x here)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny_gte(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import gte_st
@@ -197,12 +208,12 @@ def test_corrupted_index_file_is_detected(small_index, tmp_path):
 def test_killed_build_never_loads_and_resumes_where_it_stopped(tiny_gte, scifact_docs, tmp_path, capfd):
     from gte_st.search import IncompleteIndexError, Index, build_index
 
-    docs = scifact_docs[:640]
+    docs = scifact_docs[:320]
     corpus = _write_jsonl(tmp_path / "corpus.jsonl", docs)
     out = tmp_path / "idx"
     shards = tmp_path / "idx.partial" / "shards"
     cmd = [sys.executable, "-m", "gte_st.cli", "index", str(corpus), "--model", str(tiny_gte), "--out", str(out),
-           "--shard-size", "8", "--batch-size", "8", "--no-progress"]  # fmt: skip
+           "--shard-size", "4", "--batch-size", "4", "--no-progress"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
@@ -219,9 +230,9 @@ def test_killed_build_never_loads_and_resumes_where_it_stopped(tiny_gte, scifact
         Index.load(out)
 
     capfd.readouterr()
-    index = build_index(corpus, str(tiny_gte), out, shard_size=8, batch_size=8, show_progress_bar=False)
+    index = build_index(corpus, str(tiny_gte), out, shard_size=4, batch_size=4, show_progress_bar=False)
     assert f"resuming: {done_before}/80 shards already encoded" in capfd.readouterr().err
-    assert len(index) == 640 and not (tmp_path / "idx.partial").exists()
+    assert len(index) == 320 and not (tmp_path / "idx.partial").exists()
     from sentence_transformers import SentenceTransformer
 
     fresh = SentenceTransformer(str(tiny_gte), device="cpu").encode(
