@@ -365,14 +365,14 @@ class ThroughputCallback(TrainerCallback):
 class HubCheckpointCallback(TrainerCallback):
     """Uploads each saved checkpoint with :func:`gte_st.hub.push_checkpoint` (main process only)."""
 
-    def __init__(self, repo_id: str) -> None:
-        self.repo_id = repo_id
+    def __init__(self, repo_id: str, token: str | None = None) -> None:
+        self.repo_id, self.token = repo_id, token
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             from gte_st.hub import push_checkpoint
 
-            push_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.repo_id)
+            push_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.repo_id, token=self.token)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints & output
@@ -627,7 +627,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         if repo_id := first.args.hub_repo_id:
             from gte_st.hub import push_model
 
-            push_model(str(final_dir), repo_id)
+            push_model(str(final_dir), repo_id, private=bool(first.args.hub_private_repo), token=first.args.hub_token)
     _wait_for_everyone()
     return summary
 
@@ -679,7 +679,7 @@ def _run_stage(
     if recipe.hub_checkpoints:
         if not args.hub_repo_id:
             raise ValueError("--hub_checkpoints needs --push-to-hub REPO_ID.")
-        extra.append(HubCheckpointCallback(args.hub_repo_id))
+        extra.append(HubCheckpointCallback(args.hub_repo_id, token=args.hub_token))
     evaluator = None
     if args.eval_strategy != "no" and tasks:
         from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
@@ -700,7 +700,9 @@ def _run_stage(
 
         repo_id, _, revision = recipe.resume_from_hub.partition("@")
         resume_from = str(
-            pull_latest_checkpoint(repo_id, revision=revision or "checkpoints", local_dir=checkpoint_dir)
+            pull_latest_checkpoint(
+                repo_id, revision=revision or "checkpoints", local_dir=checkpoint_dir, token=args.hub_token
+            )
         )
     elif recipe.resume and resume_from is None:
         found = latest_checkpoint(checkpoint_dir)

@@ -116,7 +116,7 @@ def main() -> None:
 
     train, _ = default_datasets(max_test=0)
     pairs_file = os.path.join(tempfile.mkdtemp(prefix="gte-st-bench-"), "pairs.jsonl")
-    columns = {k: sum((d[k] for d in train.values()), []) for k in ("anchor", "positive")}
+    columns = {k: [t for d in train.values() for t in d[k]] for k in ("anchor", "positive")}
     Dataset.from_dict(columns).shuffle(seed=0).to_json(pairs_file)
     results = {}
     for name, config in configs.items():
