@@ -23,12 +23,14 @@ _LAZY_ATTRIBUTES = {
     "GTEModel": "gte_st.model",
     "build_model": "gte_st.model",
     "default_base_model": "gte_st.model",
+    "retrieve": "gte_st.search",
 }
 
 if TYPE_CHECKING:
     from gte_st import losses
     from gte_st.model import GTEModel, build_model, default_base_model
     from gte_st.pooling import GTEMeanPooling
+    from gte_st.search import retrieve
 
 
 def __getattr__(name: str) -> Any:
@@ -39,4 +41,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'gte_st' has no attribute {name!r}")
 
 
-__all__ = ["GTEMeanPooling", "GTEModel", "build_model", "default_base_model", "losses", "__version__"]
+__all__ = ["GTEMeanPooling", "GTEModel", "build_model", "default_base_model", "losses", "retrieve", "__version__"]
