@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 GTE_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 LOSSES = ("mse", "gte", "mnrl")
 SUMMARY_NAME = "training_summary.json"
+# The embedded default job's recipe (used when neither --config nor --data is given; command-line options still
+# override it). Chosen by measurement on the held-out docstring split: 23 steps x 32 pairs moved nDCG@10 from 0.770 to
+# 0.827 with this contrastive recipe, while NormalizedMSELoss lost 0.003 (lr 5e-5) and 0.163 (lr 2e-4).
+DEFAULT_JOB = {"loss": "gte", "learning_rate": 1e-4, "max_seq_length": 64}
 STAGE_DONE_NAME = "stage_summary.json"
 
 
@@ -249,6 +253,8 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
         raise SystemExit(0)
     config_path = _config_path(argv)
     config = _load_config(config_path) if config_path else {}
+    if not config_path and not any(a == "--data" or a.startswith("--data=") for a in argv):
+        config = dict(DEFAULT_JOB)
     stage_configs = config.pop("stages", None) or [{}]
     known = {f.name for f in fields(RecipeArguments)} | {f.name for f in fields(GTETrainingArguments)}
     for where, values in [("top level", config)] + [(f"stage {i}", s) for i, s in enumerate(stage_configs)]:

@@ -57,7 +57,10 @@ def test_yaml_recipe_stages_and_cli_overrides(tmp_path):
     assert Path(finetune.args.output_dir) == tmp_path / "model" / "checkpoints" / "finetune"
 
     (default,) = parse_stages([])
-    assert default.final_dir == Path("gte") and default.recipe.data is None and default.recipe.loss == "mse"
+    assert default.final_dir == Path("gte") and default.recipe.data is None
+    assert (default.recipe.loss, default.args.learning_rate, default.recipe.max_seq_length) == ("gte", 1e-4, 64)
+    (own_data,) = parse_stages(["--data", "x.jsonl", "--learning_rate", "3e-5"])
+    assert (own_data.recipe.loss, own_data.args.learning_rate, own_data.recipe.max_seq_length) == ("mse", 3e-5, 128)
     assert default.args.batch_sampler == "no_duplicates"
 
     bad = tmp_path / "bad.yaml"
