@@ -179,3 +179,21 @@ def test_alpha_sampler_groups_world_size_batches_per_source():
     # accelerate gives batch i to rank i % 2: both ranks see the same source at every step
     assert all(sources[i] == sources[i + 1] for i in range(0, len(sources), 2))
     assert len(set(sources)) == 2
+
+
+def test_default_docstring_pairs_are_real_and_split_by_file():
+    from gte_st.default_data import mine_docstring_pairs, pairs_from_source
+
+    code = (
+        'def area(r):\n    """Compute the area of a circle.\n\n    Uses pi times the radius squared, for r >= 0."""\n'
+    )
+    (pair,) = pairs_from_source(code, "geometry", "geometry.py")
+    assert pair.anchor == "Compute the area of a circle."
+    assert pair.positive == "geometry.area: def area(r)\nUses pi times the radius squared, for r >= 0."
+
+    splits = mine_docstring_pairs(("tqdm",))
+    assert len(splits["train"]) > 500 and len(splits["test"]) > 50
+    train_files = {p.source for p in splits["train"]}
+    assert not train_files & {p.source for p in splits["test"]}, "a file feeds both splits"
+    assert all(p.anchor not in p.positive for p in splits["train"][:200])
+    assert {p.source.split("/")[0] for p in splits["train"]} == {"stdlib", "tqdm"}
