@@ -29,6 +29,7 @@ from sentence_transformers.sentence_transformer.training_args import SentenceTra
 from transformers import HfArgumentParser, TrainerCallback
 
 from gte_st.data import AlphaSourceBatchSampler, load_training_data, sampling_probabilities, validate_sizes
+from gte_st.losses import NonFiniteEmbeddingError
 
 logger = logging.getLogger(__name__)
 
@@ -331,9 +332,7 @@ class GTETrainer(SentenceTransformerTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         try:
             loss = super().training_step(model, inputs, num_items_in_batch)
-        except ValueError as exc:  # gte_st's losses refuse non-finite embeddings before computing a loss
-            if "non-finite" not in str(exc):
-                raise
+        except NonFiniteEmbeddingError as exc:  # gte_st's losses refuse non-finite embeddings before any loss
             raise NonFiniteLossError(
                 f"the training loss became nan at step {self.state.global_step + 1} ({exc}); training stopped "
                 "before applying this update."

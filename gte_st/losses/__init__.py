@@ -4,6 +4,6 @@
 from __future__ import annotations
 
 from gte_st.losses.cached_normalized_mse import CachedNormalizedMSELoss
-from gte_st.losses.normalized_mse import NormalizedMSELoss
+from gte_st.losses.normalized_mse import NonFiniteEmbeddingError, NormalizedMSELoss
 
-__all__ = ["NormalizedMSELoss", "CachedNormalizedMSELoss"]
+__all__ = ["NormalizedMSELoss", "CachedNormalizedMSELoss", "NonFiniteEmbeddingError"]

@@ -17,6 +17,10 @@ from sentence_transformers.util.environment import is_dist_initialized
 from torch import Tensor, nn
 
 
+class NonFiniteEmbeddingError(ValueError):
+    """Raised when a batch produced NaN/inf embeddings: the loss (and every gradient) would be non-finite."""
+
+
 def column_name(index: int) -> str:
     """Human name of an input column: ``anchor``, ``positive``, ``negative_1``, ..."""
     return {0: "anchor", 1: "positive"}.get(index, f"negative_{index - 1}")
@@ -85,7 +89,7 @@ class InBatchView:
     ) -> InBatchView:
         for index, embedding in enumerate(embeddings):
             if not torch.isfinite(embedding).all():
-                raise ValueError(
+                raise NonFiniteEmbeddingError(
                     f"{loss_name}: the {column_name(index)} column (column {index}) produced non-finite embeddings "
                     "(NaN or inf). Common causes: a learning rate that is too high, fp16 overflow (use bf16), or "
                     "corrupted weights."
