@@ -250,6 +250,8 @@ def sampling_probabilities(sizes: Sequence[int], alpha: float = 0.5) -> list[flo
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     weights = [n**alpha if n > 0 else 0.0 for n in sizes]
     total = sum(weights)
+    if total == 0:
+        raise ValueError(f"every training source is empty (sizes {list(sizes)}); nothing to sample from.")
     return [w / total for w in weights]
 
 

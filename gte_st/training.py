@@ -672,6 +672,9 @@ def _run_stage(
                      for n, s in zip(data, recipe.data)}  # fmt: skip
     if recipe.mine_hard_negatives:
         data = mine_negatives(data, model, recipe)
+        # mining keeps only the anchors for which enough negatives were found: check the sources again
+        mined_where = {name: f"{where} (after hard-negative mining)" for name, where in locations.items()}
+        validate_sizes(data, min_rows=args.per_device_train_batch_size * args.world_size, locations=mined_where)
     loss = build_loss(
         model,
         recipe.loss,
