@@ -45,9 +45,11 @@ def main() -> None:
 
     report = {}
     for name, make in {
-        "plain": lambda gather: NormalizedMSELoss(model, symmetric=True, gather_across_devices=gather),
+        "plain": lambda gather: NormalizedMSELoss(
+            model, margin=0.0, negative_weight=1.0, symmetric=True, gather_across_devices=gather
+        ),
         "cached": lambda gather: CachedNormalizedMSELoss(
-            model, symmetric=True, gather_across_devices=gather, mini_batch_size=4
+            model, margin=0.0, negative_weight=1.0, symmetric=True, gather_across_devices=gather, mini_batch_size=4
         ),
     }.items():
         loss, grads = run_loss(model, make(True), local)

@@ -70,7 +70,7 @@ def test_duplicate_texts_are_never_negatives_of_each_other():
     q, d, n = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
     texts = [["a0", "a1", "a2", "a3", "a0"], ["p0", "p1", "p0", "a1", "p4"], ["n0", "p1", "n2", "n3", "n4"]]
     fingerprints = [torch.tensor([hash(t) for t in column]) for column in texts]
-    loss = NormalizedMSELoss(None, margin=-1.0, symmetric=True)
+    loss = NormalizedMSELoss(None, margin=-1.0, negative_weight=1.0, symmetric=True)
     value = loss.compute_loss_from_embeddings([q, d, n], fingerprints=fingerprints)
     expected = reference_loss(q, d, [n], -1.0, 1.0, True, texts=texts)
     assert value.item() == pytest.approx(expected.item(), abs=1e-6)
@@ -118,8 +118,9 @@ def test_cached_loss_equals_uncached(tiny_bert_dir, symmetric):
     columns[0][7] = columns[0][2]  # a duplicate anchor text
     results = []
     for loss in (
-        NormalizedMSELoss(model, symmetric=symmetric),
-        CachedNormalizedMSELoss(model, symmetric=symmetric, mini_batch_size=4),
+        # margin 0: every in-batch pair with a positive cosine contributes, the strictest comparison
+        NormalizedMSELoss(model, margin=0.0, negative_weight=1.0, symmetric=symmetric),
+        CachedNormalizedMSELoss(model, margin=0.0, negative_weight=1.0, symmetric=symmetric, mini_batch_size=4),
     ):
         model.zero_grad()
         value = loss(features(model, columns), None)
@@ -202,7 +203,7 @@ def test_config_and_citation(tiny_bert_dir):
     cached = CachedNormalizedMSELoss(model, margin=0.2, mini_batch_size=7)
     assert cached.get_config_dict() == {
         "margin": 0.2,
-        "negative_weight": 1.0,
+        "negative_weight": 2048.0,
         "symmetric": False,
         "gather_across_devices": False,
         "mask_duplicates": True,
@@ -232,11 +233,15 @@ def test_gather_across_two_processes_equals_one_process(tiny_bert_dir, tmp_path)
         assert entry["loss_gap_without_gather"] > 1e-4, (name, entry)  # the check can fail
 
 
-def test_symmetric_option_changes_the_loss():
+def test_symmetric_direction_matters_only_with_hard_negatives():
+    """With pairs only, {cos(q_i, d_j)} and {cos(d_i, q_j)} over i != j are the same set of pairs, so the mean over
+    them -- unlike a per-row softmax -- is the same in both directions; hard negatives make them differ."""
     torch.manual_seed(3)
-    q, d = torch.randn(5, 8), torch.randn(5, 8)
-    values = {
-        sym: NormalizedMSELoss(None, margin=0.0, symmetric=sym).compute_loss_from_embeddings([q, d]).item()
-        for sym in (False, True)
-    }
-    assert values[False] != pytest.approx(values[True])
+    q, d, n = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
+
+    def value(symmetric: bool, *columns: torch.Tensor) -> float:
+        loss = NormalizedMSELoss(None, margin=0.0, negative_weight=1.0, symmetric=symmetric)
+        return loss.compute_loss_from_embeddings(list(columns)).item()
+
+    assert value(True, q, d) == pytest.approx(value(False, q, d), abs=1e-6)
+    assert value(True, q, d, n) != pytest.approx(value(False, q, d, n), abs=1e-4)

@@ -26,8 +26,8 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
     def __init__(
         self,
         model: SentenceTransformer,
-        margin: float = 0.1,
-        negative_weight: float = 1.0,
+        margin: float = 0.3,
+        negative_weight: float = 2048.0,
         symmetric: bool = False,
         gather_across_devices: bool = False,
         mask_duplicates: bool = True,
