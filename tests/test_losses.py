@@ -147,7 +147,7 @@ def test_gradient_steps_raise_positive_and_lower_negative_cosine(minilm_dir):
         return sim.diagonal().mean().item(), off_diagonal.mean().item()
 
     pos_before, neg_before = cosines()
-    loss = NormalizedMSELoss(model, margin=0.0, negative_weight=4.0)
+    loss = NormalizedMSELoss(model)  # the defaults
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
     for _ in range(3):
