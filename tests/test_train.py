@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -124,8 +123,6 @@ def test_sigkill_and_resume_matches_uninterrupted_run(tiny_bert_dir, tmp_path, m
 
 @pytest.mark.distributed
 def test_two_process_ddp_batches_share_one_source_per_step(tiny_bert_dir, tmp_path):
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate CLI not installed")
     a = _write_pairs(tmp_path / "a.jsonl", 0, 160)
     b = _write_pairs(tmp_path / "b.jsonl", 400, 64)
     script = tmp_path / "ddp_run.py"
@@ -134,7 +131,7 @@ def test_two_process_ddp_batches_share_one_source_per_step(tiny_bert_dir, tmp_pa
     record.mkdir()
     out = tmp_path / "ddp-model"
     # On a machine without GPUs, accelerate's --multi_gpu launcher (torchrun) + use_cpu gives gloo MULTI_CPU DDP
-    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533", str(script),
                "--base_model", str(tiny_bert_dir), "--data", str(a), str(b), "--precision", "fp32",
                "--per_device_train_batch_size", "8", "--max_steps", "4", "--save_steps", "100",
