@@ -335,7 +335,8 @@ def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _corpus_fingerprint(ids: list[str], texts: list[str]) -> str:
+def corpus_fingerprint(ids: list[str], texts: list[str]) -> str:
+    """sha256 over the (id, text) pairs of a corpus, in order."""
     digest = hashlib.sha256()
     for doc_id, text in zip(ids, texts):
         digest.update(doc_id.encode())
@@ -415,7 +416,7 @@ def build_index(
     partial = out.with_name(out.name + ".partial")
     shards_dir = partial / "shards"
     build_key = {
-        "corpus_sha256": _corpus_fingerprint(ids, texts),
+        "corpus_sha256": corpus_fingerprint(ids, texts),
         "count": len(ids),
         "model": model_name,
         "model_sha256": model_sha,

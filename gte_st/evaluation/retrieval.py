@@ -17,6 +17,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from gte_st.encoding import encode, resolve_precision
 from gte_st.evaluation.readers import BEIRData, read_beir
 from gte_st.evaluation.result import EvalResult
+from gte_st.search import corpus_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,6 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     for name, tensor in state.items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def corpus_fingerprint(ids: list[str], texts: list[str]) -> str:
-    h = hashlib.sha256()
-    for doc_id, text in zip(ids, texts):
-        h.update(doc_id.encode())
-        h.update(b"\x00")
-        h.update(text.encode())
-        h.update(b"\x01")
     return h.hexdigest()
 
 
