@@ -43,13 +43,8 @@ SENTENCES = ["A man is playing a guitar.", "A woman is slicing an onion.", "Two 
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy shared CPU OpenMP's spinning threads make each
-    step many times slower: run this module's training and encoding on one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Tiny models on a busy shared CPU: this module runs on one torch thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,8 @@ from conftest import REPO_ROOT, build_tiny_bert
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on small batches: one thread avoids OpenMP spinning on a busy 2-core machine (10x here)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread(one_torch_thread):
+    """Tiny models on small batches: one thread avoids OpenMP spinning on a busy 2-core machine (see conftest)."""
 
 
 @pytest.fixture(scope="module")
