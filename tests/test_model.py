@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -81,19 +82,47 @@ def test_default_base_model_is_the_offline_minilm(minilm_dir):
     assert gte_st.default_base_model() == str(minilm_dir)
 
 
-def test_saved_layout_is_stock(tiny_bert_dir, tmp_path):
-    model = gte_st.build_model(str(tiny_bert_dir))
+def test_saved_layout_is_stock_and_readable_by_classic_consumers(tiny_bert_dir, tmp_path):
+    model = gte_st.build_model(str(tiny_bert_dir), max_seq_length=48)
     model.save(str(tmp_path / "m"))
     modules = json.loads((tmp_path / "m" / "modules.json").read_text())
+    # the import paths every sentence-transformers release resolves (6.x maps them to its new modules)
     assert [m["type"] for m in modules] == [
-        "sentence_transformers.base.modules.transformer.Transformer",
-        "sentence_transformers.sentence_transformer.modules.pooling.Pooling",
-        "sentence_transformers.base.modules.normalize.Normalize",
+        "sentence_transformers.models.Transformer",
+        "sentence_transformers.models.Pooling",
+        "sentence_transformers.models.Normalize",
     ]
     pooling_config = json.loads((tmp_path / "m" / "1_Pooling" / "config.json").read_text())
-    assert pooling_config == {"embedding_dimension": 32, "pooling_mode": "mean", "include_prompt": True}
+    assert pooling_config["embedding_dimension"] == 32 and pooling_config["pooling_mode"] == "mean"
+    # TEI's PoolConfig requires these four flags; it picks CLS first, then mean
+    assert {key: pooling_config[key] for key in list(pooling_config)[:4]} == {
+        "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": True,
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+    }
+    # TEI's STConfig requires max_seq_length
+    st_config = json.loads((tmp_path / "m" / "sentence_bert_config.json").read_text())
+    assert st_config["max_seq_length"] == 48 and st_config["do_lower_case"] is False
     # the in-memory model is untouched by saving
     assert isinstance(model[1], GTEMeanPooling) and len(model) == 2
+
+
+def test_saved_model_loads_back_without_deprecation_warnings(tiny_bert_dir, tmp_path):
+    model = gte_st.build_model(str(tiny_bert_dir), max_seq_length=48)
+    model.save(str(tmp_path / "m"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        reloaded = SentenceTransformer(str(tmp_path / "m"))
+    assert reloaded.max_seq_length == 48
+    assert [type(m).__name__ for m in reloaded] == ["Transformer", "Pooling", "Normalize"]
+    assert reloaded[1].pooling_mode == "mean"
+    np.testing.assert_allclose(reloaded.encode(SENTENCES), model.encode(SENTENCES), atol=1e-6)
+    # saving a model loaded from disk (stock modules, no GTEMeanPooling) keeps the portable configs
+    GTEModel(str(tmp_path / "m")).save(str(tmp_path / "again"))
+    again = json.loads((tmp_path / "again" / "1_Pooling" / "config.json").read_text())
+    assert again["pooling_mode_mean_tokens"] is True
 
 
 def test_unnormalized_model_saves_without_normalize(tiny_bert_dir, tmp_path):
