@@ -9,7 +9,6 @@ run in order, each starting from the previous stage's weights; the final model g
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import math
@@ -29,6 +28,7 @@ from sentence_transformers.sentence_transformer.training_args import SentenceTra
 from transformers import HfArgumentParser, TrainerCallback
 
 from gte_st.data import AlphaSourceBatchSampler, load_training_data, sampling_probabilities, validate_sizes
+from gte_st.encoding import cpu_supports_bf16
 from gte_st.losses import NonFiniteEmbeddingError
 
 logger = logging.getLogger(__name__)
@@ -199,21 +199,13 @@ class Stage:
     final_dir: Path
 
 
-def _cpu_supports_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def resolve_precision(precision: str) -> dict[str, bool]:
     """TrainingArguments flags for ``precision`` ("auto" picks bf16 > fp16 > fp32 by hardware)."""
     if precision == "auto":
         if torch.cuda.is_available():
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            precision = "bf16" if _cpu_supports_bf16() else "fp32"
+            precision = "bf16" if cpu_supports_bf16() else "fp32"
     flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
     if not torch.cuda.is_available():
         flags["use_cpu"] = True  # also selects gloo for multi-process CPU runs (accelerate's MULTI_CPU)
@@ -437,47 +429,6 @@ def save_atomically(
 # --------------------------------------------------------------------------------------------- evaluation
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_sts_file(path: str | os.PathLike) -> tuple[list[str], list[str], list[float]]:
-    """(sentences1, sentences2, scores in [0, 1]) of an STS-B csv/tsv, a SICK txt or a jsonl file."""
-    path = Path(path)
-    if ".jsonl" in path.suffixes:
-        rows = _read_jsonl(path)
-        scores = [float(r["score"]) for r in rows]
-        top = 5.0 if max(scores) > 1 else 1.0
-        return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], [s / top for s in scores]
-    with open(path, encoding="utf8") as f:
-        lines = [line.rstrip("\r\n").split("\t") for line in f if line.strip()]
-    if lines[0][:3] == ["pair_ID", "sentence_A", "sentence_B"]:  # SICK
-        return [r[1] for r in lines[1:]], [r[2] for r in lines[1:]], [(float(r[3]) - 1) / 4 for r in lines[1:]]
-    return [r[5] for r in lines], [r[6] for r in lines], [float(r[4]) / 5 for r in lines]  # STS-B
-
-
-def load_beir(folder: str | os.PathLike, split: str = "test", max_corpus: int | None = None) -> dict[str, Any]:
-    """queries / corpus / relevant_docs of a BEIR folder, for InformationRetrievalEvaluator."""
-    folder = Path(folder)
-    corpus_file = next(p for p in (folder / "corpus.jsonl", folder / "corpus.jsonl.gz") if p.exists())
-    qrels: dict[str, set[str]] = {}
-    with open(folder / "qrels" / f"{split}.tsv", encoding="utf8") as f:
-        for line in f.readlines()[1:]:
-            qid, did, score = line.rstrip("\n").split("\t")[:3]
-            if float(score) > 0:
-                qrels.setdefault(qid, set()).add(did)
-    queries = {q["_id"]: q["text"] for q in _read_jsonl(folder / "queries.jsonl") if q["_id"] in qrels}
-    docs = _read_jsonl(corpus_file)
-    if max_corpus is not None:
-        relevant = set().union(*qrels.values())
-        docs = [d for d in docs if d["_id"] in relevant] + [d for d in docs if d["_id"] not in relevant]
-        docs = docs[: max(max_corpus, len(relevant))]
-    corpus = {d["_id"]: (d.get("title", "") + " " + d["text"]).strip() for d in docs}
-    return {"queries": queries, "corpus": corpus, "relevant_docs": {q: qrels[q] for q in queries}}
-
-
 @dataclass
 class EvalTask:
     """One evaluation: an ST evaluator plus how to report it as a contract-2 ``EvalResult`` dict."""
@@ -520,6 +471,9 @@ def build_eval_tasks(recipe: RecipeArguments, held_out: dict[str, Any] | None = 
         InformationRetrievalEvaluator, EmbeddingSimilarityEvaluator = FastIR, FastSTS  # noqa: N806
     except ImportError:
         pass
+    from gte_st.evaluation.readers import read_beir, read_sts
+    from gte_st.evaluation.retrieval import limit_corpus
+
     tasks: list[EvalTask] = []
     ir_kwargs = {"mrr_at_k": [10], "ndcg_at_k": [10], "accuracy_at_k": [1], "precision_recall_at_k": [10, 100],
                  "map_at_k": [100], "batch_size": 64, "show_progress_bar": False}  # fmt: skip
@@ -527,15 +481,17 @@ def build_eval_tasks(recipe: RecipeArguments, held_out: dict[str, Any] | None = 
         tasks.append(EvalTask(InformationRetrievalEvaluator(**held_out, name="docstrings", **ir_kwargs),
                               "Retrieval", "docstrings-held-out", "test"))  # fmt: skip
     for path in recipe.eval_sts or []:
-        s1, s2, scores = load_sts_file(path)
+        pairs = read_sts(path)
         name = Path(path).name.split(".")[0]
-        tasks.append(EvalTask(EmbeddingSimilarityEvaluator(s1, s2, scores, name=name, batch_size=64), "STS", name,
-                              Path(path).stem))  # fmt: skip
+        evaluator = EmbeddingSimilarityEvaluator(pairs.sentences1, pairs.sentences2, pairs.scores, name=name,
+                                                 batch_size=64)  # fmt: skip
+        tasks.append(EvalTask(evaluator, "STS", name, Path(path).stem))
     for folder in recipe.eval_beir or []:
-        data = load_beir(folder, recipe.eval_beir_split, recipe.eval_max_corpus)
+        data = read_beir(folder, recipe.eval_beir_split)
+        corpus = {doc: data.corpus[doc] for doc in limit_corpus(data, recipe.eval_max_corpus)}
         name = Path(folder).name
-        tasks.append(EvalTask(InformationRetrievalEvaluator(**data, name=name, **ir_kwargs), "Retrieval", name,
-                              recipe.eval_beir_split))  # fmt: skip
+        evaluator = InformationRetrievalEvaluator(data.queries, corpus, data.qrels, name=name, **ir_kwargs)
+        tasks.append(EvalTask(evaluator, "Retrieval", name, recipe.eval_beir_split))
     return tasks
 
 

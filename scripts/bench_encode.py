@@ -54,7 +54,7 @@ def main() -> int:
     from gte_st.encoding import cpu_supports_bf16, encode
     from gte_st.evaluation import evaluate_sts
     from gte_st.evaluation.readers import read_beir
-    from gte_st.evaluation.retrieval import _limit_corpus
+    from gte_st.evaluation.retrieval import limit_corpus
 
     load = os.getloadavg()
     header = {
@@ -71,7 +71,7 @@ def main() -> int:
 
     model = SentenceTransformer(gte_st.default_base_model(), device="cpu")
     data = read_beir(Path(args.data_root) / "beir_scifact", "test")
-    ids = _limit_corpus(data, args.max_docs)  # all, or every relevant document first, then the others in order
+    ids = limit_corpus(data, args.max_docs)  # all, or every relevant document first, then the others in order
     docs = [data.corpus[i] for i in ids]
     queries = [data.queries[q] for q in data.queries]
 

@@ -165,6 +165,12 @@ def test_retrieval_bm25_and_bm25_rerank(tiny_model, shared_data):
     assert rerank.details["bm25_rerank"] == 10 and rerank.details["encoded_documents"] <= 400
     # Re-scoring only re-orders BM25's top 10: recall@10 is unchanged.
     assert rerank.metrics["recall_at_10"] == pytest.approx(bm25.metrics["recall_at_10"])
+    # Both stages are reported: the first stage is exactly the BM25-only run, cut at the re-ranking depth.
+    first = rerank.details["first_stage"]
+    assert first["retriever"] == "bm25"
+    assert first["ndcg_at_10"] == pytest.approx(bm25.metrics["ndcg_at_10"])
+    assert first["recall_at_10"] == pytest.approx(bm25.metrics["recall_at_10"])
+    assert first["recall_at_10"] == pytest.approx(rerank.metrics["recall_at_10"])
 
 
 def test_pair_classification_average_precision_is_that_of_the_cosines(tiny_model, shared_data):

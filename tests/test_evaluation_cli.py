@@ -44,6 +44,18 @@ def test_eval_retrieval_with_bm25_needs_no_model(shared_data, tmp_path):
     assert result["task_type"] == "Retrieval" and result["details"]["queries"] == 20
 
 
+def test_eval_bm25_rerank_prints_both_stages(tiny_model_dir, shared_data, tmp_path, capsys):
+    pytest.importorskip("bm25s")
+    output = tmp_path / "two-stage.json"
+    argv = [str(tiny_model_dir), "--task", "retrieval", "--bm25-rerank", "20", "--data", str(shared_data / "beir_scifact"),
+            "--max-queries", "20", "--max-corpus", "200", "--output", str(output)]  # fmt: skip
+    assert main(argv) == 0
+    details = json.loads(output.read_text())["results"][0]["details"]
+    assert details["bm25_rerank"] == 20 and set(details["first_stage"]) >= {"ndcg_at_10", "recall_at_20"}
+    printed = capsys.readouterr().out
+    assert "first stage (bm25, top 20): ndcg_at_10" in printed and "recall_at_20" in printed
+
+
 def test_argument_errors(shared_data, tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([str(tiny_model_dir), "--task", "sts"])

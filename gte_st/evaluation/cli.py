@@ -199,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gte-st eval: {e}", file=sys.stderr)
             return 1
     print(format_table(results))
+    for result in results:
+        if first := result.details.get("first_stage"):
+            scores = "  ".join(f"{k} {100 * v:.2f}" for k, v in first.items() if k != "retriever")
+            print(
+                f"{result.dataset}: first stage ({first['retriever']}, top {result.details['bm25_rerank']}): {scores}"
+            )
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,7 @@ def _limit_queries(data: BEIRData, max_queries: int | None) -> None:
         data.qrels = {qid: data.qrels[qid] for qid in kept}
 
 
-def _limit_corpus(data: BEIRData, max_corpus: int | None) -> list[str]:
+def limit_corpus(data: BEIRData, max_corpus: int | None) -> list[str]:
     """Corpus ids to search: all, or every relevant document plus the first others up to ``max_corpus``."""
     ids = list(data.corpus)
     if max_corpus is None or max_corpus >= len(ids):
@@ -120,6 +120,8 @@ def evaluate_retrieval(
         precision: ``"fp32"`` (default: reproduces published numbers), ``"bf16"`` or ``"auto"``.
         retriever: ``"dense"`` (the model) or ``"bm25"`` (``gte_st.search.BM25Retriever`` alone: a baseline).
         bm25_rerank: Re-score BM25's top ``bm25_rerank`` documents per query with the model (only they are encoded).
+            The metrics are those of the re-ranked lists; BM25's own (the first stage, including its recall at
+            ``bm25_rerank``, the ceiling of the second stage) are in ``details["first_stage"]``.
         top_k: Hits kept per query (the deepest metric is @100).
         dataset: Name reported in the result (default: the folder's name).
     """
@@ -130,7 +132,7 @@ def evaluate_retrieval(
     start = time.perf_counter()
     data = read_beir(beir_dir, split)
     _limit_queries(data, max_queries)
-    corpus_ids = _limit_corpus(data, max_corpus)
+    corpus_ids = limit_corpus(data, max_corpus)
     corpus_texts = [data.corpus[doc] for doc in corpus_ids]
     evaluator = InformationRetrievalEvaluator(
         queries=data.queries,
@@ -170,7 +172,13 @@ def evaluate_retrieval(
                 docs = [doc for doc, _ in hits]
                 scores = d_emb[[position[doc] for doc in docs]] @ q_emb[qi] if docs else []
                 results.append([{"corpus_id": doc, "score": float(s)} for doc, s in zip(docs, scores)])
-            details.update({"bm25_rerank": bm25_rerank, "encoded_documents": len(candidates)})
+            details.update(
+                {
+                    "bm25_rerank": bm25_rerank,
+                    "encoded_documents": len(candidates),
+                    "first_stage": _first_stage_metrics(evaluator, bm25_hits, data.qrels, query_ids, bm25_rerank),
+                }
+            )
         else:
             d_emb, cache_hit = encode_corpus_cached(
                 model, corpus_ids, corpus_texts, cache_dir=cache_dir, batch_size=batch_size, precision=precision,
@@ -201,3 +209,26 @@ def evaluate_retrieval(
         main_score="ndcg_at_10",
         details=details,
     )
+
+
+def _first_stage_metrics(
+    evaluator: InformationRetrievalEvaluator,
+    hits: list[list[tuple[str, float]]],
+    qrels: dict[str, set[str]],
+    query_ids: list[str],
+    depth: int,
+) -> dict[str, float | str]:
+    """nDCG@10 / Recall@10 / Recall@100 of the BM25 candidate lists, and their recall at ``depth``."""
+    scores = evaluator.compute_metrics(
+        [[{"corpus_id": doc, "score": float(score)} for doc, score in row] for row in hits]
+    )
+    recall_at_depth = np.mean(
+        [len(qrels[qid] & {doc for doc, _ in row[:depth]}) / len(qrels[qid]) for qid, row in zip(query_ids, hits)]
+    )
+    return {
+        "retriever": "bm25",
+        "ndcg_at_10": float(scores["ndcg@k"][10]),
+        "recall_at_10": float(scores["recall@k"][10]),
+        "recall_at_100": float(scores["recall@k"][100]),
+        f"recall_at_{depth}": float(recall_at_depth),
+    }
