@@ -7,7 +7,8 @@ rows in input order -- but
   nearly the length of its own texts, and packs short texts into larger batches under the same token budget;
 * runs the model in bf16 on CPUs with AMX / AVX512-BF16 and on GPUs with bf16 support (``precision="auto"``): with
   bf16 copies of the weights made for the call (``"bf16"``; the model is not modified), or under
-  ``torch.autocast`` (``"bf16-autocast"``, slower on CPU); the final normalisation is done in float32.
+  ``torch.autocast`` (``"bf16-autocast"``); the final normalisation is done in float32. On an AMX CPU either is
+  about 2x fp32 (docs/benchmarks.md); the bf16 matmuls are the gain, not the batching.
 
 Models that are not torch models (``backend="onnx"`` / ``"openvino"``) go through their own ``model.encode``.
 """
@@ -137,8 +138,8 @@ def encode(
     was_training = model.training
     model.eval()
     # "bf16": run the model with bf16 copies of its floating-point weights (made per call, the model itself is
-    # left untouched), so every op -- matmuls, layer norms, GELU, attention -- runs in bf16. On AMX CPUs this is
-    # about twice as fast as autocast, which keeps the elementwise ops in fp32 and casts around every matmul.
+    # left untouched), so every op -- matmuls, layer norms, GELU, attention -- runs in bf16. On the 2-core AMX CPU
+    # of docs/benchmarks.md this and autocast were equally fast (about 2x fp32, within run-to-run noise).
     params = None
     if resolved == "bf16":
         params = {

@@ -9,7 +9,9 @@ Paths, all run in the same process on the same documents:
 * ``st-fp32``       ``model.encode(docs)`` -- the stock default (batch 32, fp32);
 * ``st-autocast``   the same inside ``torch.autocast("cpu", dtype=torch.bfloat16)`` -- the known floor;
 * ``gte-bf16``      ``gte_st.encoding.encode(model, docs, precision="bf16")``: token-length-sorted batches, bf16
-                     weight copies (every op in bf16, AMX matmuls).
+                     weight copies (every op in bf16, AMX matmuls);
+* ``gte-autocast``  ``gte_st.encoding.encode(model, docs, precision="bf16-autocast")``: the same batches under
+                     autocast (optional: ``--paths ... gte-autocast``).
 
 The machine is shared, so the documents are split into ``--chunks`` chunks and the paths take turns on each chunk
 (rotating the order): every path sees the same mix of load. Wall-clock docs/s and CPU-time docs/s are both reported.
@@ -40,7 +42,12 @@ def main() -> int:
     )
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64, help="gte-st batch size (stock keeps its default 32)")
-    parser.add_argument("--paths", nargs="+", default=["st-fp32", "st-autocast", "gte-bf16"])
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=["st-fp32", "st-autocast", "gte-bf16"],
+        choices=["st-fp32", "st-autocast", "gte-bf16", "gte-autocast"],
+    )
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
@@ -85,7 +92,10 @@ def main() -> int:
     def gte_bf16(texts: list[str]) -> np.ndarray:
         return encode(model, texts, batch_size=args.batch_size, precision="bf16")
 
-    paths = {"st-fp32": st_fp32, "st-autocast": st_autocast, "gte-bf16": gte_bf16}
+    def gte_autocast(texts: list[str]) -> np.ndarray:
+        return encode(model, texts, batch_size=args.batch_size, precision="bf16-autocast")
+
+    paths = {"st-fp32": st_fp32, "st-autocast": st_autocast, "gte-bf16": gte_bf16, "gte-autocast": gte_autocast}
     paths = {name: paths[name] for name in args.paths}
     for fn in paths.values():  # warm-up (oneDNN kernels, allocator)
         fn(docs[:16])
@@ -122,7 +132,12 @@ def main() -> int:
             for q in evaluator.queries_ids
         ]
         ndcg = evaluator.compute_metrics(results)["ndcg@k"][10]
-        precision = {"st-fp32": "fp32", "st-autocast": "bf16-autocast", "gte-bf16": "bf16"}[name]
+        precision = {
+            "st-fp32": "fp32",
+            "st-autocast": "bf16-autocast",
+            "gte-bf16": "bf16",
+            "gte-autocast": "bf16-autocast",
+        }[name]
         sts = evaluate_sts(model, Path(args.data_root) / "stsb" / "sts-test.csv", precision=precision)
         cos = (emb * reference).sum(1) if reference is not None else np.array([np.nan])
         rows[name] = {
