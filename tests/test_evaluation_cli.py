@@ -67,6 +67,10 @@ def test_argument_errors(shared_data, tiny_model_dir, tmp_path, capsys):
         main([str(tiny_model_dir), "--task", "sts", "--data", str(shared_data / "stsb"), "--bm25-rerank", "5"])
     assert "--bm25-rerank K needs --task retrieval" in capsys.readouterr().err
     with pytest.raises(SystemExit):
+        main([str(tiny_model_dir), "--task", "retrieval", "--data", str(shared_data / "beir_scifact"),
+              "--bm25-weight", "0.3"])  # fmt: skip
+    assert "--bm25-weight needs --bm25-rerank K" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
         main([str(tiny_model_dir), "--task", "summarization", "--data", "x"])
 
     assert main([str(tmp_path / "no-model"), "--task", "sts", "--data", str(shared_data / "stsb")]) == 2

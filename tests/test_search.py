@@ -93,6 +93,31 @@ def test_python_api_retrieve_and_two_stage_rerank(small_index, scifact_docs):
     bm25_only = index.search(query, k=3, bm25_only=True)
     assert [h.id for h in bm25_only] == [doc_id for doc_id, _ in candidates[:3]]
 
+    # hybrid: weight 1 keeps BM25's order, weight 0.5 scores within [0, 1] from both min-max normalised lists
+    assert [h.id for h in index.search(query, k=5, rerank_bm25=20, bm25_weight=1.0)] == [d for d, _ in candidates[:5]]
+    hybrid = index.search(query, k=20, rerank_bm25=20, bm25_weight=0.5)
+    assert {h.id for h in hybrid} == {doc_id for doc_id, _ in candidates}
+    assert all(0.0 <= h.score <= 1.0 for h in hybrid) and hybrid[0].score >= hybrid[-1].score
+    with pytest.raises(ValueError, match="bm25_weight needs rerank_bm25"):
+        index.search(query, k=5, bm25_weight=0.3)
+    with pytest.raises(ValueError, match=r"bm25_weight must be in \[0, 1\]"):
+        index.search(query, k=5, rerank_bm25=20, bm25_weight=1.5)
+
+
+def test_fuse_scores_is_a_convex_combination_of_min_max_normalised_scores():
+    from gte_st.search import fuse_scores
+
+    bm25 = np.array([12.0, 8.0, 4.0])
+    cosine = np.array([0.2, 0.8, 0.5])
+    np.testing.assert_array_equal(fuse_scores(bm25, cosine, 0.0), cosine.astype(np.float32))  # pure re-scoring
+    np.testing.assert_allclose(fuse_scores(bm25, cosine, 1.0), [1.0, 0.5, 0.0])
+    np.testing.assert_allclose(
+        fuse_scores(bm25, cosine, 0.25), 0.25 * np.array([1, 0.5, 0]) + 0.75 * np.array([0, 1, 0.5])
+    )
+    np.testing.assert_allclose(fuse_scores(np.array([3.0]), np.array([0.4]), 0.5), [1.0])  # one candidate: no range
+    with pytest.raises(ValueError, match=r"\(3,\) BM25 scores but"):
+        fuse_scores(np.ones(3), np.ones(2), 0.5)
+
 
 def test_bm25_retriever_contract():
     from gte_st.search import BM25Retriever

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
     group.add_argument("--retriever", default="dense", choices=("dense", "bm25"), help="first-stage retriever")
     group.add_argument("--bm25-rerank", type=int, default=None, metavar="K", help="re-score BM25's top K with MODEL")
+    group.add_argument(
+        "--bm25-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="with --bm25-rerank: hybrid score W*BM25 + (1-W)*cosine, both min-max normalised (default 0)",
+    )
 
     group = parser.add_argument_group("classification / clustering")
     group.add_argument("--train-data", default=None, metavar="PATH", help="fit the classifier on this file")
@@ -121,7 +128,7 @@ def _run_task(args: argparse.Namespace, model: Any, path: str) -> EvalResult:
         return ev.evaluate_retrieval(
             model, path, split=args.split or "test", cache_dir=args.cache_dir, max_corpus=args.max_corpus,
             max_queries=args.max_queries or args.max_samples, retriever=args.retriever,
-            bm25_rerank=args.bm25_rerank, **common,
+            bm25_rerank=args.bm25_rerank, bm25_weight=args.bm25_weight, **common,
         )  # fmt: skip
     common.update({"split": args.split, "max_samples": args.max_samples})
     if args.task == "classification":
@@ -173,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--data is required for --task {args.task}")
     if args.bm25_rerank is not None and (args.task != "retrieval" or args.bm25_rerank < 1):
         parser.error("--bm25-rerank K needs --task retrieval and K >= 1")
+    if args.bm25_weight and not args.bm25_rerank:
+        parser.error("--bm25-weight needs --bm25-rerank K")
+    if not 0.0 <= args.bm25_weight <= 1.0:
+        parser.error(f"--bm25-weight must be in [0, 1], got {args.bm25_weight}")
     if args.retriever == "bm25" and args.bm25_rerank:
         parser.error("--retriever bm25 and --bm25-rerank are exclusive (the latter re-scores BM25 with the model)")
     for path in args.data:

@@ -17,7 +17,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from gte_st.encoding import encode, resolve_precision
 from gte_st.evaluation.readers import BEIRData, read_beir
 from gte_st.evaluation.result import EvalResult
-from gte_st.search import corpus_fingerprint
+from gte_st.search import corpus_fingerprint, fuse_scores
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def evaluate_retrieval(
     precision: str = "fp32",
     retriever: Literal["dense", "bm25"] = "dense",
     bm25_rerank: int | None = None,
+    bm25_weight: float = 0.0,
     top_k: int = 100,
     dataset: str | None = None,
 ) -> EvalResult:
@@ -122,6 +123,8 @@ def evaluate_retrieval(
         bm25_rerank: Re-score BM25's top ``bm25_rerank`` documents per query with the model (only they are encoded).
             The metrics are those of the re-ranked lists; BM25's own (the first stage, including its recall at
             ``bm25_rerank``, the ceiling of the second stage) are in ``details["first_stage"]``.
+        bm25_weight: With ``bm25_rerank``: score the candidates with the hybrid ``w * BM25 + (1 - w) * cosine``
+            (:func:`gte_st.search.fuse_scores`); ``0`` is pure re-scoring by the model.
         top_k: Hits kept per query (the deepest metric is @100).
         dataset: Name reported in the result (default: the folder's name).
     """
@@ -129,6 +132,8 @@ def evaluate_retrieval(
 
     if retriever not in ("dense", "bm25"):
         raise ValueError(f"retriever must be 'dense' or 'bm25', got {retriever!r}")
+    if bm25_weight and not bm25_rerank:
+        raise ValueError("bm25_weight needs bm25_rerank (it weights BM25 in the two-stage score)")
     start = time.perf_counter()
     data = read_beir(beir_dir, split)
     _limit_queries(data, max_queries)
@@ -170,11 +175,13 @@ def evaluate_retrieval(
             results = []
             for qi, hits in enumerate(bm25_hits):
                 docs = [doc for doc, _ in hits]
-                scores = d_emb[[position[doc] for doc in docs]] @ q_emb[qi] if docs else []
+                dense = d_emb[[position[doc] for doc in docs]] @ q_emb[qi] if docs else np.zeros(0)
+                scores = fuse_scores(np.array([score for _, score in hits]), dense, bm25_weight)
                 results.append([{"corpus_id": doc, "score": float(s)} for doc, s in zip(docs, scores)])
             details.update(
                 {
                     "bm25_rerank": bm25_rerank,
+                    "bm25_weight": bm25_weight,
                     "encoded_documents": len(candidates),
                     "first_stage": _first_stage_metrics(evaluator, bm25_hits, data.qrels, query_ids, bm25_rerank),
                 }
