@@ -3,9 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# sentence-transformers' own ONNX backend lives in a second environment (see the script for why).
-GTE_ST_ONNX_BACKEND_PYTHON="$(bash scripts/setup_onnx_backend.sh | tail -n 1)"
-export GTE_ST_ONNX_BACKEND_PYTHON
+# sentence-transformers' own ONNX backend and FastEmbed live in a second environment (see the script for why).
+GTE_ST_CONSUMERS_PYTHON="$(bash scripts/setup_consumers_env.sh | tail -n 1)"
+export GTE_ST_CONSUMERS_PYTHON
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 CUDA_VISIBLE_DEVICES=""
 .venv/bin/ruff check gte_st tests scripts
 exec .venv/bin/python -m pytest -q "$@"

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,54 +118,72 @@ def test_minilm_fp32_and_int8_parity_with_quality_deltas(minilm_dir, shared_data
     assert "delta" in out.out
 
 
-def _st_onnx_backend_python() -> str | None:
-    """An interpreter in which sentence-transformers' ONNX backend (optimum) imports, if any."""
-    python = os.environ.get("GTE_ST_ONNX_BACKEND_PYTHON")
-    if python:
-        return python
-    try:
-        import optimum.onnxruntime  # noqa: F401
-    except ImportError:
-        return None
-    return sys.executable
+def _consumers_python() -> str:
+    """The interpreter of the consumers' environment (scripts/setup_consumers_env.sh); skips the test without it."""
+    python = os.environ.get("GTE_ST_CONSUMERS_PYTHON")
+    if not python:
+        pytest.skip("no consumers' environment: run scripts/setup_consumers_env.sh and set GTE_ST_CONSUMERS_PYTHON")
+    return python
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
-def test_sentence_transformers_onnx_backend_loads_the_export(variant, tiny_gte_dir, tmp_path):
-    """The export loads with ``SentenceTransformer(dir, backend="onnx")``, through the real optimum-based loader.
-
-    optimum-onnx pins transformers<4.58, so this runs in the second environment that ``scripts/test.sh`` builds
-    (``scripts/setup_onnx_backend.sh``: sentence-transformers 5.7, whose backend loader is the same file as 6.2's);
-    without it, and without optimum here, the test is skipped. The same interpreter also loads the torch model,
-    which checks that a directory saved with sentence-transformers 6 + gte-st reads in the older release.
-    """
-    python = _st_onnx_backend_python()
-    if python is None:
-        pytest.skip("no interpreter with sentence-transformers' ONNX backend: run scripts/setup_onnx_backend.sh")
-    from sentence_transformers import SentenceTransformer
-
-    from gte_st.export import ONNX_FILE_NAMES, export_onnx
-
-    model_dir = tmp_path / "m"
-    shutil.copytree(tiny_gte_dir, model_dir)
-    export_onnx(model_dir, quantize="int8" if variant == "int8" else None, thresholds={"int8": 0.0})
-    file_name = f"onnx/{ONNX_FILE_NAMES[variant]}"
+def _run_consumer(consumer: str, model_dir: Path, file_name: str, out_prefix: Path) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    script = Path(__file__).with_name("st_onnx_backend_check.py")
+    script = Path(__file__).with_name("consumers_check.py")
     done = subprocess.run(
-        [python, str(script), str(model_dir), file_name, str(tmp_path / "emb_"), *SENTENCES],
+        [_consumers_python(), str(script), consumer, str(model_dir), file_name, str(out_prefix), *SENTENCES],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "['Transformer', 'Pooling', 'Normalize'] ORTModelForFeatureExtraction" in done.stdout
+    return done.stdout
 
-    reference = SentenceTransformer(str(model_dir), device="cpu").encode(SENTENCES)
+
+@pytest.fixture(scope="module")
+def exported_dir(tiny_gte_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gte_st.export import export_onnx
+
+    model_dir = tmp_path_factory.mktemp("exported") / "m"
+    shutil.copytree(tiny_gte_dir, model_dir)
+    export_onnx(model_dir, quantize="int8", thresholds={"int8": 0.0})
+    return model_dir
+
+
+def _reference(model_dir: Path) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu").encode(SENTENCES)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_sentence_transformers_onnx_backend_loads_the_export(variant, exported_dir, tmp_path):
+    """The export loads with ``SentenceTransformer(dir, backend="onnx")``, through the real optimum-based loader.
+
+    optimum-onnx pins transformers<4.58, so this runs in the consumers' environment that ``scripts/test.sh`` builds
+    (sentence-transformers 5.7, whose backend loader is the same file as 6.2's). The same interpreter also loads the
+    torch model, which checks that a directory saved with sentence-transformers 6 + gte-st reads in the older
+    release.
+    """
+    from gte_st.export import ONNX_FILE_NAMES
+
+    out = _run_consumer("st-onnx", exported_dir, f"onnx/{ONNX_FILE_NAMES[variant]}", tmp_path / "emb_")
+    assert "['Transformer', 'Pooling', 'Normalize'] ORTModelForFeatureExtraction" in out
+    reference = _reference(exported_dir)
     np.testing.assert_allclose(np.load(tmp_path / "emb_torch.npy"), reference, atol=1e-5)
     onnx_embeddings = np.load(tmp_path / "emb_onnx.npy")
     # the ONNX pipeline applies the saved 1_Pooling (mean) and 2_Normalize modules too
     np.testing.assert_allclose(np.linalg.norm(onnx_embeddings, axis=1), 1.0, atol=1e-4)
     cosines = (onnx_embeddings * reference).sum(1)
     assert cosines.min() > (0.9999 if variant == "fp32" else 0.9), cosines
+
+
+def test_fastembed_loads_the_export(exported_dir, tmp_path):
+    """FastEmbed (which pins huggingface-hub<2, hence the consumers' environment) embeds with the exported file,
+    the tokenizer at the root and the pooling read from ``1_Pooling/config.json``, as the torch model does."""
+    out = _run_consumer("fastembed", exported_dir, "onnx/model.onnx", tmp_path / "emb_")
+    assert out.startswith("fastembed")
+    embeddings = np.load(tmp_path / "emb_fastembed.npy")
+    reference = _reference(exported_dir)
+    assert embeddings.shape == reference.shape
+    assert (embeddings * reference).sum(1).min() > 0.9999
