@@ -420,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for variant in report.variants:
         print(_format(variant))
+    model_dir, file_name = json.dumps(str(args.model_dir)), json.dumps(report.variants[-1].file_name)
+    print(
+        f"load with: gte_st.export.load_onnx_model({model_dir}, {file_name}), or, where optimum-onnx is installed, "
+        f'SentenceTransformer({model_dir}, backend="onnx", model_kwargs={{"file_name": {file_name}}})'
+    )
     if args.report:
         Path(args.report).write_text(json.dumps(report.to_dict(), indent=2))
     return 0

@@ -116,6 +116,7 @@ def test_minilm_fp32_and_int8_parity_with_quality_deltas(minilm_dir, shared_data
     assert task.startswith("sts:") and abs(scores["delta"]) < 0.005
     assert abs(next(iter(int8["quality"].values()))["delta"]) < 0.05
     assert "delta" in out.out
+    assert 'model_kwargs={"file_name": "onnx/model_qint8.onnx"}' in out.out  # how to load what was written
 
 
 def _consumers_python() -> str:
