@@ -281,6 +281,15 @@ class BM25Retriever:
         return results
 
 
+def check_bm25_weight(bm25_weight: float, rerank_depth: int | None = 1, depth_name: str = "rerank_bm25") -> None:
+    """Validate a hybrid weight before any work starts: in [0, 1], and non-zero only in two-stage mode (a
+    ``depth_name`` of at least 1)."""
+    if not 0.0 <= bm25_weight <= 1.0:
+        raise ValueError(f"bm25_weight must be in [0, 1], got {bm25_weight}")
+    if bm25_weight and not rerank_depth:
+        raise ValueError(f"bm25_weight needs {depth_name} (it weights BM25 in the two-stage score)")
+
+
 def fuse_scores(bm25_scores: np.ndarray, dense_scores: np.ndarray, bm25_weight: float = 0.0) -> np.ndarray:
     """Scores of one query's BM25 candidates in two-stage retrieval.
 
@@ -289,8 +298,7 @@ def fuse_scores(bm25_scores: np.ndarray, dense_scores: np.ndarray, bm25_weight: 
     ``w * mm(bm25) + (1 - w) * mm(cosine)`` (``w = 1`` keeps BM25's order). Reference: Bruch, Gai and Ingber,
     "An Analysis of Fusion Functions for Hybrid Retrieval", ACM TOIS 2023 (https://arxiv.org/abs/2210.11934).
     """
-    if not 0.0 <= bm25_weight <= 1.0:
-        raise ValueError(f"bm25_weight must be in [0, 1], got {bm25_weight}")
+    check_bm25_weight(bm25_weight)
     dense_scores = np.asarray(dense_scores, dtype=np.float32)
     if bm25_weight == 0.0:
         return dense_scores
@@ -726,10 +734,7 @@ class Index:
         ``bm25_weight=w > 0`` the score is the hybrid ``w * BM25 + (1 - w) * cosine`` of :func:`fuse_scores`.
         ``bm25_only``: lexical BM25 alone (scores are BM25 scores).
         """
-        if bm25_weight and not rerank_bm25:
-            raise ValueError("bm25_weight needs rerank_bm25 (it weights BM25 in the two-stage score)")
-        if not 0.0 <= bm25_weight <= 1.0:
-            raise ValueError(f"bm25_weight must be in [0, 1], got {bm25_weight}")
+        check_bm25_weight(bm25_weight, rerank_bm25)
         single = isinstance(queries, str)
         query_list = [queries] if single else list(queries)
         if bm25_only:

@@ -72,6 +72,32 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gte_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A GTE model (tiny BERT + mean pooling + normalisation) saved once per session; copy it before modifying it."""
+    import gte_st
+
+    out = tmp_path_factory.mktemp("tiny-gte") / "model"
+    gte_st.build_model(str(tiny_bert_dir)).save(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_bert_dir: Path):
+    """An in-memory GTE model on the tiny BERT (max length 64), one per test module."""
+    import gte_st
+
+    return gte_st.build_model(str(tiny_bert_dir), max_seq_length=64)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_dir: Path):
+    """The offline all-MiniLM-L6-v2 as a stock SentenceTransformer on the CPU, one per test module."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA}")

@@ -6,21 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import stsb_rows
-from sentence_transformers import SentenceTransformer
 
 from gte_st.encoding import _batches, cpu_supports_bf16, encode, resolve_precision
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_bert_dir) -> SentenceTransformer:
-    import gte_st
-
-    return gte_st.build_model(str(tiny_bert_dir), max_seq_length=64)
-
-
-@pytest.fixture(scope="module")
-def minilm(minilm_dir) -> SentenceTransformer:
-    return SentenceTransformer(str(minilm_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import (
     EmbeddingSimilarityEvaluator,
     InformationRetrievalEvaluator,
@@ -27,17 +26,6 @@ from gte_st.evaluation import (
     evaluate_sts,
 )
 from gte_st.evaluation.readers import read_beir, read_labelled_texts, read_pairs, read_reranking, read_sts
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_bert_dir) -> SentenceTransformer:
-    return gte_st.build_model(str(tiny_bert_dir), max_seq_length=64)
-
-
-@pytest.fixture(scope="module")
-def minilm(minilm_dir) -> SentenceTransformer:
-    return SentenceTransformer(str(minilm_dir), device="cpu")
-
 
 # ----------------------------------------------------------------------------------------------------- readers
 

@@ -16,15 +16,6 @@ pytest.importorskip("onnxruntime")
 SENTENCES = ["A man is playing a guitar.", "Hi!", "Two dogs run across a snowy field in the early morning light."]
 
 
-@pytest.fixture(scope="module")
-def tiny_gte_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import gte_st
-
-    out = tmp_path_factory.mktemp("tiny-gte") / "model"
-    gte_st.build_model(str(tiny_bert_dir)).save(str(out))
-    return out
-
-
 def _numpy_mean_pool(model_dir: Path, onnx_file: Path, texts: list[str]) -> np.ndarray:
     """What FastEmbed / Infinity do: tokenizer from the root, ONNX Runtime, pooling from 1_Pooling/config.json."""
     import onnxruntime as ort

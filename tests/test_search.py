@@ -22,15 +22,6 @@ def _one_torch_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def tiny_gte(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import gte_st
-
-    out = tmp_path_factory.mktemp("tiny-gte-search") / "model"
-    gte_st.build_model(str(tiny_bert_dir)).save(str(out))
-    return out
-
-
-@pytest.fixture(scope="module")
 def scifact_docs(shared_data: Path) -> list[dict]:
     docs = []
     with gzip.open(shared_data / "beir_scifact" / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
@@ -45,13 +36,13 @@ def _write_jsonl(path: Path, records: list[dict]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_index(tiny_gte: Path, scifact_docs: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def small_index(tiny_gte_dir: Path, scifact_docs: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gte_st.cli import main
 
     root = tmp_path_factory.mktemp("index")
     corpus = _write_jsonl(root / "corpus.jsonl", scifact_docs[:300])
     out = root / "idx"
-    assert main(["index", str(corpus), "--model", str(tiny_gte), "--out", str(out), "--no-progress"]) == 0
+    assert main(["index", str(corpus), "--model", str(tiny_gte_dir), "--out", str(out), "--no-progress"]) == 0
     return out
 
 
@@ -133,12 +124,12 @@ def test_bm25_retriever_contract():
     ("precision", "index_type"), [("float32", "hnsw"), ("float32", "ivf"), ("int8", "flat"), ("binary", "hnsw")]
 )
 def test_precisions_and_index_types_find_the_document_itself(
-    request, tiny_gte, scifact_docs, tmp_path, precision, index_type
+    request, tiny_gte_dir, scifact_docs, tmp_path, precision, index_type
 ):
     from gte_st.search import build_index
 
     # 32-bit binary codes of the random tiny model collide too much to rank anything: binary runs on MiniLM
-    model = str(request.getfixturevalue("minilm_dir") if precision == "binary" else tiny_gte)
+    model = str(request.getfixturevalue("minilm_dir") if precision == "binary" else tiny_gte_dir)
     docs = scifact_docs[:60] if precision == "binary" else scifact_docs[:200]
     ids = [d["_id"] for d in docs]
     texts = [d["title"] for d in docs] if precision == "binary" else [d["text"] for d in docs]
@@ -182,11 +173,11 @@ def test_corpus_formats_and_bad_input(tmp_path, shared_data):
         read_corpus(_write_jsonl(tmp_path / "nofield.jsonl", [{"id": "a", "body2": "x"}]))
 
 
-def test_index_cli_reports_bad_corpus(tiny_gte, tmp_path, capsys):
+def test_index_cli_reports_bad_corpus(tiny_gte_dir, tmp_path, capsys):
     from gte_st.cli import main
 
     _write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
-    code = main(["index", str(tmp_path / "dup.jsonl"), "--model", str(tiny_gte), "--out", str(tmp_path / "i")])
+    code = main(["index", str(tmp_path / "dup.jsonl"), "--model", str(tiny_gte_dir), "--out", str(tmp_path / "i")])
     assert code == 2 and "duplicate id 'a' in rows 1 and 2" in capsys.readouterr().err
     assert not (tmp_path / "i").exists()
 
@@ -224,14 +215,14 @@ def test_corrupted_index_file_is_detected(small_index, tmp_path):
         Index.load(other)
 
 
-def test_killed_build_never_loads_and_resumes_where_it_stopped(tiny_gte, scifact_docs, tmp_path, capfd):
+def test_killed_build_never_loads_and_resumes_where_it_stopped(tiny_gte_dir, scifact_docs, tmp_path, capfd):
     from gte_st.search import IncompleteIndexError, Index, build_index
 
     docs = scifact_docs[:320]
     corpus = _write_jsonl(tmp_path / "corpus.jsonl", docs)
     out = tmp_path / "idx"
     shards = tmp_path / "idx.partial" / "shards"
-    cmd = [sys.executable, "-m", "gte_st.cli", "index", str(corpus), "--model", str(tiny_gte), "--out", str(out),
+    cmd = [sys.executable, "-m", "gte_st.cli", "index", str(corpus), "--model", str(tiny_gte_dir), "--out", str(out),
            "--shard-size", "4", "--batch-size", "4", "--no-progress"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -249,12 +240,12 @@ def test_killed_build_never_loads_and_resumes_where_it_stopped(tiny_gte, scifact
         Index.load(out)
 
     capfd.readouterr()
-    index = build_index(corpus, str(tiny_gte), out, shard_size=4, batch_size=4, show_progress_bar=False)
+    index = build_index(corpus, str(tiny_gte_dir), out, shard_size=4, batch_size=4, show_progress_bar=False)
     assert f"resuming: {done_before}/80 shards already encoded" in capfd.readouterr().err
     assert len(index) == 320 and not (tmp_path / "idx.partial").exists()
     from sentence_transformers import SentenceTransformer
 
-    fresh = SentenceTransformer(str(tiny_gte), device="cpu").encode(
+    fresh = SentenceTransformer(str(tiny_gte_dir), device="cpu").encode(
         [index.texts[0], index.texts[-1]], normalize_embeddings=True
     )
     # bf16 (encode precision "auto") on AMX CPUs, fp32 elsewhere: compare by cosine

@@ -17,7 +17,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from gte_st.encoding import encode, resolve_precision
 from gte_st.evaluation.readers import BEIRData, read_beir
 from gte_st.evaluation.result import EvalResult
-from gte_st.search import corpus_fingerprint, fuse_scores
+from gte_st.search import check_bm25_weight, corpus_fingerprint, fuse_scores
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ def evaluate_retrieval(
 
     if retriever not in ("dense", "bm25"):
         raise ValueError(f"retriever must be 'dense' or 'bm25', got {retriever!r}")
-    if bm25_weight and not bm25_rerank:
-        raise ValueError("bm25_weight needs bm25_rerank (it weights BM25 in the two-stage score)")
+    check_bm25_weight(bm25_weight, bm25_rerank, "bm25_rerank")
     start = time.perf_counter()
     data = read_beir(beir_dir, split)
     _limit_queries(data, max_queries)
