@@ -29,10 +29,10 @@ def stsb_rows(split: str = "train") -> list[tuple[float, str, str]]:
     return rows
 
 
-def build_tiny_bert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
-    """A randomly initialised BERT with a WordPiece tokenizer whose vocabulary is built from STS-B train words."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+def build_tiny_tokenizer(output_dir: Path, model_input_names: list[str] | None = None):
+    """A WordPiece tokenizer (BERT-style, lower-cased) whose vocabulary is built from STS-B train words, saved to
+    ``output_dir``. ``model_input_names`` restricts the tensors it returns (ModernBERT takes no token_type_ids)."""
+    from transformers import BertTokenizer
 
     output_dir.mkdir(parents=True, exist_ok=True)
     counts: collections.Counter[str] = collections.Counter()
@@ -41,10 +41,21 @@ def build_tiny_bert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2
     chars = sorted({c for word in counts for c in word})
     words = [w for w, _ in counts.most_common(3000) if w not in chars]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars] + words
-    tokenizer = BertTokenizer(vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))}, do_lower_case=True)
+    kwargs = {"model_input_names": model_input_names} if model_input_names else {}
+    tokenizer = BertTokenizer(
+        vocab={token: i for i, token in enumerate(dict.fromkeys(vocab))}, do_lower_case=True, **kwargs
+    )
     tokenizer.model_max_length = 128
     tokenizer.save_pretrained(output_dir)
+    return tokenizer
 
+
+def build_tiny_bert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised BERT with a WordPiece tokenizer whose vocabulary is built from STS-B train words."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tokenizer = build_tiny_tokenizer(output_dir)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(tokenizer),
@@ -58,10 +69,72 @@ def build_tiny_bert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2
     return output_dir
 
 
+def build_tiny_gte_native(output_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised native transformers ``GteModel`` (``model_type: gte``: RoPE, gated MLP, post-norm; the
+    gte-v1.5 / gte-multilingual architecture) with the same WordPiece tokenizer as :func:`build_tiny_bert`."""
+    import torch
+    from transformers import GteConfig, GteModel
+
+    tokenizer = build_tiny_tokenizer(output_dir)
+    torch.manual_seed(seed)
+    config = GteConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+        pad_token_id=tokenizer.pad_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    GteModel(config).save_pretrained(output_dir)
+    return output_dir
+
+
+def build_tiny_modernbert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+    """A randomly initialised ``ModernBertModel`` (gte-modernbert-base's architecture) with the WordPiece tokenizer
+    of :func:`build_tiny_bert` (without token_type_ids, which ModernBERT does not take)."""
+    import torch
+    from transformers import ModernBertConfig, ModernBertModel
+
+    tokenizer = build_tiny_tokenizer(output_dir, model_input_names=["input_ids", "attention_mask"])
+    torch.manual_seed(seed)
+    config = ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=128,
+        local_attention=16,
+        global_attn_every_n_layers=2,
+        pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
+    ModernBertModel(config).save_pretrained(output_dir)
+    return output_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny (2-layer, 32-dim) randomly initialised BERT with its tokenizer, built once per session."""
     return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gte_native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny (2-layer, 32-dim, 128 positions) native ``GteModel`` with its tokenizer, built once per session."""
+    return build_tiny_gte_native(tmp_path_factory.mktemp("tiny-gte-native"))
+
+
+@pytest.fixture(scope="session")
+def tiny_modernbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny (2-layer, 32-dim, 128 positions) ``ModernBertModel`` with its tokenizer, built once per session."""
+    return build_tiny_modernbert(tmp_path_factory.mktemp("tiny-modernbert"))
 
 
 @pytest.fixture(scope="session")
