@@ -1,4 +1,4 @@
-"""Building GTE models (Transformer + GTEMeanPooling) and saving them in a portable layout."""
+"""Building GTE models (Transformer + the checkpoint's pooling) and saving them in a portable layout."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+from sentence_transformers.util import is_sentence_transformer_model
 
 from gte_st.pooling import GTEMeanPooling
 
@@ -94,7 +95,8 @@ def write_portable_configs(model: SentenceTransformer, path: str | Path) -> None
 class GTEModel(SentenceTransformer):
     """A :class:`~sentence_transformers.SentenceTransformer` whose ``save`` writes the portable GTE layout.
 
-    In memory the model runs :class:`~gte_st.GTEMeanPooling` (mean pooling with fused float32 normalisation). On
+    In memory a mean-pooled model runs :class:`~gte_st.GTEMeanPooling` (mean pooling with fused float32
+    normalisation); other poolings (CLS, max, ...) run as the stock ``Pooling`` (+ ``Normalize``) modules. On
     disk every ``GTEMeanPooling`` is written as its exact stock equivalent -- a ``Pooling`` folder with
     ``pooling_mode: "mean"`` followed by a ``Normalize`` folder -- and the configs are written in a schema that
     both sentence-transformers 5/6 and the classic readers (TEI, candle, transformers.js) accept (see
@@ -121,37 +123,93 @@ class GTEModel(SentenceTransformer):
             object.__setattr__(self, "_modules", original)
 
 
+POOLING_CHOICES = ("auto",) + Pooling.POOLING_MODES
+
+
+def _checkpoint_pooling(name: str, base: SentenceTransformer, kwargs: dict[str, Any]) -> Pooling | None:
+    """The checkpoint's own Pooling module when ``name`` is a sentence-transformers model, else ``None``.
+
+    ``SentenceTransformer(name)`` invents ``Pooling("mean")`` for a bare encoder; only a checkpoint with a
+    ``modules.json`` has a pooling of its own."""
+    pooling = next((m for m in base._modules.values() if isinstance(m, Pooling)), None)
+    if pooling is None:
+        return None
+    is_st = is_sentence_transformer_model(
+        name,
+        token=kwargs.get("token"),
+        cache_folder=kwargs.get("cache_folder"),
+        revision=kwargs.get("revision"),
+        local_files_only=bool(kwargs.get("local_files_only", False)),
+    )
+    return pooling if is_st else None
+
+
+def _pooling_modules(
+    mode: str | tuple[str, ...], dimension: int, *, normalize: bool, include_prompt: bool
+) -> list[Pooling | Normalize]:
+    """The pooling head for ``mode``: fused :class:`GTEMeanPooling` for ``"mean"``, stock ``Pooling`` (+
+    ``Normalize``) for every other mode. Both save as stock modules (see :class:`GTEModel`)."""
+    if mode == "mean":
+        return [GTEMeanPooling(dimension, normalize=normalize, include_prompt=include_prompt)]
+    pooling = Pooling(dimension, pooling_mode=mode, include_prompt=include_prompt)
+    return [pooling, Normalize()] if normalize else [pooling]
+
+
 def build_model(
     base_model_name_or_path: str | None = None,
     max_seq_length: int | None = None,
     *,
+    pooling: str = "auto",
     normalize: bool = True,
     include_prompt: bool = True,
     **kwargs: Any,
 ) -> GTEModel:
-    """Build a GTE embedding model: the base encoder + :class:`~gte_st.GTEMeanPooling`.
+    """Build a GTE embedding model: the base encoder + the checkpoint's pooling (GTE mean pooling by default).
+
+    The pooling follows the checkpoint: a sentence-transformers model (one with a ``modules.json``) keeps its own
+    pooling mode -- CLS for gte-base-en-v1.5, gte-large-en-v1.5, gte-multilingual-base and gte-modernbert-base,
+    mean for gte-small/base/large and all-MiniLM-L6-v2 -- while a bare Hugging Face encoder gets
+    :class:`~gte_st.GTEMeanPooling`. ``pooling="mean"|"cls"|...`` overrides; overriding the pooling a trained
+    sentence-transformers model was trained with is logged as a warning, since its embeddings then no longer mean
+    what they were trained to mean.
+
+    Mean pooling runs as the fused :class:`~gte_st.GTEMeanPooling`; every other mode as the stock ``Pooling``
+    module. Either way :meth:`GTEModel.save` writes stock ``Pooling`` (+ ``Normalize``) folders, so the saved
+    directory loads with plain ``SentenceTransformer(path)``, without gte-st and without ``trust_remote_code``.
 
     Args:
-        base_model_name_or_path: A Hugging Face encoder (BERT-like; a local directory or a Hub id), or an existing
-            sentence-transformers model, whose Transformer module and tokenizer (and prompts) are kept while its
-            pooling/head modules are replaced by GTE mean pooling. Defaults to :func:`default_base_model`.
+        base_model_name_or_path: A Hugging Face encoder (BERT, RoBERTa, XLM-R, native GTE ``model_type: gte``,
+            ModernBERT, ...; a local directory or a Hub id), or an existing sentence-transformers model, whose
+            Transformer module and tokenizer (and prompts) are kept while its pooling/head modules are replaced.
+            Checkpoints in the original GTE remote-code layout (``model_type: new``) must be converted first
+            (:func:`gte_st.convert.convert_checkpoint`, or load them with :func:`gte_st.load`). Defaults to
+            :func:`default_base_model`.
         max_seq_length: Truncation length in tokens. Defaults to the base model's own setting.
-        normalize: L2-normalise the embeddings (GTE does; cosine is the metric).
-        include_prompt: Whether prompt tokens count in the mean.
+        pooling: ``"auto"`` (the checkpoint's own pooling, mean for a bare encoder) or one of
+            ``Pooling.POOLING_MODES``: ``"mean"``, ``"cls"``, ``"max"``, ``"mean_sqrt_len_tokens"``,
+            ``"weightedmean"``, ``"lasttoken"``.
+        normalize: L2-normalise the embeddings (GTE does; cosine is the metric, and normalising does not change a
+            cosine similarity).
+        include_prompt: Whether prompt tokens count in the pooling (mean, max, ...).
         **kwargs: Passed on to ``SentenceTransformer(...)``: ``device``, ``model_kwargs`` (e.g.
             ``{"torch_dtype": "bfloat16", "attn_implementation": "sdpa"}``), ``revision``, ``cache_folder``,
             ``local_files_only``, ``trust_remote_code``, ``token``, ...
 
     Returns:
-        A :class:`GTEModel` (a ``SentenceTransformer``) with modules ``[Transformer, GTEMeanPooling]``.
+        A :class:`GTEModel` (a ``SentenceTransformer``): ``[Transformer, GTEMeanPooling]`` for mean pooling,
+        ``[Transformer, Pooling(mode), Normalize]`` for any other mode (without ``Normalize`` when
+        ``normalize=False``).
 
     Example::
 
         import gte_st
 
-        model = gte_st.build_model(max_seq_length=256)
+        model = gte_st.build_model(max_seq_length=256)                 # all-MiniLM-L6-v2: mean pooling
         embeddings = model.encode(["What is GTE?", "A general text embedding model."])
+        cls_model = gte_st.build_model("path/to/gte-base-en-v1.5-native")  # keeps its CLS pooling
     """
+    if pooling not in POOLING_CHOICES:
+        raise ValueError(f"pooling must be one of {', '.join(POOLING_CHOICES)}; got {pooling!r}")
     name = base_model_name_or_path or default_base_model()
     base = SentenceTransformer(name, **kwargs)
     transformer = base[0]
@@ -160,23 +218,28 @@ def build_model(
             f"build_model({name!r}): the first module is {type(transformer).__name__}, not a Hugging Face "
             "Transformer; GTE models need a transformer encoder."
         )
-    dropped = [type(module).__name__ for module in list(base._modules.values())[1:]]
+    own_pooling = _checkpoint_pooling(name, base, kwargs)
+    own_mode = None if own_pooling is None else own_pooling.pooling_mode
+    mode = (own_mode or "mean") if pooling == "auto" else pooling
+    if own_mode is not None and mode != own_mode:
+        logger.warning(
+            f"{name}: replacing the {own_mode!r} pooling this sentence-transformers model was trained with by "
+            f"{mode!r} pooling; its embeddings change meaning until it is fine-tuned with the new pooling."
+        )
     kept = {"Pooling", "Normalize", "GTEMeanPooling"}
-    pooling = next((m for m in base._modules.values() if isinstance(m, Pooling)), None)
-    if pooling is not None and pooling.pooling_mode != "mean":
-        logger.warning(f"{name}: replacing its {pooling.pooling_mode!r} pooling with GTE mean pooling.")
+    dropped = [type(module).__name__ for module in list(base._modules.values())[1:]]
     if extra := [module for module in dropped if module not in kept]:
-        logger.warning(f"{name}: dropping modules {extra}; a GTE model is Transformer + mean pooling.")
+        logger.warning(f"{name}: dropping modules {extra}; a GTE model is Transformer + pooling (+ Normalize).")
     if max_seq_length is not None:
         if max_seq_length <= 0:
             raise ValueError(f"max_seq_length must be a positive integer, got {max_seq_length}")
         transformer.max_seq_length = max_seq_length
 
-    pooling_module = GTEMeanPooling(
-        transformer.get_embedding_dimension(), normalize=normalize, include_prompt=include_prompt
+    head = _pooling_modules(
+        mode, transformer.get_embedding_dimension(), normalize=normalize, include_prompt=include_prompt
     )
     model = GTEModel(
-        modules=[transformer, pooling_module],
+        modules=[transformer, *head],
         device=str(base.device),
         prompts=base.prompts,
         default_prompt_name=base.default_prompt_name,
@@ -187,6 +250,7 @@ def build_model(
 
 __all__ = [
     "GTEModel",
+    "POOLING_CHOICES",
     "build_model",
     "default_base_model",
     "write_portable_configs",

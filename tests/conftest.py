@@ -119,6 +119,132 @@ def build_tiny_modernbert(output_dir: Path, hidden_size: int = 32, num_layers: i
     return output_dir
 
 
+ORIGINAL_GTE_AUTO_MAP = {
+    "AutoConfig": "Alibaba-NLP/new-impl--configuration.NewConfig",
+    "AutoModel": "Alibaba-NLP/new-impl--modeling.NewModel",
+    "AutoModelForMaskedLM": "Alibaba-NLP/new-impl--modeling.NewForMaskedLM",
+}
+
+
+def build_tiny_gte_original(
+    output_dir: Path,
+    *,
+    type_vocab_size: int = 0,
+    rope_theta: float = 500000.0,
+    rope_scaling: dict | None = None,
+    pack_qkv: bool = True,
+    pooling: str | None = "cls",
+    normalize: bool = False,
+    weight_prefix: str = "",
+    seed: int = 0,
+) -> Path:
+    """A tiny checkpoint in the ORIGINAL remote-code layout of gte-base/large-en-v1.5 and gte-multilingual-base
+    (``model_type: new`` + ``auto_map`` to Alibaba-NLP/new-impl, the NewConfig fields, fused ``qkv_proj`` /
+    ``up_gate_proj`` weights under ``encoder.layer.N``, ``attn_ln`` / ``mlp_ln``), written from first principles:
+    random weights in the shapes of new-impl's modeling.py, saved as safetensors. With ``pooling`` it carries the
+    sentence-transformers files of the releases (``1_Pooling`` with the legacy flags, optional ``2_Normalize``)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    tokenizer = build_tiny_tokenizer(output_dir)
+    hidden, layers, heads, inter = 32, 2, 2, 64
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.2
+
+    tensors = {
+        "embeddings.word_embeddings.weight": rand(len(tokenizer), hidden),
+        "embeddings.LayerNorm.weight": 1 + rand(hidden),
+        "embeddings.LayerNorm.bias": rand(hidden),
+    }
+    if type_vocab_size:
+        tensors["embeddings.token_type_embeddings.weight"] = rand(type_vocab_size, hidden)
+    for i in range(layers):
+        p = f"encoder.layer.{i}."
+        if pack_qkv:
+            tensors[p + "attention.qkv_proj.weight"] = rand(3 * hidden, hidden)
+            tensors[p + "attention.qkv_proj.bias"] = rand(3 * hidden)
+        else:
+            for n in "qkv":
+                tensors[p + f"attention.{n}_proj.weight"] = rand(hidden, hidden)
+                tensors[p + f"attention.{n}_proj.bias"] = rand(hidden)
+        tensors[p + "attention.o_proj.weight"] = rand(hidden, hidden)
+        tensors[p + "attention.o_proj.bias"] = rand(hidden)
+        tensors[p + "mlp.up_gate_proj.weight"] = rand(2 * inter, hidden)
+        tensors[p + "mlp.down_proj.weight"] = rand(hidden, inter)
+        tensors[p + "mlp.down_proj.bias"] = rand(hidden)
+        for ln in ("attn_ln", "mlp_ln"):
+            tensors[p + f"{ln}.weight"] = 1 + rand(hidden)
+            tensors[p + f"{ln}.bias"] = rand(hidden)
+    save_file({weight_prefix + k: v.contiguous() for k, v in tensors.items()}, str(output_dir / "model.safetensors"))
+    config = {
+        "architectures": ["NewModel"],
+        "attention_probs_dropout_prob": 0.0,
+        "auto_map": ORIGINAL_GTE_AUTO_MAP,
+        "classifier_dropout": None,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": inter,
+        "layer_norm_eps": 1e-12,
+        "layer_norm_type": "layer_norm",
+        "logn_attention_clip1": False,
+        "logn_attention_scale": False,
+        "max_position_embeddings": 128,
+        "model_type": "new",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "pack_qkv": pack_qkv,
+        "pad_token_id": tokenizer.pad_token_id,
+        "position_embedding_type": "rope",
+        "rope_scaling": rope_scaling,
+        "rope_theta": rope_theta,
+        "torch_dtype": "float32",
+        "transformers_version": "4.39.1",
+        "type_vocab_size": type_vocab_size,
+        "unpad_inputs": False,
+        "use_memory_efficient_attention": False,
+        "vocab_size": len(tokenizer),
+    }
+    (output_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (output_dir / "modeling.py").write_text("raise RuntimeError('remote code must never run')\n")
+    (output_dir / "configuration.py").write_text("raise RuntimeError('remote code must never run')\n")
+    if pooling is None:
+        return output_dir
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+        (output_dir / "2_Normalize").mkdir(exist_ok=True)
+    (output_dir / "modules.json").write_text(json.dumps(modules, indent=2))
+    (output_dir / "1_Pooling").mkdir(exist_ok=True)
+    flags = {
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+    }
+    (output_dir / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": hidden, **flags}))
+    (output_dir / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 128, "do_lower_case": False, "model_args": {"trust_remote_code": True}})
+    )
+    (output_dir / "config_sentence_transformers.json").write_text(
+        json.dumps({"__version__": {"sentence_transformers": "2.7.0"}, "prompts": {}, "similarity_fn_name": None})
+    )
+    return output_dir
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny (2-layer, 32-dim) randomly initialised BERT with its tokenizer, built once per session."""
@@ -135,6 +261,13 @@ def tiny_gte_native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_modernbert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny (2-layer, 32-dim, 128 positions) ``ModernBertModel`` with its tokenizer, built once per session."""
     return build_tiny_modernbert(tmp_path_factory.mktemp("tiny-modernbert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gte_original_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint in the original remote-code GTE layout (gte-base-en-v1.5 style: CLS pooling, no token
+    types), built once per session; copy it before modifying it."""
+    return build_tiny_gte_original(tmp_path_factory.mktemp("tiny-gte-original"))
 
 
 @pytest.fixture(scope="session")
