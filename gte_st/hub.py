@@ -12,27 +12,23 @@ Python::
     push_model("gte", "me/gte-small", revision="v1")          # one commit: weights, configs, tokenizer, ONNX, card
     path = pull_model("me/gte-small", revision="v1")          # verified snapshot (from the cache when offline)
 
-CLI::
-
-    gte-st push gte me/gte-small [--revision v1] [--private] [--create-pr] [--commit-message "..."]
-    gte-st pull me/gte-small [--revision v1] [--local-dir DIR]
+CLI: ``gte-st push`` / ``gte-st pull`` (:mod:`gte_st.commands.push`, :mod:`gte_st.commands.pull`).
 """
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
 import logging
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
+from gte_st.checkpoints import CHECKPOINT_RE, latest_checkpoint_name
+from gte_st.fingerprint import file_digest
+
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 PICKLED_WEIGHTS_RE = re.compile(r"pytorch_model(-\d+-of-\d+)?\.bin(\.index\.json)?")
 # Trainer state that belongs in checkpoints, not in a published model.
 TRAINER_STATE_FILES = {"optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt"}
@@ -200,8 +196,8 @@ def push_model(
     """
     from gte_st.model_card import render_model_card
 
+    files: dict[str, Path | bytes] = dict(model_files(model_dir))  # the directory is checked before the token
     token = require_token(token)
-    files: dict[str, Path | bytes] = dict(model_files(model_dir))
     _assert_token_absent(files, token)  # type: ignore[arg-type]
     files["README.md"] = render_model_card(model_dir, repo_id=repo_id, license=license).encode()
     branch = revision or "main"
@@ -279,15 +275,6 @@ def split_repo_revision(spec: str) -> tuple[str, str | None]:
     return repo_id, revision or None
 
 
-def _file_hash(path: Path, algorithm: str) -> str:
-    """``"sha256"`` or ``"git-sha1"`` (the git blob id the Hub lists for regular files) of a file, streamed."""
-    digest = hashlib.sha256() if algorithm == "sha256" else hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _remote_listing(api: Any, repo_id: str, commit: str, local_dir: Path | None, cache_dir: str | None) -> dict:
     """path -> (size, git blob sha1, lfs sha256 or None) of ``repo_id`` at ``commit``: from the Hub when online, else
     from the listing ``snapshot_download`` cached next to the files."""
@@ -337,7 +324,7 @@ def verify_snapshot(
         if not local_file.is_file():
             raise CorruptDownloadError(f"{relative} of {where} is listed on the Hub but missing from {root}")
         algorithm, expected = ("sha256", lfs_sha256) if lfs_sha256 else ("git-sha1", blob_id)
-        actual, actual_size = _file_hash(local_file, algorithm), local_file.stat().st_size
+        actual, actual_size = file_digest(local_file, algorithm), local_file.stat().st_size
         if (size is not None and actual_size != size) or expected != actual:
             _discard(local_file, local_dir, relative)
             raise CorruptDownloadError(
@@ -359,7 +346,12 @@ def _download(
 ) -> tuple[Path, str, dict]:
     """Resolve ``revision``, download (or find in the cache when offline) and verify. Returns (path, commit, listing)."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RevisionResolutionError
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        RevisionResolutionError,
+    )
 
     api = _api(token)
     offline = constants.is_offline_mode()
@@ -376,7 +368,13 @@ def _download(
             library_name="gte-st",
             library_version=_version(),
         )
+    except RepositoryNotFoundError as exc:
+        raise FileNotFoundError(f"{repo_id}: no such model repository on {constants.ENDPOINT} (or no access)") from exc
+    except RevisionNotFoundError as exc:
+        raise FileNotFoundError(f"{where}: no such revision (branch, tag or commit) in {repo_id}") from exc
     except (LocalEntryNotFoundError, RevisionResolutionError) as exc:
+        if not offline and isinstance(exc, RevisionResolutionError):
+            raise FileNotFoundError(f"{where}: no such revision (branch, tag or commit) in {repo_id}") from exc
         if offline:
             raise FileNotFoundError(
                 f"{where} is not in the local Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and "
@@ -407,12 +405,6 @@ def pull_model(
     return path
 
 
-def latest_checkpoint_name(names: list[str]) -> str | None:
-    """The ``checkpoint-<step>`` with the highest step among ``names``."""
-    steps = [(int(m.group(1)), name) for name in names if (m := CHECKPOINT_RE.fullmatch(name))]
-    return max(steps)[1] if steps else None
-
-
 def pull_latest_checkpoint(
     repo_id: str, *, revision: str = "checkpoints", local_dir: str | os.PathLike, token: str | None = None
 ) -> Path:
@@ -439,59 +431,8 @@ def pull_latest_checkpoint(
     return path / name
 
 
-def _parser(command: str) -> argparse.ArgumentParser:
-    if command == "push":
-        parser = argparse.ArgumentParser(
-            prog="gte-st push", description="Publish a model directory to the Hub in one commit, with a model card."
-        )
-        parser.add_argument("model_dir", help="saved model directory (portable sentence-transformers layout)")
-        parser.add_argument("repo_id", help="namespace/name on the Hub (created when missing)")
-        parser.add_argument("--revision", help="branch to push to (created when missing; default: main)")
-        parser.add_argument("--private", action="store_true", help="create the repository as private")
-        parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
-        parser.add_argument("--commit-message", help="commit summary")
-        parser.add_argument("--license", help="licence (SPDX id) for the card; default: the base model's")
-        return parser
-    parser = argparse.ArgumentParser(
-        prog="gte-st pull", description="Download and verify a model snapshot (from the cache when offline)."
-    )
-    parser.add_argument("repo_id", help="namespace/name on the Hub")
-    parser.add_argument("--revision", help="branch, tag or commit (default: main)")
-    parser.add_argument("--local-dir", help="download into this directory instead of the Hugging Face cache")
-    return parser
-
-
-def main(argv: list[str] | None = None, command: str = "push") -> int:
-    """``gte-st push`` / ``gte-st pull``; prints the commit URL / the snapshot path."""
-    if command not in ("push", "pull"):
-        raise ValueError(f"gte_st.hub serves the commands 'push' and 'pull', not {command!r}")
-    from huggingface_hub.errors import RevisionResolutionError
-
-    args = _parser(command).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if command == "push":
-            url = push_model(
-                args.model_dir,
-                args.repo_id,
-                revision=args.revision,
-                private=args.private,
-                create_pr=args.create_pr,
-                commit_message=args.commit_message,
-                license=args.license,
-            )
-            print(url)
-        else:
-            print(pull_model(args.repo_id, revision=args.revision, local_dir=args.local_dir))
-    except (OSError, ValueError, RuntimeError, RevisionResolutionError) as exc:
-        print(f"gte-st {command}: error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 __all__ = [
     "CorruptDownloadError",
-    "main",
     "model_files",
     "pull_latest_checkpoint",
     "pull_model",

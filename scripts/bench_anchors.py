@@ -36,7 +36,7 @@ def main() -> int:
     import torch
 
     import gte_st
-    from gte_st.evaluation import cli
+    from gte_st import cli
 
     model = gte_st.default_base_model()
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  load average at start: {os.getloadavg()}")
@@ -52,7 +52,7 @@ def main() -> int:
             if task == "retrieval":
                 argv += ["--cache-dir", args.cache_dir or str(Path(tmp) / "cache")]
             start = time.perf_counter()
-            if cli.main(argv) != 0:
+            if cli.main(["eval", *argv]) != 0:
                 return 1
             result = json.loads(out.read_text())["results"][0]
             got = 100 * result["metrics"][result["main_score"]]

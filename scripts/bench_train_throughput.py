@@ -42,7 +42,7 @@ def worker(config: dict) -> dict:
     from transformers import TrainerCallback
 
     import gte_st
-    from gte_st.training import GTETrainer, GTETrainingArguments, build_loss, resolve_precision
+    from gte_st.training import GTETrainer, GTETrainingArguments, build_loss, mixed_precision_flags
 
     pairs = Dataset.from_json(config["pairs_file"])
     batch, steps = config["batch"], config["steps"]
@@ -54,7 +54,7 @@ def worker(config: dict) -> dict:
         def on_step_end(self, args, state, control, **kwargs):
             self.times.append(time.perf_counter())
 
-    precision = resolve_precision(config["precision"])
+    precision = mixed_precision_flags(config["precision"])
     common = dict(
         output_dir="/tmp/gte-st-bench", per_device_train_batch_size=batch, max_steps=steps, save_strategy="no",
         logging_steps=1000, report_to="none", learning_rate=2e-5, seed=0, disable_tqdm=True, dataloader_drop_last=True,

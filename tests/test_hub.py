@@ -390,7 +390,7 @@ def test_gte_st_train_publishes_model_and_checkpoints_and_resumes_from_hub(hub, 
     """End to end through the training job: --push_to_hub + --hub_checkpoints, then --resume_from_hub."""
     from conftest import stsb_rows
 
-    from gte_st.train import main as train_main
+    from gte_st.commands.train import main as train_main
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in stsb_rows("train")[:96]))

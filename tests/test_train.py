@@ -16,7 +16,7 @@ from conftest import stsb_rows
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
-from gte_st.train import main
+from gte_st.commands.train import main
 
 # A resumed run replays the same batches, dropout masks and optimizer state; the only differences are float
 # summation-order effects, so weights must agree to within this absolute tolerance.
@@ -26,7 +26,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     from transformers import TrainerCallback
-    from gte_st.train import main
+    from gte_st.commands.train import main
 
     class KillAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -44,7 +44,7 @@ DDP_SCRIPT = textwrap.dedent(
     from gte_st.training import GTETrainer, parse_stages
     from gte_st.data import load_training_data
     import gte_st
-    from gte_st.train import main
+    from gte_st.commands.train import main
 
     argv = sys.argv[1:]
     (stage,) = parse_stages(argv)

@@ -13,15 +13,20 @@ from sentence_transformers.sentence_transformer import losses as st_losses
 
 import gte_st
 from gte_st import losses as gte_losses
-from gte_st.train import main
+from gte_st.cli import main as cli_main
 from gte_st.training import (
     GTE_DIRECTIONS,
     build_loss,
     latest_checkpoint,
+    mixed_precision_flags,
     parse_stages,
-    resolve_precision,
-    save_atomically,
 )
+from gte_st.training.checkpoints import save_atomically
+
+
+def main(argv: list[str]) -> int:
+    """`gte-st train ARGV` through the dispatcher (errors become exit codes and one-line messages)."""
+    return cli_main(["train", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +75,7 @@ def test_yaml_recipe_stages_and_cli_overrides(tmp_path):
 
 
 def test_help_documents_every_option(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
+    assert main(["--help"]) == 0
     text = capsys.readouterr().out
     for option in ("--data", "--alpha", "--loss", "--mini_batch_size", "--gather_across_devices", "--resume",
                    "--push-to-hub", "--hub-checkpoints", "--resume-from-hub", "--eval_beir", "--learning_rate",
@@ -81,12 +84,12 @@ def test_help_documents_every_option(capsys):
 
 
 def test_precision_auto_follows_hardware():
-    flags = resolve_precision("auto")
+    flags = mixed_precision_flags("auto")
     if torch.cuda.is_available():
         assert flags["bf16"] or flags["fp16"]
     elif "amx_bf16" in Path("/proc/cpuinfo").read_text():
         assert flags == {"bf16": True, "fp16": False, "use_cpu": True}
-    assert resolve_precision("fp32")["bf16"] is False and resolve_precision("fp32")["fp16"] is False
+    assert mixed_precision_flags("fp32")["bf16"] is False and mixed_precision_flags("fp32")["fp16"] is False
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,14 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import (
     BinaryClassificationEvaluator,
     EmbeddingSimilarityEvaluator,
+    InformationRetrievalEvaluator,
     RerankingEvaluator,
 )
 
 from gte_st.encoding import encode
 
 
-class FastEmbedMixin:
+class GteEncodingMixin:
     """Mixin for sentence-transformers evaluators: ``embed_inputs`` goes through :func:`gte_st.encoding.encode`
     (token-length-sorted batches, the chosen precision), so the evaluators' own metric code runs unchanged."""
 
@@ -35,15 +36,21 @@ class FastEmbedMixin:
         return torch.from_numpy(embeddings) if self.return_tensor else embeddings
 
 
-class STSEvaluator(FastEmbedMixin, EmbeddingSimilarityEvaluator):
+class STSEvaluator(GteEncodingMixin, EmbeddingSimilarityEvaluator):
     """sentence-transformers' EmbeddingSimilarityEvaluator embedding through gte-st's encode path."""
 
 
-class PairEvaluator(FastEmbedMixin, BinaryClassificationEvaluator):
+class PairEvaluator(GteEncodingMixin, BinaryClassificationEvaluator):
     """sentence-transformers' BinaryClassificationEvaluator embedding through gte-st's encode path."""
 
 
-class RerankEvaluator(FastEmbedMixin, RerankingEvaluator):
+class RetrievalEvaluator(GteEncodingMixin, InformationRetrievalEvaluator):
+    """sentence-transformers' InformationRetrievalEvaluator embedding through gte-st's encode path."""
+
+    return_tensor = True
+
+
+class RerankEvaluator(GteEncodingMixin, RerankingEvaluator):
     """sentence-transformers' RerankingEvaluator embedding through gte-st's encode path."""
 
     return_tensor = True

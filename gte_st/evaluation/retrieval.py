@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from gte_st.encoding import encode, resolve_precision
 from gte_st.evaluation.readers import BEIRData, read_beir
 from gte_st.evaluation.result import EvalResult
-from gte_st.search import check_bm25_weight, corpus_fingerprint, fuse_scores
+from gte_st.files import atomic_save_npy
+from gte_st.fingerprint import corpus_fingerprint, model_fingerprint
+from gte_st.search.fusion import check_bm25_weight, fuse_scores
 
 logger = logging.getLogger(__name__)
-
-
-def model_fingerprint(model: SentenceTransformer) -> str:
-    """A hash of everything that decides a torch model's embeddings: its weights (names and bytes), module types,
-    max sequence length and prompts. Non-torch backends are identified by their path and backend."""
-    h = hashlib.sha256()
-    h.update(repr([type(m).__name__ for m in model]).encode())
-    h.update(repr((model.max_seq_length, sorted(model.prompts.items()), getattr(model, "backend", "torch"))).encode())
-    state = model.state_dict()
-    if not state:
-        h.update(str(getattr(model[0], "auto_model", model[0]).__dict__.get("name_or_path", "")).encode())
-        h.update(str(getattr(model.model_card_data, "base_model", "")).encode())
-    for name, tensor in state.items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
 
 
 def encode_corpus_cached(
@@ -63,9 +46,7 @@ def encode_corpus_cached(
             return embeddings, True
     embeddings = encode(model, texts, batch_size=batch_size, precision=resolved, prompt_name=prompt_name)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp.npy")
-    np.save(tmp, embeddings)
-    os.replace(tmp, cache_file)
+    atomic_save_npy(cache_file, embeddings)
     return embeddings, False
 
 
@@ -155,7 +136,7 @@ def evaluate_retrieval(
     details: dict = {"queries": len(query_ids), "corpus": len(corpus_ids), "retriever": retriever}
 
     if retriever == "bm25" or bm25_rerank:
-        from gte_st.search import BM25Retriever
+        from gte_st.search.bm25 import BM25Retriever
 
         bm25_hits = BM25Retriever(corpus_ids, corpus_texts).search(query_texts, bm25_rerank or k)
     if retriever == "bm25":

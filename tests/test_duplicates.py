@@ -27,7 +27,7 @@ def test_mine_duplicates_matches_sentence_transformers_paraphrase_mining():
     import torch
     from sentence_transformers.util import paraphrase_mining_embeddings
 
-    from gte_st.mining import mine_duplicates
+    from gte_st.duplicates import mine_duplicates
 
     emb = _planted()
     threshold = 0.8
@@ -46,7 +46,7 @@ def test_mine_duplicates_matches_sentence_transformers_paraphrase_mining():
 
 
 def test_duplicate_groups_are_connected_components():
-    from gte_st.mining import duplicate_groups
+    from gte_st.duplicates import duplicate_groups
 
     assert duplicate_groups(7, [(0, 1, 0.9), (1, 4, 0.95), (5, 6, 0.91)]) == [[0, 1, 4], [5, 6]]
     assert duplicate_groups(3, []) == []
@@ -55,7 +55,7 @@ def test_duplicate_groups_are_connected_components():
 def test_cluster_recovers_planted_topics_and_nearest_members():
     from sklearn.metrics import adjusted_rand_score
 
-    from gte_st.mining import cluster
+    from gte_st.clusters import cluster
 
     rng = np.random.default_rng(1)
     centres = _unit(rng.normal(size=(4, 16)))

@@ -8,8 +8,13 @@ import json
 import pytest
 
 from gte_st.cli import main as gte_st_main
+from gte_st.commands.eval import format_table
 from gte_st.evaluation import EvalResult
-from gte_st.evaluation.cli import format_table, main
+
+
+def main(argv: list[str]) -> int:
+    """`gte-st eval ARGV` through the dispatcher (errors become exit codes and one-line messages)."""
+    return gte_st_main(["eval", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +62,18 @@ def test_eval_bm25_rerank_prints_both_stages(tiny_model_dir, shared_data, tmp_pa
 
 
 def test_argument_errors(shared_data, tiny_model_dir, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(tiny_model_dir), "--task", "sts"])
-    assert exit_info.value.code == 2 and "--data is required" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(tiny_model_dir), "--task", "sts", "--data", str(tmp_path / "missing.csv")])
+    assert main([str(tiny_model_dir), "--task", "sts"]) == 2
+    assert "--data is required" in capsys.readouterr().err
+    assert main([str(tiny_model_dir), "--task", "sts", "--data", str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(tiny_model_dir), "--task", "sts", "--data", str(shared_data / "stsb"), "--bm25-rerank", "5"])
+    assert main([str(tiny_model_dir), "--task", "sts", "--data", str(shared_data / "stsb"), "--bm25-rerank", "5"]) == 2
     assert "--bm25-rerank K needs --task retrieval" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(tiny_model_dir), "--task", "retrieval", "--data", str(shared_data / "beir_scifact"),
-              "--bm25-weight", "0.3"])  # fmt: skip
-    assert "--bm25-weight needs --bm25-rerank K" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main([str(tiny_model_dir), "--task", "summarization", "--data", "x"])
+    assert main([str(tiny_model_dir), "--task", "retrieval", "--data", str(shared_data / "beir_scifact"),
+                 "--bm25-weight", "0.3"]) == 2  # fmt: skip
+    assert "bm25_weight needs --bm25-rerank K" in capsys.readouterr().err
+    assert main([str(tiny_model_dir), "--task", "summarization", "--data", "x"]) == 2
 
-    assert main([str(tmp_path / "no-model"), "--task", "sts", "--data", str(shared_data / "stsb")]) == 2
+    assert main([str(tmp_path / "no-model"), "--task", "sts", "--data", str(shared_data / "stsb")]) == 1
     assert "model directory" in capsys.readouterr().err
 
     bad = tmp_path / "bad.tsv"

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gte_st.commands._args import ArgumentParser, existing_path, load_model, positive_int
 from gte_st.evaluation.result import EvalResult
+from gte_st.files import atomic_write_json
 
 TASKS = ("sts", "retrieval", "pair-classification", "classification", "clustering", "reranking", "mteb")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    import argparse
+
+    parser = ArgumentParser(
         prog="gte-st eval",
         description="Evaluate a sentence-transformers model (a local directory, or a Hub id when the Hub is "
         "reachable) on local data files. Metrics are printed as a table and written as JSON with --output.",
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data",
         nargs="+",
+        type=existing_path,
         default=[],
         metavar="PATH",
         help="data file(s) or folder(s): STS-B/SICK/jsonl (sts), BEIR folder (retrieval), MRPC/LCQMC/jsonl "
@@ -35,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default=None, help="split to evaluate (default: test, or what the file holds)")
     parser.add_argument("--output", default=None, metavar="JSON", help='write {"model", "results": [...]} here')
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument(
         "--precision",
         default="fp32",
@@ -43,17 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode precision (fp32 reproduces published numbers; bf16/auto is faster on AMX CPUs and GPUs)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--max-seq-length", type=int, default=None, help="override the model's truncation length")
-    parser.add_argument("--max-samples", type=int, default=None, help="evaluate only N pairs/texts/queries")
+    parser.add_argument("--max-seq-length", type=positive_int, default=None, help="override the model's truncation length")
+    parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only N pairs/texts/queries")
     parser.add_argument("--dataset", default=None, help="dataset name to report (default: the data folder's name)")
     parser.add_argument("--trust-remote-code", action="store_true")
 
     group = parser.add_argument_group("retrieval")
     group.add_argument("--cache-dir", default=None, help="cache corpus embeddings here (keyed by model and corpus)")
-    group.add_argument("--max-corpus", type=int, default=None, help="search relevant docs + others up to N")
-    group.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
+    group.add_argument("--max-corpus", type=positive_int, default=None, help="search relevant docs + others up to N")
+    group.add_argument("--max-queries", type=positive_int, default=None, help="evaluate only the first N queries")
     group.add_argument("--retriever", default="dense", choices=("dense", "bm25"), help="first-stage retriever")
-    group.add_argument("--bm25-rerank", type=int, default=None, metavar="K", help="re-score BM25's top K with MODEL")
+    group.add_argument("--bm25-rerank", type=positive_int, default=None, metavar="K", help="re-score BM25's top K with MODEL")
     group.add_argument(
         "--bm25-weight",
         type=float,
@@ -64,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("classification / clustering")
     group.add_argument("--train-data", default=None, metavar="PATH", help="fit the classifier on this file")
-    group.add_argument("--n-folds", type=int, default=5, help="cross-validation folds when there is no train data")
-    group.add_argument("--n-clusters", type=int, default=None, help="k for k-means (default: number of labels)")
+    group.add_argument("--n-folds", type=positive_int, default=5, help="cross-validation folds when there is no train data")
+    group.add_argument("--n-clusters", type=positive_int, default=None, help="k for k-means (default: number of labels)")
     group.add_argument("--seed", type=int, default=42)
 
     group = parser.add_argument_group("mteb (needs `pip install 'gte-st[mteb]'` and Hub access)")
@@ -75,30 +76,6 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--list-tasks", action="store_true", help="list the selected mteb tasks and exit")
     group.add_argument("--output-folder", default="mteb-results", help="where mteb writes its result files")
     return parser
-
-
-def load_model(name_or_path: str, *, device: str | None, max_seq_length: int | None, trust_remote_code: bool) -> Any:
-    """A SentenceTransformer from a local directory, or from the Hub (clear error when it is unreachable)."""
-    from sentence_transformers import SentenceTransformer
-
-    local = Path(name_or_path).expanduser()
-    if not local.exists():
-        looks_like_path = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
-        if looks_like_path:
-            raise FileNotFoundError(f"model directory {name_or_path} does not exist")
-    try:
-        model = SentenceTransformer(
-            str(local) if local.exists() else name_or_path, device=device, trust_remote_code=trust_remote_code
-        )
-    except OSError as e:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-        hint = " (HF_HUB_OFFLINE is set)" if offline else ""
-        raise OSError(
-            f"could not load model {name_or_path!r}: not a local directory and not loadable from the Hub{hint}: {e}"
-        ) from e
-    if max_seq_length is not None:
-        model.max_seq_length = max_seq_length
-    return model
 
 
 def format_table(results: list[EvalResult]) -> str:
@@ -120,7 +97,7 @@ def format_table(results: list[EvalResult]) -> str:
     return "\n".join(lines)
 
 
-def _run_task(args: argparse.Namespace, model: Any, path: str) -> EvalResult:
+def _run_task(args: Any, model: Any, path: str) -> EvalResult:
     from gte_st import evaluation as ev
 
     common: dict[str, Any] = {"batch_size": args.batch_size, "precision": args.precision, "dataset": args.dataset}
@@ -145,23 +122,15 @@ def _run_task(args: argparse.Namespace, model: Any, path: str) -> EvalResult:
     return functions[args.task](model, path, **common)
 
 
-def _run_mteb(args: argparse.Namespace) -> int:
+def _run_mteb(args: Any) -> int:
     from gte_st.evaluation import mteb_runner
 
-    try:
-        mteb_runner.import_mteb()
-    except ImportError as e:
-        print(f"gte-st eval: {e}", file=sys.stderr)
-        return 2
+    mteb_runner.import_mteb()
     if args.list_tasks:
         for name, task_type in mteb_runner.list_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages):
             print(f"{task_type}\t{name}")
         return 0
-    try:
-        tasks = mteb_runner.get_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages)
-    except ValueError as e:
-        print(f"gte-st eval: {e}", file=sys.stderr)
-        return 2
+    tasks = mteb_runner.get_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages)
     model = load_model(
         args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code
     )
@@ -170,7 +139,9 @@ def _run_mteb(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
+    from gte_st.search import check_bm25_weight
+
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -178,37 +149,20 @@ def main(argv: list[str] | None = None) -> int:
         return _run_mteb(args)
     if not args.data:
         parser.error(f"--data is required for --task {args.task}")
-    if args.bm25_rerank is not None and (args.task != "retrieval" or args.bm25_rerank < 1):
-        parser.error("--bm25-rerank K needs --task retrieval and K >= 1")
-    if args.bm25_weight and not args.bm25_rerank:
-        parser.error("--bm25-weight needs --bm25-rerank K")
-    if not 0.0 <= args.bm25_weight <= 1.0:
-        parser.error(f"--bm25-weight must be in [0, 1], got {args.bm25_weight}")
+    if args.bm25_rerank is not None and args.task != "retrieval":
+        parser.error("--bm25-rerank K needs --task retrieval")
+    try:
+        check_bm25_weight(args.bm25_weight, args.bm25_rerank, "--bm25-rerank K")
+    except ValueError as exc:
+        parser.error(f"--bm25-weight: {exc}")
     if args.retriever == "bm25" and args.bm25_rerank:
         parser.error("--retriever bm25 and --bm25-rerank are exclusive (the latter re-scores BM25 with the model)")
-    for path in args.data:
-        if not Path(path).exists():
-            parser.error(f"--data {path} does not exist")
-
     model = None
     if not (args.task == "retrieval" and args.retriever == "bm25"):
-        try:
-            model = load_model(
-                args.model,
-                device=args.device,
-                max_seq_length=args.max_seq_length,
-                trust_remote_code=args.trust_remote_code,
-            )
-        except (OSError, FileNotFoundError) as e:
-            print(f"gte-st eval: {e}", file=sys.stderr)
-            return 2
-    results = []
-    for path in args.data:
-        try:
-            results.append(_run_task(args, model, path))
-        except (ValueError, FileNotFoundError) as e:
-            print(f"gte-st eval: {e}", file=sys.stderr)
-            return 1
+        model = load_model(
+            args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code
+        )
+    results = [_run_task(args, model, path) for path in args.data]
     print(format_table(results))
     for result in results:
         if first := result.details.get("first_stage"):
@@ -219,11 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.output:
         output = Path(args.output)
         output.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"model": args.model, "results": [r.to_dict() for r in results]}
-        output.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(output, {"model": args.model, "results": [r.to_dict() for r in results]})
         print(f"results written to {output}")
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())

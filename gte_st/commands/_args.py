@@ -1,0 +1,71 @@
+"""What every command shares: an argument parser that raises instead of exiting, and loading the model a user named."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, NoReturn
+
+from gte_st.errors import UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors raise :class:`~gte_st.errors.UsageError` (``gte_st.cli`` prints them
+    as one line) instead of printing the usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def positive_int(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return number
+
+
+def existing_path(value: str) -> str:
+    """argparse type: a path that exists."""
+    if not Path(value).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{value} does not exist")
+    return value
+
+
+def check_model_location(name_or_path: str) -> None:
+    """Fail early, before anything is loaded, when ``name_or_path`` cannot be a model: a path that does not exist,
+    or a folder that holds no ``modules.json`` / ``config.json``."""
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        if not local.is_dir() or not ((local / "modules.json").is_file() or (local / "config.json").is_file()):
+            raise FileNotFoundError(f"{name_or_path} is not a model directory (no modules.json or config.json)")
+        return
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"model directory {name_or_path} does not exist")
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    device: str | None = None,
+    max_seq_length: int | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """The SentenceTransformer a user named: a local directory, or a Hub id (clear error when it cannot be loaded)."""
+    from sentence_transformers import SentenceTransformer
+
+    check_model_location(name_or_path)
+    local = Path(name_or_path).expanduser()
+    try:
+        model = SentenceTransformer(
+            str(local) if local.exists() else name_or_path, device=device, trust_remote_code=trust_remote_code
+        )
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        hint = " (HF_HUB_OFFLINE is set)" if offline else ""
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"could not load model {name_or_path!r}{hint}: {first_line}") from exc
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    return model

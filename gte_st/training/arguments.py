@@ -1,0 +1,177 @@
+"""The options of a training stage: gte-st's own (:class:`RecipeArguments`) and Hugging Face's
+(:class:`GTETrainingArguments`, sentence-transformers' training arguments with gte-st defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+from gte_st.encoding import cpu_supports_bf16
+
+
+@dataclass
+class RecipeArguments:
+    """gte-st options (everything that is not a Hugging Face ``TrainingArguments`` option)."""
+
+    config: str | None = field(
+        default=None, metadata={"help": "YAML/JSON recipe file; command-line options override its values."}
+    )
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "Base encoder (directory or Hub id). Default: the offline all-MiniLM-L6-v2 copy."},
+    )
+    data: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Training sources: .jsonl/.json/.csv/.tsv/.parquet files, directories or Hub dataset ids, "
+            "optionally named NAME=PATH. Default: the embedded docstring pairs (offline)."
+        },
+    )
+    columns: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Source columns in the order ANCHOR POSITIVE [NEGATIVE ...]. Default: anchor/positive/negative_* "
+            "(sentence-transformers) or query/pos/neg (FlagEmbedding) and other common names."
+        },
+    )
+    num_negatives: int | None = field(
+        default=None, metadata={"help": "Hard negatives per row (0: pairs only). Default: all the data has."}
+    )
+    data_split: str = field(default="train", metadata={"help": "Split of Hub dataset sources."})
+    max_rows: int | None = field(default=None, metadata={"help": "Use at most this many rows of each source."})
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Multi-source mixture: each batch comes from one source, chosen with p ~ n_i^alpha."},
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncation length (tokens) of this stage."})
+    loss: Literal["mse", "gte", "mnrl"] = field(
+        default="mse",
+        metadata={
+            "help": "mse: gte_st NormalizedMSELoss; gte: MultipleNegativesRankingLoss with the four GTE "
+            "directions, joint partition; mnrl: plain MultipleNegativesRankingLoss."
+        },
+    )
+    loss_kwargs: str | None = field(
+        default=None,
+        metadata={
+            "help": "Extra loss arguments: a mapping in YAML/JSON recipes, a JSON object on the command line, e.g. "
+            "'{\"margin\": 0.2}' or '{\"scale\": 50}'. Checked against the loss's signature before any data is read."
+        },
+    )
+    mini_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Use the cached (GradCache) variant of the loss with this mini-batch size: memory stays "
+            "flat while the batch (and the number of in-batch negatives) grows."
+        },
+    )
+    gather_across_devices: bool = field(
+        default=False, metadata={"help": "Share in-batch negatives across all ranks (DDP)."}
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = field(
+        default="auto",
+        metadata={
+            "help": "Mixed precision. auto: bf16 on GPUs and on CPUs with AMX/AVX512-BF16, fp16 on GPUs "
+            "without bf16, else fp32."
+        },
+    )
+    mine_hard_negatives: bool = field(
+        default=False,
+        metadata={
+            "help": "Before this stage, mine hard negatives for every source with the current model "
+            "(sentence_transformers.util.mine_hard_negatives)."
+        },
+    )
+    mining_num_negatives: int = field(default=1, metadata={"help": "Negatives mined per anchor."})
+    mining_range_min: int = field(default=10, metadata={"help": "Skip this many top-ranked candidates."})
+    mining_range_max: int = field(default=50, metadata={"help": "Consider candidates up to this rank."})
+    mining_relative_margin: float | None = field(
+        default=0.05, metadata={"help": "A negative must score below (1 - margin) x the positive's score."}
+    )
+    eval_sts: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "STS files (STS-B .csv/.tsv, SICK .txt, or .jsonl with sentence1/sentence2/score) to "
+            "evaluate before, during (eval_strategy) and after training."
+        },
+    )
+    eval_beir: list[str] | None = field(
+        default=None, metadata={"help": "BEIR-layout retrieval folders (corpus.jsonl[.gz], queries.jsonl, qrels/)."}
+    )
+    eval_beir_split: str = field(default="test", metadata={"help": "qrels split of the BEIR folders."})
+    eval_max_corpus: int | None = field(
+        default=None, metadata={"help": "Keep at most this many BEIR documents (all relevant ones are kept)."}
+    )
+    default_train_pairs: int = field(
+        default=768, metadata={"help": "Embedded default job only: number of training pairs used."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the latest checkpoint in output_dir (skips finished stages)."}
+    )
+    keep_checkpoints: bool = field(
+        default=False, metadata={"help": "Keep output_dir/checkpoints after a successful run (default: delete)."}
+    )
+    hub_checkpoints: bool = field(
+        default=False,
+        metadata={"help": "Upload every checkpoint to the branch 'checkpoints' of the --push-to-hub repository."},
+    )
+    resume_from_hub: str | None = field(
+        default=None,
+        metadata={"help": "REPO_ID[@REVISION]: download the latest Hub checkpoint and resume from it."},
+    )
+
+
+@dataclass
+class GTETrainingArguments(SentenceTransformerTrainingArguments):
+    """sentence-transformers' training arguments with gte-st defaults (every Hugging Face option is available)."""
+
+    output_dir: str = field(
+        default="gte",
+        metadata={
+            "help": "Final model directory (SentenceTransformer('gte') loads it); checkpoints go to "
+            "OUTPUT_DIR/checkpoints/<stage>/."
+        },
+    )
+    push_to_hub: str | None = field(  # type: ignore[assignment]
+        default=None,
+        metadata={"help": "REPO_ID: publish the final model (portable layout + model card) with gte_st.hub."},
+    )
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Batch size per device (one source)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak AdamW learning rate."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (max_steps > 0 overrides)."})
+    warmup_steps: float = field(
+        default=0.1,
+        metadata={"help": "Linear warm-up: a step count, or a float in [0, 1) as a fraction of all steps."},
+    )
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept per stage."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    dataloader_drop_last: bool = field(default=True, metadata={"help": "Drop incomplete batches."})
+    seed: int = field(default=42, metadata={"help": "Random seed (model init, data order, dropout)."})
+    batch_sampler: str = field(  # type: ignore[assignment]
+        default="no_duplicates",
+        metadata={"help": "Per-source batch sampler: no_duplicates (no repeated text in a batch), batch_sampler, ..."},
+    )
+
+    def __post_init__(self) -> None:
+        self.hub_repo_id = self.push_to_hub  # published by gte_st.hub, not by the Trainer
+        self.push_to_hub = False
+        super().__post_init__()
+
+
+def mixed_precision_flags(precision: str) -> dict[str, bool]:
+    """``TrainingArguments`` flags (``bf16``, ``fp16``, ``use_cpu``) for ``precision``; ``"auto"`` picks
+    bf16 > fp16 > fp32 by hardware."""
+    if precision == "auto":
+        if torch.cuda.is_available():
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_supports_bf16() else "fp32"
+    flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if not torch.cuda.is_available():
+        flags["use_cpu"] = True  # also selects gloo for multi-process CPU runs (accelerate's MULTI_CPU)
+    return flags
+

@@ -1,0 +1,55 @@
+"""Checkpoints of a stage: dropping the ones whose weights are not finite, and writing the final model atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformer
+
+from gte_st.checkpoints import latest_checkpoint
+from gte_st.files import replace_directory
+
+logger = logging.getLogger(__name__)
+
+
+def _weights_finite(checkpoint: Path) -> bool:
+    from safetensors.torch import load_file
+
+    files = list(checkpoint.rglob("*.safetensors"))
+    return bool(files) and all(all(torch.isfinite(t).all() for t in load_file(f).values()) for f in files)
+
+
+def discard_non_finite_checkpoints(directory: Path) -> Path | None:
+    """Delete checkpoints whose weights hold NaN/inf; return the last good one."""
+    while (checkpoint := latest_checkpoint(directory)) is not None and not _weights_finite(checkpoint):
+        logger.warning(f"removing {checkpoint}: its weights are not finite")
+        shutil.rmtree(checkpoint)
+    return checkpoint
+
+
+def save_atomically(
+    model: SentenceTransformer, final_dir: Path, extra_files: dict[str, Any], keep: Path | None
+) -> None:
+    """Write the model (portable layout) and ``extra_files`` (JSON) into a temporary sibling directory, then swap it
+    in place of ``final_dir`` with renames: ``final_dir`` is always either absent, the old or the new complete model.
+    ``keep`` (a sub-directory of the old ``final_dir``, e.g. checkpoints) is moved into the new one."""
+    final_dir = final_dir.resolve()
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final_dir.parent / f".{final_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save(str(tmp))
+    for name, content in extra_files.items():
+        (tmp / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf8")
+    if keep is not None and keep.exists():
+        os.replace(keep, tmp / keep.relative_to(final_dir))
+    replace_directory(tmp, final_dir)
+
+
+
+__all__ = ["discard_non_finite_checkpoints", "latest_checkpoint", "save_atomically"]

@@ -1,0 +1,225 @@
+"""Running a recipe: every stage in order (data, mining, loss, Trainer, checkpoints, resume), evaluation before and
+after, the final model written atomically with its summary, and the optional Hub push."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict
+from sentence_transformers import SentenceTransformer
+from transformers import TrainerCallback
+
+from gte_st.checkpoints import latest_checkpoint
+from gte_st.data import SourceSpec, load_training_data, sampling_probabilities, validate_sizes
+from gte_st.files import atomic_write_json, replace_directory
+from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
+from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
+from gte_st.training.hard_negatives import mine_negatives
+from gte_st.training.loss import build_loss
+from gte_st.training.recipe import Stage
+from gte_st.training.summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
+from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
+
+logger = logging.getLogger(__name__)
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[str, Any]:
+    """Run every stage, evaluate before/after, write the final model atomically; returns the training summary."""
+    import gte_st
+    from gte_st.model import build_model
+
+    start = time.perf_counter()
+    first = stages[0]
+    final_dir = first.final_dir
+    if first.recipe.resume_from_hub and not first.recipe.resume:
+        first.recipe.resume = True
+    default_train = held_out = None
+    if any(stage.recipe.data is None for stage in stages):
+        from gte_st.default_data import default_datasets
+
+        default_train, held_out = default_datasets(max_train=first.recipe.default_train_pairs, max_test=200)
+    # Every source and evaluation file is read and validated before the model is loaded.
+    stage_data = [load_stage_data(stage, default_train) for stage in stages]
+    tasks = build_eval_tasks(first.recipe, held_out)
+    torch.manual_seed(first.args.seed)
+    base_model = first.recipe.base_model or gte_st.default_base_model()
+    model = build_model(base_model, max_seq_length=first.recipe.max_seq_length)
+    before = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
+    _wait_for_everyone()
+
+    stage_summaries: list[dict[str, Any]] = []
+    for stage, (data, locations) in zip(stages, stage_data):
+        stage_summaries.append(_run_stage(stage, model, data, locations, tasks, callbacks))
+
+    after = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
+    summary = {
+        "gte_st_version": gte_st.__version__,
+        "base_model": base_model,
+        "seed": first.args.seed,
+        "precision": "bf16" if stages[-1].args.bf16 else "fp16" if stages[-1].args.fp16 else "fp32",
+        "max_seq_length": stages[-1].recipe.max_seq_length,
+        "stages": stage_summaries,
+        "eval": {"before": before, "after": after},
+        "total_runtime_s": round(time.perf_counter() - start, 2),
+        "world_size": first.args.world_size,
+    }
+    if _is_main_process():
+        checkpoints = final_dir / "checkpoints"
+        save_atomically(
+            model, final_dir, {SUMMARY_FILE: summary}, checkpoints if first.recipe.keep_checkpoints else None
+        )
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        if repo_id := first.args.hub_repo_id:
+            from gte_st.hub import push_model
+
+            push_model(str(final_dir), repo_id, private=bool(first.args.hub_private_repo), token=first.args.hub_token)
+    _wait_for_everyone()
+    return summary
+
+
+def load_stage_data(stage: Stage, default_train: dict[str, Dataset] | None) -> tuple[DatasetDict, dict[str, str]]:
+    """A stage's sources, loaded and validated (files, columns, rows, sizes), and where each came from."""
+    recipe, args = stage.recipe, stage.args
+    min_rows = args.per_device_train_batch_size * args.world_size
+    if recipe.data is None:
+        data = DatasetDict(default_train)
+        locations = {name: f"gte_st.default_data:{name}" for name in data}
+        return validate_sizes(data, min_rows=min_rows, locations=locations), locations
+    data = load_training_data(
+        recipe.data,
+        columns=recipe.columns,
+        num_negatives=recipe.num_negatives,
+        split=recipe.data_split,
+        max_rows=recipe.max_rows,
+        min_rows=min_rows,
+    )
+    return data, {name: SourceSpec.parse(spec).location for name, spec in zip(data, recipe.data)}
+
+
+def _run_stage(
+    stage: Stage,
+    model: SentenceTransformer,
+    data: DatasetDict,
+    locations: dict[str, str],
+    tasks: list[EvalTask],
+    callbacks: Sequence[TrainerCallback],
+) -> dict[str, Any]:
+    recipe, args = stage.recipe, stage.args
+    checkpoint_dir = Path(args.output_dir)
+    done_dir = checkpoint_dir / "final"
+    if recipe.resume and (done_dir / STAGE_DONE_FILE).is_file():
+        logger.info(f"stage {stage.name}: already finished, loading its weights from {done_dir}")
+        finished = SentenceTransformer(str(done_dir), device=str(model.device))
+        model.load_state_dict(finished.state_dict())
+        return json.loads((done_dir / STAGE_DONE_FILE).read_text())
+
+    model.max_seq_length = recipe.max_seq_length
+    global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+    if recipe.mine_hard_negatives:
+        data = mine_negatives(data, model, recipe)
+        # mining keeps only the anchors for which enough negatives were found: check the sources again
+        mined_where = {name: f"{where} (after hard-negative mining)" for name, where in locations.items()}
+        validate_sizes(data, min_rows=args.per_device_train_batch_size * args.world_size, locations=mined_where)
+    loss = build_loss(
+        model,
+        recipe.loss,
+        mini_batch_size=recipe.mini_batch_size,
+        gather_across_devices=recipe.gather_across_devices,
+        **stage.loss_kwargs,
+    )
+    throughput = ThroughputCallback()
+    extra: list[TrainerCallback] = [throughput, *callbacks]
+    if recipe.hub_checkpoints:
+        extra.append(HubCheckpointCallback(args.hub_repo_id, token=args.hub_token))
+    evaluator = None
+    if args.eval_strategy != "no" and tasks:
+        from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+
+        evaluator = SequentialEvaluator([task.evaluator for task in tasks])
+    trainer = GTETrainer(
+        model=model,
+        args=args,
+        train_dataset=data if len(data) > 1 else next(iter(data.values())),
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=extra,
+        alpha=recipe.alpha,
+    )
+    resume_from = args.resume_from_checkpoint
+    if recipe.resume_from_hub:
+        from gte_st.hub import pull_latest_checkpoint, split_repo_revision
+
+        repo_id, revision = split_repo_revision(recipe.resume_from_hub)
+        resume_from = str(
+            pull_latest_checkpoint(
+                repo_id, revision=revision or "checkpoints", local_dir=checkpoint_dir, token=args.hub_token
+            )
+        )
+    elif recipe.resume and resume_from is None:
+        found = latest_checkpoint(checkpoint_dir)
+        resume_from = str(found) if found is not None else None
+        logger.info(f"stage {stage.name}: resuming from {resume_from or 'the start (no checkpoint found)'}")
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except NonFiniteLossError as exc:
+        good = discard_non_finite_checkpoints(checkpoint_dir) if _is_main_process() else None
+        where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
+        raise NonFiniteLossError(f"stage {stage.name}: {exc} {where}.") from None
+
+    steps = throughput.end_step - throughput.start_step
+    runtime = max(throughput.end_time - throughput.start_time, 1e-9)
+    probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha)
+    summary = {
+        "name": stage.name,
+        "loss": {"name": type(loss).__name__, "config": jsonable(loss.get_config_dict())},
+        "per_device_batch_size": args.per_device_train_batch_size,
+        "global_batch_size": global_batch,
+        "mini_batch_size": recipe.mini_batch_size,
+        "max_seq_length": recipe.max_seq_length,
+        "learning_rate": args.learning_rate,
+        "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0.0), 4),
+        "data": [
+            {
+                "name": name,
+                "source": locations[name],
+                "rows": len(d),
+                "columns": list(d.column_names),
+                "sampling_probability": round(p, 6),
+            }
+            for (name, d), p in zip(data.items(), probabilities)
+        ],  # fmt: skip
+        "pairs_per_second": round(steps * global_batch / runtime, 3),
+        "runtime_s": round(runtime, 2),
+    }
+    if _is_main_process():
+        tmp = checkpoint_dir / "final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(str(tmp))
+        atomic_write_json(tmp / STAGE_DONE_FILE, summary)
+        replace_directory(tmp, done_dir)
+    _wait_for_everyone()
+    return summary
+
+
+
+__all__ = ["run"]

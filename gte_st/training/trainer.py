@@ -1,0 +1,86 @@
+"""sentence-transformers' Trainer with gte-st's batches (one source per batch, p ~ n^alpha) and a stop on
+non-finite losses, plus the callbacks a run uses."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformerTrainer
+from transformers import TrainerCallback
+
+from gte_st.data import AlphaSourceBatchSampler
+from gte_st.losses import NonFiniteEmbeddingError
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class GTETrainer(SentenceTransformerTrainer):
+    """sentence-transformers' Trainer with n^alpha single-source batches and a stop on non-finite losses."""
+
+    def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any) -> None:
+        self.alpha = alpha
+        super().__init__(*args, **kwargs)
+
+    def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):  # noqa: D102
+        return AlphaSourceBatchSampler(
+            dataset, batch_samplers, generator=generator, seed=seed, alpha=self.alpha, world_size=self.args.world_size
+        )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        except NonFiniteEmbeddingError as exc:  # gte_st's losses refuse non-finite embeddings before any loss
+            raise NonFiniteLossError(
+                f"the training loss became nan at step {self.state.global_step + 1} ({exc}); training stopped "
+                "before applying this update."
+            ) from None
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).all() else 1.0, device=loss.device)
+        if self.args.world_size > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() > 0:
+            raise NonFiniteLossError(
+                f"the training loss became {loss.item()} at step {self.state.global_step + 1}; training stopped "
+                "before applying this update. Lower the learning rate, use bf16 instead of fp16, or check the data."
+            )
+        return loss
+
+
+class ThroughputCallback(TrainerCallback):
+    """Measures training time and optimisation steps of one ``train()`` call (resumed runs included)."""
+
+    def __init__(self) -> None:
+        self.start_time = self.end_time = 0.0
+        self.start_step = self.end_step = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_time, self.start_step = time.perf_counter(), state.global_step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.start_step > state.global_step or self.start_time == 0.0:
+            self.start_time, self.start_step = time.perf_counter(), state.global_step
+        # A resumed run reports global_step at its checkpoint in on_train_begin already; nothing else to do.
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.end_time, self.end_step = time.perf_counter(), state.global_step
+
+
+class HubCheckpointCallback(TrainerCallback):
+    """Uploads each saved checkpoint with :func:`gte_st.hub.push_checkpoint` (main process only)."""
+
+    def __init__(self, repo_id: str, token: str | None = None) -> None:
+        self.repo_id, self.token = repo_id, token
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from gte_st.hub import push_checkpoint
+
+            push_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.repo_id, token=self.token)
+
+
+
+__all__ = ["GTETrainer", "HubCheckpointCallback", "NonFiniteLossError", "ThroughputCallback"]
