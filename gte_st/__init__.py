@@ -24,21 +24,33 @@ _LAZY_ATTRIBUTES = {
     "build_model": "gte_st.model",
     "default_base_model": "gte_st.model",
     "retrieve": "gte_st.search",
+    "load": "gte_st.loading",
 }
 
 if TYPE_CHECKING:
-    from gte_st import losses
+    from gte_st import convert, losses
+    from gte_st.loading import load
     from gte_st.model import GTEModel, build_model, default_base_model
     from gte_st.pooling import GTEMeanPooling
     from gte_st.search import retrieve
 
 
 def __getattr__(name: str) -> Any:
-    if name == "losses":
-        return importlib.import_module("gte_st.losses")
+    if name in ("losses", "convert"):
+        return importlib.import_module(f"gte_st.{name}")
     if name in _LAZY_ATTRIBUTES:
         return getattr(importlib.import_module(_LAZY_ATTRIBUTES[name]), name)
     raise AttributeError(f"module 'gte_st' has no attribute {name!r}")
 
 
-__all__ = ["GTEMeanPooling", "GTEModel", "build_model", "default_base_model", "losses", "retrieve", "__version__"]
+__all__ = [
+    "GTEMeanPooling",
+    "GTEModel",
+    "build_model",
+    "convert",
+    "default_base_model",
+    "load",
+    "losses",
+    "retrieve",
+    "__version__",
+]
