@@ -153,6 +153,8 @@ def _model_facts(model_dir: Path) -> dict[str, Any]:
     if (model_dir / "config.json").is_file():
         config = _read_json(model_dir / "config.json")
         facts["architecture"] = (config.get("architectures") or [config.get("model_type")])[0]
+        facts["model_type"] = config.get("model_type")
+        facts["max_position_embeddings"] = config.get("max_position_embeddings")
         facts["num_layers"] = config.get("num_hidden_layers")
         facts["hidden_size"] = config.get("hidden_size")
         facts["dimension"] = facts["dimension"] or config.get("hidden_size")

@@ -174,3 +174,14 @@ def test_converted_original_checkpoint_fine_tunes_with_its_cls_pooling(tiny_gte_
     reloaded = SentenceTransformer(str(tmp_path / "tuned"), device="cpu")
     assert reloaded[1].pooling_mode == "cls"
     assert np.abs(reloaded.encode(SENTENCES) - model.encode(SENTENCES)).max() <= 1e-6
+
+
+def test_model_card_states_cls_pooling_and_native_architecture(cls_checkpoint):
+    from gte_st.model_card import render_model_card
+
+    card = render_model_card(cls_checkpoint, repo_id="me/gte-cls")
+    assert "| Pooling | cls: the final hidden state of the first token" in card
+    assert "GteModel (`model_type: gte`: the native transformers GTE architecture" in card
+    assert "### transformers (cls pooling by hand)" in card and "token_embeddings[:, 0]" in card
+    assert "(token_embeddings * mask).sum(1)" not in card and "PoolingType.CLS" in card
+    assert "--model-id" not in card  # TEI does not read the native gte layout: no TEI command is offered
