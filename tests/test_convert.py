@@ -173,6 +173,20 @@ def test_cli_convert_writes_a_loadable_directory_and_refuses_to_overwrite(tiny_g
     assert convert_command.main([str(tiny_gte_original_dir), str(out), "--overwrite"]) == 0
 
 
+def test_cli_reports_an_unmappable_field_in_one_line(tiny_gte_original_dir, tmp_path, capsys):
+    from gte_st.cli import main as cli_main
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_gte_original_dir, src)
+    config = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**config, "layer_norm_type": "rms_norm"}))
+    assert cli_main(["convert", str(src), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gte-st convert: error: config field 'layer_norm_type' = 'rms_norm'") and "\n" not in err
+    assert cli_main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 1
+    assert "nowhere is not a checkpoint directory" in capsys.readouterr().err
+
+
 def test_conversion_never_imports_the_remote_code(tiny_gte_original_dir, tmp_path):
     """The fixture's modeling.py / configuration.py raise on import; nothing named like them gets imported."""
     before = set(sys.modules)
