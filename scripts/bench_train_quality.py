@@ -1,19 +1,28 @@
-"""Benchmark 1: training quality on the same data and budget, gte-st vs sentence-transformers losses.
+"""Benchmark 1: training quality on the same data and budget, gte-st vs sentence-transformers losses, several seeds.
 
 From the offline all-MiniLM-L6-v2, each arm trains with the same steps, batch size, max length and learning rate on
 the same sources (SciFact *train* claims -> cited abstracts, weak SciFact title -> abstract pairs, SNLI-derived
-triplets), through the same `gte-st train` pipeline (one source per batch, p ~ n^0.5):
+triplets), through the same `gte-st train` pipeline (one source per batch, p ~ n^0.5), once per seed:
 
-  mse     gte-st NormalizedMSELoss (defaults)
-  mnrl    sentence-transformers MultipleNegativesRankingLoss
-  gte     sentence-transformers MultipleNegativesRankingLoss, four GTE directions, joint partition
-  recipe  gte-st's full recipe: stage 1 weak title -> abstract pairs, stage 2 claims + SNLI triplets with hard
-          negatives mined from the stage-1 model, NormalizedMSELoss; the two stages share the same total budget
+  base     the untouched base model (no training; deterministic, evaluated once)
+  mse      gte-st NormalizedMSELoss with the defaults of the code base the run uses
+  mse-new  gte-st NormalizedMSELoss with ``--mse-new-kwargs`` (JSON loss arguments)
+  mnrl     sentence-transformers MultipleNegativesRankingLoss
+  gte      sentence-transformers MultipleNegativesRankingLoss, four GTE directions, joint partition
+  recipe   gte-st's full recipe: stage 1 weak title -> abstract pairs, stage 2 claims + SNLI triplets with hard
+           negatives mined from the stage-1 model, NormalizedMSELoss (``--mse-new-kwargs``); same total budget
 
-Every model (and the base model) is scored on STS-B test, SICK-R test and SciFact test nDCG@10 (full corpus) with
-gte_st.evaluation. Writes a JSON file, a Markdown table and a PNG plot.
+Every model is scored (encoded in ``--eval-precision``) on STS-B test, SICK-R test, SciFact test nDCG@10 (full
+corpus), WikiQA test reranking MAP and nDCG@10 on the default job's held-out docstring split, all with
+gte_st.evaluation. Results are merged into ``--results`` as ``{arm: {budget: {metric: [per-seed values]}}}`` (plus
+``seed`` and ``train_s`` lists, and an ``_about`` entry with the settings of each run); a mean +- std table is printed
+and a plot written.
 
-    python scripts/bench_train_quality.py --steps 60 --batch-size 32 --max-seq-length 128 --out-dir bench-quality
+To keep a concurrent edit of the working tree from changing a run, run it from a snapshot, e.g.::
+
+    git worktree add --detach /tmp/gte-snap HEAD
+    PYTHONPATH=/tmp/gte-snap python /tmp/gte-snap/scripts/bench_train_quality.py --arms base,mnrl,mse --seeds 0,1,2 \
+        --data-dir /work/shared/data --results docs/results/train_quality.json
 """
 
 from __future__ import annotations
@@ -24,12 +33,23 @@ import gzip
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ARMS = ("base", "mse", "mse-new", "mnrl", "gte", "recipe")
+METRICS = ("stsb_test", "sickr_test", "scifact_test_ndcg@10", "wikiqa_test_map", "docstrings_ndcg@10")
+
+
+def training_module() -> str:
+    """The training CLI module of the gte_st that is imported (``gte_st.training`` once it is a package)."""
+    import gte_st
+
+    package = Path(gte_st.__file__).parent
+    return "gte_st.training" if (package / "training" / "__main__.py").exists() else "gte_st.train"
 
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -39,27 +59,27 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
-def prepare_data(work: Path) -> dict[str, Path]:
-    """Training files from ../shared/data (train-side data only; no test qrels)."""
+def prepare_data(data: Path, work: Path) -> dict[str, Path]:
+    """Training files from the shared data (train-side data only; no test qrels)."""
     work.mkdir(parents=True, exist_ok=True)
     corpus = {}
-    with gzip.open(DATA / "beir_scifact" / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
+    with gzip.open(data / "beir_scifact" / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
         for line in f:
             doc = json.loads(line)
             corpus[doc["_id"]] = (doc["title"].strip(), doc["text"].strip())
     queries = {}
-    with open(DATA / "beir_scifact" / "queries.jsonl", encoding="utf8") as f:
+    with open(data / "beir_scifact" / "queries.jsonl", encoding="utf8") as f:
         for line in f:
             query = json.loads(line)
             queries[query["_id"]] = query["text"]
     claims = []
-    with open(DATA / "beir_scifact" / "qrels" / "train.tsv", encoding="utf8") as f:
+    with open(data / "beir_scifact" / "qrels" / "train.tsv", encoding="utf8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             title, text = corpus[row["corpus-id"]]
             claims.append({"anchor": queries[row["query-id"]], "positive": f"{title} {text}"})
     titles = [{"anchor": title, "positive": text} for title, text in corpus.values() if title and text]
     triplets = []
-    with open(DATA / "snli_devtest" / "triplets_from_devtest.tsv", encoding="utf8") as f:
+    with open(data / "snli_devtest" / "triplets_from_devtest.tsv", encoding="utf8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
             triplets.append({"anchor": row["anchor"], "positive": row["positive"], "negative": row["negative"]})
     return {
@@ -69,66 +89,106 @@ def prepare_data(work: Path) -> dict[str, Path]:
     }
 
 
-def train(arm: str, files: dict[str, Path], args: argparse.Namespace, out: Path) -> tuple[Path, float]:
+def docstrings_beir(work: Path) -> Path:
+    """The default job's held-out docstring split (200 queries over every held-out body) as a BEIR folder."""
+    from gte_st.default_data import default_datasets
+
+    folder = work / "docstrings_held_out"
+    if (folder / "qrels" / "test.tsv").exists():
+        return folder
+    _, held_out = default_datasets(max_train=0, max_test=200)
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    write_jsonl(folder / "corpus.jsonl", [{"_id": d, "title": "", "text": t} for d, t in held_out["corpus"].items()])
+    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": t} for q, t in held_out["queries"].items()])
+    with open(folder / "qrels" / "test.tsv", "w", encoding="utf8") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        for qid, docs in held_out["relevant_docs"].items():
+            f.writelines(f"{qid}\t{doc}\t1\n" for doc in sorted(docs))
+    return folder
+
+
+def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace, out: Path) -> float:
     out.parent.mkdir(parents=True, exist_ok=True)
     common = [
         "--per_device_train_batch_size", str(args.batch_size), "--max_seq_length", str(args.max_seq_length),
-        "--learning_rate", str(args.lr), "--seed", "42", "--save_steps", "100000", "--logging_steps", "10",
+        "--learning_rate", str(args.lr), "--seed", str(seed), "--save_steps", "100000", "--logging_steps", "10",
         "--precision", args.precision, *(["--base_model", args.base_model] if args.base_model else []),
     ]  # fmt: skip
     all_sources = [f"claims={files['claims']}", f"titles={files['titles']}", f"snli={files['snli']}"]
     if arm == "recipe":
         pretrain_steps = max(1, round(args.steps * 0.3))
+        stage = {"loss": "mse", "loss_kwargs": args.mse_new_kwargs}
         recipe = {
             "output_dir": str(out),
             "stages": [
-                {
-                    "name": "pretrain",
-                    "data": [f"titles={files['titles']}"],
-                    "loss": "mse",
-                    "max_steps": pretrain_steps,
-                },
+                {"name": "pretrain", "data": [f"titles={files['titles']}"], "max_steps": pretrain_steps, **stage},
                 {
                     "name": "finetune",
                     "data": [f"claims={files['claims']}", f"snli={files['snli']}"],
-                    "loss": "mse",
                     "mine_hard_negatives": True,
                     "max_steps": args.steps - pretrain_steps,
+                    **stage,
                 },
             ],
         }
-        config = out.parent / "recipe.json"
+        config = out.parent / f"{out.name}.recipe.json"
         config.write_text(json.dumps(recipe, indent=2))
         command = ["--config", str(config), *common]
     else:
-        command = ["--data", *all_sources, "--loss", arm, "--max_steps", str(args.steps), "--output_dir", str(out),
-                   *common]  # fmt: skip
+        loss = "mse" if arm == "mse-new" else arm
+        extra = ["--loss_kwargs", args.mse_new_kwargs] if arm == "mse-new" else []
+        command = ["--data", *all_sources, "--loss", loss, *extra, "--max_steps", str(args.steps),
+                   "--output_dir", str(out), *common]  # fmt: skip
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "gte_st.train", *command], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", training_module(), *command], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    (out.parent / f"{arm}.log").write_text(result.stdout + result.stderr)
+    (out.parent / f"{out.name}.log").write_text(result.stdout + result.stderr)
     if result.returncode != 0:
-        raise RuntimeError(f"arm {arm} failed:\n{result.stderr[-3000:]}")
-    return out, elapsed
+        raise RuntimeError(f"arm {arm} seed {seed} failed:\n{result.stderr[-3000:]}")
+    return elapsed
 
 
-def evaluate(model_path: str, args: argparse.Namespace) -> dict[str, float]:
+def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Namespace) -> dict[str, float]:
     from sentence_transformers import SentenceTransformer
 
-    from gte_st.evaluation import evaluate_retrieval, evaluate_sts
+    from gte_st.evaluation import evaluate_reranking, evaluate_retrieval, evaluate_sts
 
     model = SentenceTransformer(model_path)
     model.max_seq_length = args.eval_max_seq_length
-    sts = evaluate_sts(model, DATA / "stsb" / "sts-test.csv", precision=args.eval_precision)
-    sick = evaluate_sts(model, DATA / "sick" / "SICK_test_annotated.txt", precision=args.eval_precision)
+    precision = args.eval_precision
+    sts = evaluate_sts(model, data / "stsb" / "sts-test.csv", precision=precision)
+    sick = evaluate_sts(model, data / "sick" / "SICK_test_annotated.txt", precision=precision)
     scifact = evaluate_retrieval(
-        model, DATA / "beir_scifact", split="test", precision=args.eval_precision, max_corpus=args.eval_max_corpus
+        model, data / "beir_scifact", split="test", precision=precision, max_corpus=args.eval_max_corpus
     )
+    wikiqa = evaluate_reranking(model, data / "wikiqa" / "WikiQA-test.txt", precision=precision)
+    doc = evaluate_retrieval(model, docstrings, split="test", precision=precision)
     return {
-        "stsb_test_spearman": round(100 * sts.metrics["spearman"], 2),
-        "sickr_test_spearman": round(100 * sick.metrics["spearman"], 2),
+        "stsb_test": round(100 * sts.metrics["spearman"], 2),
+        "sickr_test": round(100 * sick.metrics["spearman"], 2),
         "scifact_test_ndcg@10": round(100 * scifact.metrics["ndcg_at_10"], 2),
+        "wikiqa_test_map": round(100 * wikiqa.metrics["map"], 2),
+        "docstrings_ndcg@10": round(100 * doc.metrics["ndcg_at_10"], 2),
     }
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(results: dict, budget: str) -> str:
+    """Markdown table, mean ± sample std over seeds (``n`` seeds), of every arm measured at ``budget``."""
+    lines = ["| arm | n | " + " | ".join(METRICS) + " | train s |", "|---" * (len(METRICS) + 3) + "|"]
+    for arm, budgets in results.items():
+        if arm.startswith("_") or budget not in budgets:
+            continue
+        scores = budgets[budget]
+        cells = [mean_std(scores[m]) if scores.get(m) else "" for m in METRICS]
+        seconds = f"{statistics.mean(scores['train_s']):.0f}" if scores.get("train_s") else ""
+        lines.append(f"| {arm} | {len(scores[METRICS[0]])} | " + " | ".join(cells) + f" | {seconds} |")
+    return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -140,17 +200,28 @@ def plot(results: dict, path: Path) -> None:
     except ImportError:
         print("matplotlib not installed: no plot (pip install gte-st[plot])")
         return
-    names = list(results["scores"])
-    metrics = list(results["scores"][names[0]])
-    fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / len(names)
-    for i, name in enumerate(names):
-        values = [results["scores"][name][m] for m in metrics]
-        ax.bar([x + i * width for x in range(len(metrics))], values, width, label=name)
-    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(metrics))], metrics)
-    ax.set_ylim(min(min(s.values()) for s in results["scores"].values()) - 5, 100)
-    ax.legend()
-    ax.set_title(f"MiniLM-L6 fine-tuned, {results['settings']['steps']} steps x {results['settings']['batch_size']}")
+    budgets = sorted({b for arm, v in results.items() if not arm.startswith("_") for b in v})
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.2 * len(METRICS), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], METRICS):
+        labels, x = [], 0
+        for budget in budgets:
+            for arm, values in results.items():
+                if arm.startswith("_") or budget not in values or not values[budget].get(metric):
+                    continue
+                seeds = values[budget][metric]
+                std = statistics.stdev(seeds) if len(seeds) > 1 else 0.0
+                ax.bar(x, statistics.mean(seeds), yerr=std, capsize=3)
+                ax.scatter([x] * len(seeds), seeds, s=6, color="black", zorder=3)
+                labels.append(f"{arm}\n{budget}")
+                x += 1
+        ax.set_xticks(range(len(labels)), labels, rotation=60, fontsize=7)
+        values = [
+            v for arm, b in results.items() if not arm.startswith("_") for s in b.values() for v in s.get(metric, [])
+        ]
+        if values:
+            ax.set_ylim(min(values) - 3, max(values) + 2)
+        ax.set_title(metric, fontsize=9)
+    fig.suptitle("all-MiniLM-L6-v2 fine-tuned: mean ± std over seeds (dots: seeds)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -161,46 +232,65 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-5)
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     parser.add_argument("--precision", default="auto", help="training precision")
     parser.add_argument("--eval-max-seq-length", type=int, default=256, help="all-MiniLM-L6-v2's own setting")
     parser.add_argument("--eval-precision", default="bf16", help="evaluation encode precision (fp32 for anchors)")
-    parser.add_argument("--arms", default="mse,mnrl,gte,recipe")
+    parser.add_argument("--arms", default="base,mse,mnrl,gte")
+    parser.add_argument("--mse-new-kwargs", default="{}", help="JSON NormalizedMSELoss arguments of mse-new/recipe")
+    parser.add_argument("--budget", default=None, help="budget label in the results (default: STEPSxBATCH)")
     parser.add_argument("--base-model", default=None, help="default: the offline all-MiniLM-L6-v2 copy")
     parser.add_argument("--eval-max-corpus", type=int, default=None, help="smoke tests only: SciFact sub-corpus")
-    parser.add_argument("--out-dir", default="bench-quality")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder")
+    parser.add_argument("--out-dir", default="bench-quality", help="training data, models and logs")
+    parser.add_argument("--results", default="docs/results/train_quality.json", help="JSON results file (merged)")
+    parser.add_argument("--plot", default=None, help="PNG plot of every result in --results")
     args = parser.parse_args()
+    arms = args.arms.split(",")
+    if unknown := set(arms) - set(ARMS):
+        parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+    json.loads(args.mse_new_kwargs)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budget = args.budget or f"{args.steps}x{args.batch_size}"
 
+    data = Path(args.data_dir).resolve()
     out_dir = Path(args.out_dir).resolve()
-    files = prepare_data(out_dir / "data")
+    files = prepare_data(data, out_dir / "data")
+    docstrings = docstrings_beir(out_dir / "data")
     import gte_st
 
-    results: dict = {
-        "settings": vars(args),
+    results_file = Path(args.results)
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    about = {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("results", "plot", "out_dir")},
+        "command": " ".join(sys.argv),
+        "gte_st": str(Path(gte_st.__file__).parent),
+        "training_module": training_module(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_at_start": os.getloadavg()[0],
         "sources": {name: sum(1 for _ in open(path, encoding="utf8")) for name, path in files.items()},
-        "scores": {},
-        "train_seconds": {},
     }
-    results_file = out_dir / "results.json"
-    results["scores"]["base"] = evaluate(args.base_model or gte_st.default_base_model(), args)
-    print("base", results["scores"]["base"], flush=True)
-    for arm in args.arms.split(","):
-        model_dir, seconds = train(arm, files, args, out_dir / "models" / arm)
-        results["scores"][arm] = evaluate(str(model_dir), args)
-        results["train_seconds"][arm] = round(seconds, 1)
-        print(arm, results["scores"][arm], f"{seconds:.0f}s", flush=True)
-        results_file.write_text(json.dumps(results, indent=2))
-
-    metrics = list(results["scores"]["base"])
-    lines = ["| model | " + " | ".join(metrics) + " | train s |", "|---" * (len(metrics) + 2) + "|"]
-    for name, scores in results["scores"].items():
-        seconds = results["train_seconds"].get(name, "")
-        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.2f}" for m in metrics) + f" | {seconds} |")
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    plot(results, out_dir / "quality.png")
+    for arm in arms:
+        scores: dict[str, list] = {"seed": [], "train_s": []}
+        for seed in [seeds[0]] if arm == "base" else seeds:
+            if arm == "base":
+                model, seconds = args.base_model or gte_st.default_base_model(), 0.0
+            else:
+                model = out_dir / "models" / budget / f"{arm}-seed{seed}"
+                seconds = train(arm, seed, files, args, model)
+            for metric, value in evaluate(str(model), data, docstrings, args).items():
+                scores.setdefault(metric, []).append(value)
+            scores["seed"].append(None if arm == "base" else seed)
+            scores["train_s"].append(round(seconds, 1))
+            print(arm, budget, seed, {m: v[-1] for m, v in scores.items()}, flush=True)
+            results.setdefault(arm, {})[budget] = scores
+            results.setdefault("_about", {}).setdefault(arm, {})[budget] = about
+            results_file.parent.mkdir(parents=True, exist_ok=True)
+            results_file.write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results, budget))
+    if args.plot:
+        plot(results, Path(args.plot))
 
 
 if __name__ == "__main__":

@@ -44,14 +44,29 @@ def main() -> None:
     local = [column[rank * 6 : (rank + 1) * 6] for column in columns]
 
     report = {}
-    for name, make in {
-        "plain": lambda gather: NormalizedMSELoss(
-            model, margin=0.0, negative_weight=1.0, symmetric=True, gather_across_devices=gather
-        ),
-        "cached": lambda gather: CachedNormalizedMSELoss(
-            model, margin=0.0, negative_weight=1.0, symmetric=True, gather_across_devices=gather, mini_batch_size=4
-        ),
-    }.items():
+    options = {
+        "mean": {"margin": 0.0, "negative_weight": 1.0},
+        "hardness": {"weighting": "hardness", "temperature": 0.1, "margin": 0.0, "negative_weight": 4.0},
+        "infonce": {"weighting": "infonce", "temperature": 0.1, "negative_penalty": "hinge", "margin": -1.0,
+                    "negative_weight": 2.0, "positive_margin": 0.9, "uniformity_weight": 0.5},
+        "distill": {"distillation_weight": 5.0, "margin": 0.0, "negative_weight": 1.0},
+    }  # fmt: skip
+    teacher = gte_st.build_model(model_dir)  # the same weights: the student is moved away from it below
+    teacher.eval()
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)  # the same perturbation on every rank
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    makers = {}
+    for option_name, kwargs in options.items():
+        extra = {"teacher": teacher} if kwargs.get("distillation_weight") else {}
+        makers[f"plain-{option_name}"] = lambda gather, kw={**kwargs, **extra}: NormalizedMSELoss(
+            model, symmetric=True, gather_across_devices=gather, **kw
+        )
+        makers[f"cached-{option_name}"] = lambda gather, kw={**kwargs, **extra}: CachedNormalizedMSELoss(
+            model, symmetric=True, gather_across_devices=gather, mini_batch_size=4, **kw
+        )
+    for name, make in makers.items():
         loss, grads = run_loss(model, make(True), local)
         dist.all_reduce(loss)
         dist.all_reduce(grads)

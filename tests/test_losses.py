@@ -199,16 +199,23 @@ def test_trainer_smoke(loss_name, tiny_bert_dir, tmp_path):
 
 
 def test_config_and_citation(tiny_bert_dir):
+    import inspect
+
     model = gte_st.build_model(str(tiny_bert_dir))
-    cached = CachedNormalizedMSELoss(model, margin=0.2, mini_batch_size=7)
-    assert cached.get_config_dict() == {
-        "margin": 0.2,
-        "negative_weight": 2048.0,
-        "symmetric": False,
-        "gather_across_devices": False,
-        "mask_duplicates": True,
-        "mini_batch_size": 7,
-    }
+    cached = CachedNormalizedMSELoss(
+        model, margin=0.2, weighting="infonce", mini_batch_size=7, mini_batch_num_tokens=99
+    )
+    plain = NormalizedMSELoss(model, margin=0.2, weighting="infonce")
+    config = cached.get_config_dict()
+    assert config == {**plain.get_config_dict(), "mini_batch_size": 7, "mini_batch_num_tokens": 99}
+    assert config["margin"] == 0.2 and config["weighting"] == "infonce" and config["negative_weight"] == 2048.0
+    # complete: every hyper-parameter of the constructor is reported (the model, teacher and progress bar are not)
+    parameters = set(inspect.signature(CachedNormalizedMSELoss.__init__).parameters)
+    assert set(config) == parameters - {"self", "model", "teacher", "show_progress_bar"}
+    assert set(inspect.signature(NormalizedMSELoss.__init__).parameters) - {"self", "model", "teacher"} == set(
+        plain.get_config_dict()
+    )
+    json.dumps(config)
     assert "2308.03281" in cached.citation and "2101.06983" in cached.citation
 
 
@@ -245,3 +252,166 @@ def test_symmetric_direction_matters_only_with_hard_negatives():
 
     assert value(True, q, d) == pytest.approx(value(False, q, d), abs=1e-6)
     assert value(True, q, d, n) != pytest.approx(value(False, q, d, n), abs=1e-4)
+
+
+def reference_options_loss(q, d, negs, *, margin=0.3, weight=1.0, symmetric=False, weighting="mean", tau=0.05,
+                           penalty="squared_hinge", positive_margin=1.0, uniformity=0.0, t=2.0):  # fmt: skip
+    """Every option written out literally, one anchor at a time, in float64 (no duplicate texts)."""
+    q, d = F.normalize(q.double(), dim=-1), F.normalize(d.double(), dim=-1)
+    negs = [F.normalize(n.double(), dim=-1) for n in negs]
+    batch = q.size(0)
+    candidates = [d[j] for j in range(batch)] + [n[j] for n in negs for j in range(batch)]
+
+    def phi(s):
+        hinge = torch.relu(s - margin)
+        return hinge**2 if penalty == "squared_hinge" else hinge
+
+    def direction(vectors, pool, i):
+        """(1 - p_i), the per-row weighted negative penalty and the list of plain penalties for row i."""
+        own = vectors[i] @ (d[i] if pool is candidates else q[i])
+        others = [c for j, c in enumerate(pool) if j != i]
+        s = torch.stack([vectors[i] @ c for c in others])
+        p = torch.softmax(torch.cat([own.view(1), s]) / tau, dim=0)[0]
+        w = torch.softmax(s / tau, dim=0)
+        fade = 1 - p if weighting == "infonce" else torch.tensor(1.0, dtype=torch.float64)
+        return fade, fade * (w * phi(s)).sum(), list(phi(s)), s
+
+    directions = [[direction(q, candidates, i) for i in range(batch)]]
+    if symmetric:
+        directions.append([direction(d, [q[j] for j in range(batch)], i) for i in range(batch)])
+    total = 0.0
+    for i in range(batch):
+        distance = ((q[i] - d[i]) ** 2).sum()
+        distance = torch.relu(distance - (2 - 2 * positive_margin))
+        fade = sum(rows[i][0] for rows in directions) / len(directions)
+        total = total + fade * distance / batch
+    negative = 0.0
+    for rows in directions:
+        if weighting == "mean":
+            flat = [x for row in rows for x in row[2]]
+            negative = negative + sum(flat) / len(flat)
+        else:
+            negative = negative + sum(row[1] for row in rows) / batch
+    total = total + weight * negative / len(directions)
+    if uniformity:
+        u = sum(torch.log(torch.exp(-t * (2 - 2 * row[3])).mean()) for row in directions[0]) / batch
+        total = total + uniformity * u
+    return total
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"weighting": "hardness", "tau": 0.1},
+        {"weighting": "hardness", "tau": 0.05, "symmetric": True, "penalty": "hinge", "margin": 0.0},
+        {"weighting": "infonce", "tau": 0.1, "weight": 2.0},
+        {"weighting": "infonce", "tau": 0.05, "symmetric": True, "margin": -1.0, "penalty": "hinge"},
+        {"positive_margin": 0.6, "weight": 3.0, "margin": 0.1},
+        {"uniformity": 0.5, "t": 3.0, "weight": 0.0},
+        {"weighting": "infonce", "positive_margin": 0.8, "uniformity": 0.1, "weight": 4.0},
+    ],
+)
+@pytest.mark.parametrize("num_negatives", [0, 2])
+def test_options_match_formula(options, num_negatives):
+    torch.manual_seed(0)
+    base = torch.randn(6, 16)
+    q, d = base + 0.3 * torch.randn(6, 16), base + 0.3 * torch.randn(6, 16)
+    negs = [base.roll(k + 1, 0) + 0.5 * torch.randn(6, 16) for k in range(num_negatives)]
+    names = {"weight": "negative_weight", "tau": "temperature", "penalty": "negative_penalty",
+             "uniformity": "uniformity_weight", "t": "uniformity_t"}  # fmt: skip
+    loss = NormalizedMSELoss(
+        None, **{names.get(k, k): v for k, v in {"margin": 0.3, "weight": 1.0, **options}.items()}
+    )
+    value = loss.compute_loss_from_embeddings([q, d, *negs])
+    assert value.item() == pytest.approx(reference_options_loss(q, d, negs, **options).item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("num_negatives", [0, 1])
+def test_infonce_weighting_has_mnrl_gradient(num_negatives):
+    """Detached InfoNCE weights, hinge penalty at margin -1, weight 2: the gradient is 2*tau times MNRL's."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    torch.manual_seed(2)
+    tau = 0.05
+    columns = [torch.randn(7, 12, requires_grad=True) for _ in range(2 + num_negatives)]
+    ours = NormalizedMSELoss(
+        None, weighting="infonce", temperature=tau, negative_penalty="hinge", margin=-1.0, negative_weight=2.0
+    )
+    ours_grads = torch.autograd.grad(ours.compute_loss_from_embeddings(columns), columns)
+    mnrl = MultipleNegativesRankingLoss.__new__(MultipleNegativesRankingLoss)
+    MultipleNegativesRankingLoss.__init__(mnrl, None, scale=1 / tau)
+    mnrl_grads = torch.autograd.grad(mnrl.compute_loss_from_embeddings(columns, None), columns)
+    for a, b in zip(ours_grads, mnrl_grads):
+        torch.testing.assert_close(a, 2 * tau * b, atol=1e-6, rtol=1e-4)
+    # the default weighting does not have this property: the check can fail
+    default = NormalizedMSELoss(None, negative_penalty="hinge", margin=-1.0, negative_weight=2.0)
+    default_grads = torch.autograd.grad(default.compute_loss_from_embeddings(columns), columns)
+    assert not torch.allclose(default_grads[0], 2 * tau * mnrl_grads[0], atol=1e-4)
+
+
+def test_distillation_matches_formula(tiny_bert_dir):
+    torch.manual_seed(4)
+    q, d, n = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
+    tq, td, tn = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
+    model = gte_st.build_model(str(tiny_bert_dir))
+    nq, nd, nn_ = (F.normalize(x.double(), dim=-1) for x in (q, d, n))
+    tq_, td_, tn_ = (F.normalize(x.double(), dim=-1) for x in (tq, td, tn))
+    for target in ("similarities", "embeddings"):
+        loss = NormalizedMSELoss(model, negative_weight=0.0, distillation_weight=3.0, distillation_target=target)
+        value = loss.compute_loss_from_embeddings([q, d, n], teacher_embeddings=[tq, td, tn]).item()
+        positive = ((nq - nd) ** 2).sum(dim=-1).mean()
+        if target == "similarities":
+            student = nq @ torch.cat([nd, nn_]).T
+            teacher = tq_ @ torch.cat([td_, tn_]).T
+            distill = ((student - teacher) ** 2).mean()
+        else:
+            distill = sum(((s - t) ** 2).sum() for s, t in ((nq, tq_), (nd, td_), (nn_, tn_))) / 15
+        assert value == pytest.approx((positive + 3.0 * distill).item(), abs=1e-6)
+
+
+def test_distillation_defaults_to_a_frozen_copy_of_the_initial_model(tiny_bert_dir):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    loss = NormalizedMSELoss(model, distillation_weight=1.0)
+    assert loss.teacher is not model and not any(p.requires_grad for p in loss.teacher.parameters())
+    rows = stsb_rows("train")[:6]
+    batch = features(model, [[r[1] for r in rows], [r[2] for r in rows]])
+    model.eval()
+    loss(batch, None).backward()
+    assert all(p.grad is None for p in loss.teacher.parameters())
+    assert loss.get_config_dict()["teacher"] == "frozen copy of the initial model"
+
+
+OPTION_SETS = [
+    {"margin": 0.0, "negative_weight": 1.0},
+    {"weighting": "hardness", "temperature": 0.1, "margin": 0.0, "negative_weight": 4.0, "detach_weights": False},
+    {"weighting": "infonce", "temperature": 0.1, "negative_penalty": "hinge", "margin": -1.0, "negative_weight": 2.0,
+     "positive_margin": 0.9},
+    {"uniformity_weight": 0.5, "distillation_weight": 5.0, "margin": 0.0},
+    {"distillation_weight": 5.0, "distillation_target": "embeddings", "weighting": "infonce"},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("options", OPTION_SETS)
+def test_cached_loss_equals_uncached_for_every_option(tiny_bert_dir, symmetric, options):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    model.eval()
+    rows = stsb_rows("train")[:13]
+    columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[5:] + rows[:5]]]
+    columns[0][7] = columns[0][2]
+    plain = NormalizedMSELoss(model, symmetric=symmetric, **options)
+    teacher = plain.teacher
+    cached = CachedNormalizedMSELoss(model, symmetric=symmetric, teacher=teacher, mini_batch_size=4, **options)
+    if teacher is not None:  # move the student away from its teacher so the distillation term has a gradient
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    results = []
+    for loss in (plain, cached):
+        model.zero_grad()
+        value = loss(features(model, columns), None)
+        value.backward()
+        results.append((value.detach(), gradients(model)))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad_b, grad_a, atol=1e-5, rtol=1e-4)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -15,11 +16,21 @@ from sentence_transformers.base.losses.gradcache import (
 from torch import Tensor, nn
 
 from gte_st.losses.normalized_mse import (
-    InBatchView,
     NormalizedMSELoss,
     text_fingerprints,
     validate_sentence_features,
 )
+
+
+@dataclass
+class CachedBatch:
+    """What :meth:`CachedNormalizedMSELoss.forward` knows about a batch besides its embeddings. It travels to
+    ``calculate_loss`` through ``CachedLossMixin.forward_cached``'s ``labels`` argument, so no per-batch state is
+    kept on the loss between the two calls."""
+
+    labels: Tensor | None
+    fingerprints: list[Tensor] | None
+    teacher_embeddings: list[Tensor] | None
 
 
 class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
@@ -31,6 +42,16 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
         symmetric: bool = False,
         gather_across_devices: bool = False,
         mask_duplicates: bool = True,
+        weighting: Literal["mean", "hardness", "infonce"] = "mean",
+        temperature: float = 0.05,
+        detach_weights: bool = True,
+        negative_penalty: Literal["squared_hinge", "hinge"] = "squared_hinge",
+        positive_margin: float = 1.0,
+        uniformity_weight: float = 0.0,
+        uniformity_t: float = 2.0,
+        distillation_weight: float = 0.0,
+        distillation_target: Literal["similarities", "embeddings"] = "similarities",
+        teacher: SentenceTransformer | None = None,
         mini_batch_size: int = 32,
         mini_batch_num_tokens: int | None = None,
         show_progress_bar: bool = False,
@@ -40,16 +61,18 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
         the number of in-batch negatives -- can grow far beyond what fits in memory at once.
 
         Built on sentence-transformers' ``CachedLossMixin`` (the machinery behind
-        ``CachedMultipleNegativesRankingLoss``): (1) embed every mini-batch without a graph, (2) compute the loss over
-        the whole batch and back-propagate it to the embeddings only, chunked over ``mini_batch_size`` anchor rows
-        so the similarity matrix is never materialised whole, (3) re-embed each mini-batch with a graph and push the
-        cached embedding gradients through it. Loss and gradients equal the uncached loss (up to float rounding);
-        peak memory depends on ``mini_batch_size``, not on the batch size.
+        ``CachedMultipleNegativesRankingLoss``): (1) embed every mini-batch without a graph (and, with
+        distillation, the teacher's embeddings), (2) compute the loss over the whole batch and back-propagate it to
+        the embeddings only, chunked over ``mini_batch_size`` anchor rows so the similarity matrix is never
+        materialised whole, (3) re-embed each mini-batch with a graph and push the cached embedding gradients
+        through it. Loss and gradients equal the uncached loss (up to float rounding); peak memory depends on
+        ``mini_batch_size``, not on the batch size.
 
         Args:
             model: The SentenceTransformer model.
-            margin, negative_weight, symmetric, gather_across_devices, mask_duplicates: As in
-                :class:`NormalizedMSELoss`.
+            margin, negative_weight, symmetric, gather_across_devices, mask_duplicates, weighting, temperature,
+                detach_weights, negative_penalty, positive_margin, uniformity_weight, uniformity_t,
+                distillation_weight, distillation_target, teacher: As in :class:`NormalizedMSELoss`.
             mini_batch_size: Rows embedded (and loss rows computed) at once; bounds memory. Default 32.
             mini_batch_num_tokens: Optionally pack embedding mini-batches by non-padding token count instead.
             show_progress_bar: Show progress bars over the mini-batches.
@@ -83,23 +106,34 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
             symmetric=symmetric,
             gather_across_devices=gather_across_devices,
             mask_duplicates=mask_duplicates,
+            weighting=weighting,
+            temperature=temperature,
+            detach_weights=detach_weights,
+            negative_penalty=negative_penalty,
+            positive_margin=positive_margin,
+            uniformity_weight=uniformity_weight,
+            uniformity_t=uniformity_t,
+            distillation_weight=distillation_weight,
+            distillation_target=distillation_target,
+            teacher=teacher,
         )
         self.mini_batch_size = mini_batch_size
         self.mini_batch_num_tokens = mini_batch_num_tokens
         self.show_progress_bar = show_progress_bar
-        self._fingerprints: list[Tensor] | None = None
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         sentence_features = list(sentence_features)
         validate_sentence_features(sentence_features, type(self).__name__)
-        self._fingerprints = [text_fingerprints(f) for f in sentence_features] if self.loss.mask_duplicates else None
-        return self.forward_cached(sentence_features, labels)
+        fingerprints = [text_fingerprints(f) for f in sentence_features] if self.loss.mask_duplicates else None
+        teacher = self.loss.teacher_embeddings(sentence_features, chunk_size=self.mini_batch_size)
+        return self.forward_cached(sentence_features, CachedBatch(labels, fingerprints, teacher))
 
     def calculate_loss(
-        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+        self, reps: list[list[Tensor]], labels: CachedBatch | Tensor | None = None, *, with_backward: bool = False
     ) -> Tensor:
+        batch = labels if isinstance(labels, CachedBatch) else CachedBatch(labels, None, None)
         embeddings = [torch.cat(column) for column in reps]
-        view = InBatchView.build(embeddings, self._fingerprints, self.loss.gather_across_devices, type(self).__name__)
+        view, teacher = self.loss.build_views(embeddings, batch.fingerprints, batch.teacher_embeddings)
         counts = self.loss.negative_counts(view, self.mini_batch_size)
         # Chunks are computed on detached copies; their gradients are then pushed through the normalisation
         # (and the cross-rank gather) in one backward call.
@@ -107,7 +141,7 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
         total = torch.zeros((), device=view.queries.device)
         for begin in range(0, view.local_size, self.mini_batch_size):
             end = min(begin + self.mini_batch_size, view.local_size)
-            chunk = self.loss.loss_for_rows(leaves, begin, end, counts)
+            chunk = self.loss.loss_for_rows(leaves, begin, end, counts, teacher)
             if with_backward:
                 chunk.backward()
                 chunk = chunk.detach()
@@ -118,7 +152,11 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
         return total
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}
+        return {
+            **self.loss.get_config_dict(),
+            "mini_batch_size": self.mini_batch_size,
+            "mini_batch_num_tokens": self.mini_batch_num_tokens,
+        }
 
     @property
     def citation(self) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -150,12 +151,14 @@ class InBatchView:
         fp = None if self.doc_fp is None else torch.cat(self.doc_fp)
         return torch.cat(self.docs), fp
 
-    def forward_valid(self, begin: int, end: int) -> Tensor:
+    def anchor_negative_mask(self, begin: int, end: int) -> Tensor:
+        """Which of :meth:`forward_candidates` are valid negatives of the anchors of local rows [begin, end)."""
         candidates, fp = self.forward_candidates()
         return self._valid(begin, end, fp, candidates.size(0), own_block=0)
 
-    def backward_valid(self, begin: int, end: int) -> Tensor:
-        """Negatives for positives (symmetric direction): every other anchor in the (global) batch."""
+    def positive_negative_mask(self, begin: int, end: int) -> Tensor:
+        """Which anchors of the (global) batch are valid negatives of the positives of local rows [begin, end)
+        (the symmetric, doc-to-query direction)."""
         return self._valid(begin, end, self.query_fp, self.queries.size(0), own_block=0)
 
     def global_count(self, count: Tensor) -> Tensor:
@@ -164,6 +167,11 @@ class InBatchView:
             count = count.clone()
             dist.all_reduce(count)
         return count
+
+
+WEIGHTINGS = ("mean", "hardness", "infonce")
+PENALTIES = ("squared_hinge", "hinge")
+DISTILLATION_TARGETS = ("similarities", "embeddings")
 
 
 class NormalizedMSELoss(nn.Module):
@@ -175,50 +183,108 @@ class NormalizedMSELoss(nn.Module):
         symmetric: bool = False,
         gather_across_devices: bool = False,
         mask_duplicates: bool = True,
+        weighting: Literal["mean", "hardness", "infonce"] = "mean",
+        temperature: float = 0.05,
+        detach_weights: bool = True,
+        negative_penalty: Literal["squared_hinge", "hinge"] = "squared_hinge",
+        positive_margin: float = 1.0,
+        uniformity_weight: float = 0.0,
+        uniformity_t: float = 2.0,
+        distillation_weight: float = 0.0,
+        distillation_target: Literal["similarities", "embeddings"] = "similarities",
+        teacher: SentenceTransformer | None = None,
     ) -> None:
         r"""
         Normalised MSE with in-batch negatives. For a batch of B (anchor, positive[, negatives]) rows with
-        L2-normalised embeddings :math:`\hat q_i, \hat d_i`:
+        L2-normalised embeddings :math:`\hat q_i, \hat d_i`, cosines :math:`s_{in} = \cos(\hat q_i, n)` and
+        :math:`\mathcal N_i` the valid negatives of anchor i, the defaults compute
 
         .. math::
 
             \mathcal{L} = \frac{1}{B}\sum_i \lVert \hat q_i - \hat d_i \rVert^2
-              \;+\; w \cdot \frac{1}{|\mathcal N|}\sum_{(i,n)\in\mathcal N} \operatorname{relu}\big(\cos(\hat q_i, n) - m\big)^2
+              \;+\; w \cdot \frac{1}{|\mathcal N|}\sum_{i}\sum_{n\in\mathcal N_i} \operatorname{relu}(s_{in} - m)^2
 
-        The positive term is the MSE between unit vectors, :math:`\lVert \hat q - \hat d \rVert^2 = 2 - 2\cos`. The set
-        :math:`\mathcal N` pairs every anchor with every *other* positive in the batch and with every hard negative
-        in the batch (its own and the other rows'); a candidate whose text equals the anchor's or its positive's text
-        is never a negative. Negatives are only penalised above the margin :math:`m`, quadratically.
+        The positive term is the MSE between unit vectors, :math:`\lVert \hat q - \hat d \rVert^2 = 2 - 2\cos`.
+        :math:`\mathcal N_i` holds every *other* positive in the batch and every hard negative in the batch (its own
+        and the other rows'); a candidate whose text equals the anchor's or its positive's text is never a negative.
+        Negatives are only penalised above the margin :math:`m`, quadratically.
 
         Why this loss: it works directly on the cosine geometry the model is used with (unit vectors, cosine
-        scores), with bounded, smooth gradients and no softmax temperature to tune; the margin lets unrelated texts
-        keep a small positive similarity instead of being forced to be orthogonal, and the mean over negatives keeps
-        the loss scale independent of the batch size while a bigger batch still brings more (and harder) negatives.
+        scores), with bounded, smooth gradients; the margin lets unrelated texts keep a small positive similarity
+        instead of being forced to be orthogonal, and the mean keeps the loss scale independent of the batch size.
+
+        Options (each off by default; see ``docs/benchmarks.md`` for what they measured):
+
+        - ``weighting="hardness"``: each anchor's negatives are weighted by
+          :math:`\omega_{in} = \operatorname{softmax}_{n\in\mathcal N_i}(s_{in}/\tau)`, and the negative term becomes
+          :math:`\frac{w}{B}\sum_i\sum_n \omega_{in}\,\phi(s_{in})`. Reason: a plain mean spreads the gradient over
+          all negatives, most of them easy; the softmax concentrates it on the hardest ones, as InfoNCE does.
+        - ``weighting="infonce"``: InfoNCE's own weights. With :math:`p_i` the softmax probability of the positive
+          among [positive, valid negatives] at temperature :math:`\tau`, the positive term of row i is weighted by
+          :math:`(1 - p_i)` and its negative weights become :math:`(1 - p_i)\,\omega_{in} = p_{in}` (the softmax
+          probability of negative n). Reason: InfoNCE's pull on a positive *fades* once the positive is well ahead
+          of its negatives ("gradient dissipation"); a constant-weight MSE keeps pulling every pair to cosine 1,
+          which contracts the space. With detached weights (``detach_weights=True``),
+          ``negative_penalty="hinge"``, ``margin=-1`` and ``negative_weight=2``, the gradient equals
+          :math:`2\tau` times that of ``MultipleNegativesRankingLoss(scale=1/tau)`` exactly: it is InfoNCE's
+          gradient written as a weighted MSE, not a new direction (tested). Other margins/weights/penalties
+          depart from it.
+        - ``detach_weights``: treat :math:`\omega` and :math:`p` as constants (default). Without detaching, the
+          gradient also flows through the weights (for ``hardness``, towards making hard negatives even harder).
+        - ``negative_penalty``: :math:`\phi(s) = \operatorname{relu}(s - m)^2` (``squared_hinge``, default) or
+          :math:`\operatorname{relu}(s - m)` (``hinge``, a constant push, needed for the InfoNCE equivalence).
+        - ``positive_margin`` :math:`m_p`: the positive term becomes
+          :math:`\operatorname{relu}(\lVert \hat q_i - \hat d_i\rVert^2 - (2 - 2m_p)) = 2\operatorname{relu}(m_p - s_{ii})`,
+          no pull once the cosine reaches :math:`m_p`. Reason: pairs need not all sit at cosine 1; ``1.0`` (default)
+          is the plain MSE.
+        - ``uniformity_weight`` :math:`u`, ``uniformity_t`` :math:`t`: adds
+          :math:`\frac{u}{B}\sum_i \log \frac{1}{|\mathcal N_i|}\sum_{n\in\mathcal N_i} e^{-t\lVert \hat q_i - n\rVert^2}`,
+          the uniformity term of alignment-uniformity (Wang & Isola, 2020) restricted to each anchor's negatives.
+          Reason: with the positive MSE (= alignment) it is an MSE-geometry objective whose log-sum-exp focuses on
+          the nearest negatives.
+        - ``distillation_weight`` :math:`\delta`: adds :math:`\delta` times the MSE between the student's and a frozen
+          ``teacher``'s in-batch cosine matrix (anchors x candidates, ``distillation_target="similarities"``) or
+          their normalised embeddings of every column (``"embeddings"``, needs equal dimensions). ``teacher``
+          defaults to a frozen copy of ``model`` as it is when the loss is built. Reason: short fine-tuning on a
+          narrow domain loses general quality (e.g. STS); staying close to the base model's geometry keeps it.
 
         Args:
             model: The SentenceTransformer model.
             margin: Cosine similarity below which a negative is not penalised. Default 0.3.
             negative_weight: Weight :math:`w` of the negative term. Default 2048 (see below).
             symmetric: Also use every other *anchor* as a negative for each positive (the doc-to-query direction);
-                the negative term is then the mean of the two directions. With pairs only, both directions cover
-                the same set of (anchor, other positive) pairs, so the option changes the loss only when hard
-                negatives are present (they are negatives in the anchor direction only).
+                the negative term is then the mean of the two directions (with ``infonce`` weighting, the positive
+                weight is the mean of both directions' :math:`1 - p`). With pairs only and ``mean`` weighting, both
+                directions cover the same set of (anchor, other positive) pairs.
             gather_across_devices: Under DDP/accelerate, take negatives from every rank's batch. Gradients flow back
                 to every rank (autograd-aware all-gather); the loss is normalised by the global counts, so the
                 averaged gradients equal those of one process holding the concatenated batch.
             mask_duplicates: Mask candidates whose text equals the anchor's or positive's text (compared by token
                 ids), so a text appearing twice in the (global) batch is never a negative for its duplicate.
+            weighting: ``"mean"`` (default), ``"hardness"`` or ``"infonce"``, see above.
+            temperature: :math:`\tau` of the softmax weights. Default 0.05 (MNRL's scale 20).
+            detach_weights: Detach the softmax weights. Default True.
+            negative_penalty: ``"squared_hinge"`` (default) or ``"hinge"``.
+            positive_margin: Cosine above which a positive pair is not pulled. Default 1.0 (always pulled).
+            uniformity_weight: Weight :math:`u` of the uniformity term. Default 0 (off).
+            uniformity_t: :math:`t` of the uniformity term. Default 2 (Wang & Isola's choice).
+            distillation_weight: Weight :math:`\delta` of the self-distillation term. Default 0 (off).
+            distillation_target: ``"similarities"`` (default) or ``"embeddings"``.
+            teacher: The frozen teacher; default a frozen copy of ``model`` (built only when
+                ``distillation_weight > 0``).
 
         Defaults, chosen by measurement (``scripts/sweep_loss_defaults.py``; train/dev data only, see
-        ``docs/benchmarks.md``): because the negative term is a *mean* over all (anchor, negative) pairs, most of
-        which sit below the margin, it needs a large weight to balance the positive term; with a small weight the
-        positive term pulls every pair towards cosine 1 and the embedding space contracts (retrieval got worse than
-        the base model). Dev scores rose steadily with the weight up to about 2048 at margin 0.3 and were flat
-        beyond. With Adam-type optimisers only the ratio between the two terms matters, not the loss scale.
+        ``docs/benchmarks.md``): with ``mean`` weighting the negative term averages over all (anchor, negative)
+        pairs, most of which sit below the margin, so it needs a large weight to balance the positive term; with a
+        small weight the positive term pulls every pair towards cosine 1 and the space contracts. Dev scores rose
+        with the weight up to about 2048 at margin 0.3. With Adam-type optimisers only the ratio of the terms
+        matters, not the loss scale.
 
         References:
             - Li et al., *Towards General Text Embeddings with Multi-stage Contrastive Learning* (GTE), 2023:
               https://huggingface.co/papers/2308.03281 (in-batch negatives, batch size matters).
+            - Wang & Isola, *Understanding Contrastive Representation Learning through Alignment and Uniformity on
+              the Hypersphere*, 2020: https://arxiv.org/abs/2005.10242
 
         Requirements:
             1. (anchor, positive) pairs or (anchor, positive, negative_1, ..., negative_k) tuples, no labels.
@@ -237,8 +303,7 @@ class NormalizedMSELoss(nn.Module):
             - :class:`CachedNormalizedMSELoss` computes the same loss with gradient caching, for batches far beyond
               memory.
             - sentence-transformers' ``MultipleNegativesRankingLoss`` (InfoNCE) is the softmax-based alternative;
-              with ``directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")`` it is the GTE
-              paper's joint contrastive loss.
+              ``weighting="infonce"`` reproduces its gradient direction (see above).
 
         Example:
             ::
@@ -261,27 +326,98 @@ class NormalizedMSELoss(nn.Module):
             raise ValueError(f"negative_weight must be >= 0, got {negative_weight}")
         if not -1.0 <= margin < 1.0:
             raise ValueError(f"margin must be a cosine similarity in [-1, 1), got {margin}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if negative_penalty not in PENALTIES:
+            raise ValueError(f"negative_penalty must be one of {PENALTIES}, got {negative_penalty!r}")
+        if distillation_target not in DISTILLATION_TARGETS:
+            raise ValueError(f"distillation_target must be one of {DISTILLATION_TARGETS}, got {distillation_target!r}")
+        if temperature <= 0 or uniformity_t <= 0:
+            raise ValueError(f"temperature and uniformity_t must be > 0, got {temperature} and {uniformity_t}")
+        if not -1.0 < positive_margin <= 1.0:
+            raise ValueError(f"positive_margin must be a cosine similarity in (-1, 1], got {positive_margin}")
+        if uniformity_weight < 0 or distillation_weight < 0:
+            raise ValueError("uniformity_weight and distillation_weight must be >= 0")
         self.model = model
         self.margin = margin
         self.negative_weight = negative_weight
         self.symmetric = symmetric
         self.gather_across_devices = gather_across_devices
         self.mask_duplicates = mask_duplicates
+        self.weighting = weighting
+        self.temperature = temperature
+        self.detach_weights = detach_weights
+        self.negative_penalty = negative_penalty
+        self.positive_margin = positive_margin
+        self.uniformity_weight = uniformity_weight
+        self.uniformity_t = uniformity_t
+        self.distillation_weight = distillation_weight
+        self.distillation_target = distillation_target
+        self.default_teacher = teacher is None
+        self.teacher = None
+        if distillation_weight > 0:
+            self.teacher = frozen_copy(model) if teacher is None else teacher
+            self.teacher.requires_grad_(False)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         sentence_features = list(sentence_features)
         validate_sentence_features(sentence_features, type(self).__name__)
         fingerprints = [text_fingerprints(f) for f in sentence_features] if self.mask_duplicates else None
+        teacher = self.teacher_embeddings(sentence_features)
         embeddings = embed_columns(self.model, sentence_features)
-        return self.compute_loss_from_embeddings(embeddings, labels, fingerprints)
+        return self.compute_loss_from_embeddings(embeddings, labels, fingerprints, teacher)
+
+    def teacher_embeddings(
+        self, sentence_features: list[dict[str, Tensor]], chunk_size: int | None = None
+    ) -> list[Tensor] | None:
+        """The frozen teacher's embeddings of every column (no graph), ``chunk_size`` rows at a time."""
+        if self.teacher is None:
+            return None
+        self.teacher.eval()
+        with torch.no_grad():
+            if chunk_size is None:
+                return [e.detach() for e in embed_columns(self.teacher, sentence_features)]
+            from sentence_transformers.base.losses.gradcache import _create_minibatch
+
+            columns = []
+            for features in sentence_features:
+                size = _get_batch_size(features)
+                parts = [
+                    self.teacher(_create_minibatch(features, b, min(b + chunk_size, size)))["sentence_embedding"]
+                    for b in range(0, size, chunk_size)
+                ]
+                columns.append(torch.cat(parts).detach())
+            return columns
+
+    def build_views(
+        self,
+        embeddings: list[Tensor],
+        fingerprints: list[Tensor] | None,
+        teacher_embeddings: list[Tensor] | None,
+    ) -> tuple[InBatchView, InBatchView | None]:
+        """The student's in-batch view and, with distillation, the teacher's (gathered the same way, no graph)."""
+        name = type(self).__name__
+        view = InBatchView.build(embeddings, fingerprints, self.gather_across_devices, name)
+        teacher = None
+        if self.distillation_weight > 0:
+            if teacher_embeddings is None:
+                raise ValueError(f"{name}: distillation_weight > 0 needs the teacher's embeddings")
+            with torch.no_grad():
+                teacher = InBatchView.build(teacher_embeddings, None, self.gather_across_devices, name)
+        return view, teacher
 
     def compute_loss_from_embeddings(
-        self, embeddings: list[Tensor], labels: Tensor | None = None, fingerprints: list[Tensor] | None = None
+        self,
+        embeddings: list[Tensor],
+        labels: Tensor | None = None,
+        fingerprints: list[Tensor] | None = None,
+        teacher_embeddings: list[Tensor] | None = None,
     ) -> Tensor:
-        """The loss from per-column embeddings (anchor, positive, negatives...), optionally with text fingerprints."""
-        view = InBatchView.build(embeddings, fingerprints, self.gather_across_devices, type(self).__name__)
+        """The loss from per-column embeddings (anchor, positive, negatives...), optionally with text fingerprints
+        and (for distillation) the teacher's embeddings of the same columns."""
+        view, teacher = self.build_views(embeddings, fingerprints, teacher_embeddings)
         counts = self.negative_counts(view)
-        return self.loss_for_rows(view, 0, view.local_size, counts)
+        return self.loss_for_rows(view, 0, view.local_size, counts, teacher)
 
     def negative_counts(self, view: InBatchView, chunk_size: int | None = None) -> tuple[Tensor, Tensor | None]:
         """Global numbers of (anchor, negative) pairs per direction, counted ``chunk_size`` rows at a time."""
@@ -289,12 +425,19 @@ class NormalizedMSELoss(nn.Module):
         forward = backward = torch.zeros((), dtype=torch.int64, device=view.queries.device)
         for begin in range(0, view.local_size, chunk_size):
             end = min(begin + chunk_size, view.local_size)
-            forward = forward + view.forward_valid(begin, end).sum()
+            forward = forward + view.anchor_negative_mask(begin, end).sum()
             if self.symmetric:
-                backward = backward + view.backward_valid(begin, end).sum()
+                backward = backward + view.positive_negative_mask(begin, end).sum()
         return view.global_count(forward), view.global_count(backward) if self.symmetric else None
 
-    def loss_for_rows(self, view: InBatchView, begin: int, end: int, counts: tuple[Tensor, Tensor | None]) -> Tensor:
+    def loss_for_rows(
+        self,
+        view: InBatchView,
+        begin: int,
+        end: int,
+        counts: tuple[Tensor, Tensor | None],
+        teacher: InBatchView | None = None,
+    ) -> Tensor:
         """This rank's share of the loss from its local rows [begin, end), normalised by the global counts.
 
         Summing it over row chunks gives the full loss; under gathering, averaging it over ranks does (which is what
@@ -303,29 +446,108 @@ class NormalizedMSELoss(nn.Module):
         rows = torch.arange(begin, end, device=view.queries.device) + view.offset
         queries, positives = view.queries[rows], view.docs[0][rows]
         scale = view.world_size
-        positive = ((queries - positives) ** 2).sum(dim=-1).sum() * scale / (view.local_size * view.world_size)
-        if self.negative_weight == 0:
-            return positive
+        per_row = scale / (view.local_size * view.world_size)  # weight of one row's term in the global mean
+        distance = ((queries - positives) ** 2).sum(dim=-1)
+        if self.positive_margin < 1.0:
+            distance = torch.relu(distance - (2.0 - 2.0 * self.positive_margin))
+        positive_cosine = (queries * positives).sum(dim=-1)
 
         candidates, _ = view.forward_candidates()
-        negative = self._hinge(queries @ candidates.T, view.forward_valid(begin, end), counts[0])
+        directions = [(positive_cosine, queries @ candidates.T, view.anchor_negative_mask(begin, end), counts[0])]
         if self.symmetric:
-            backward = self._hinge(positives @ view.queries.T, view.backward_valid(begin, end), counts[1])
-            negative = (negative + backward) / 2
-        return positive + self.negative_weight * negative * scale
+            directions.append(
+                (positive_cosine, positives @ view.queries.T, view.positive_negative_mask(begin, end), counts[1])
+            )
+        fades, negatives = [], []
+        for own, cosine, valid, count in directions:
+            fade = self._fade(own, cosine, valid)
+            fades.append(fade)
+            if self.negative_weight > 0:
+                negatives.append(self._negative_term(cosine, valid, count, fade, per_row, scale))
+        fade = sum(fades) / len(fades) if self.weighting == "infonce" else 1.0
+        loss = (fade * distance).sum() * per_row
+        if negatives:
+            loss = loss + self.negative_weight * sum(negatives) / len(negatives)
+        if self.uniformity_weight > 0:
+            loss = loss + self.uniformity_weight * self._uniformity(directions[0][1], directions[0][2]) * per_row
+        if teacher is not None:
+            loss = loss + self.distillation_weight * self._distillation(view, teacher, rows, candidates) * scale
+        return loss
 
-    def _hinge(self, cosine: Tensor, valid: Tensor, count: Tensor) -> Tensor:
-        penalty = torch.relu(cosine - self.margin) ** 2
-        return (penalty * valid).sum() / torch.clamp(count, min=1)
+    def _fade(self, own: Tensor, cosine: Tensor, valid: Tensor) -> Tensor | None:
+        """``1 - p_i`` (InfoNCE's weight of the positive) for ``infonce`` weighting, else None."""
+        if self.weighting != "infonce":
+            return None
+        logits = torch.cat([own.unsqueeze(1), cosine.masked_fill(~valid, float("-inf"))], dim=1) / self.temperature
+        fade = 1.0 - torch.softmax(logits, dim=1)[:, 0]
+        return fade.detach() if self.detach_weights else fade
+
+    def _negative_term(
+        self, cosine: Tensor, valid: Tensor, count: Tensor, fade: Tensor | None, per_row: float, scale: int
+    ) -> Tensor:
+        """``mean``: the sum over these rows' valid pairs divided by the global pair count; otherwise the sum of
+        the rows' weighted penalties divided by the global row count."""
+        penalty = torch.relu(cosine - self.margin)
+        if self.negative_penalty == "squared_hinge":
+            penalty = penalty**2
+        if self.weighting == "mean":
+            return (penalty * valid).sum() / torch.clamp(count, min=1) * scale
+        weights = torch.softmax(cosine.masked_fill(~valid, float("-inf")) / self.temperature, dim=1)
+        weights = torch.nan_to_num(weights, nan=0.0)  # rows without any valid negative
+        if self.detach_weights:
+            weights = weights.detach()
+        row_terms = (weights * penalty * valid).sum(dim=1)
+        if fade is not None:
+            row_terms = fade * row_terms
+        return row_terms.sum() * per_row
+
+    def _uniformity(self, cosine: Tensor, valid: Tensor) -> Tensor:
+        """Sum over rows of log mean_{n valid} exp(-t ||q - n||^2); rows without a valid negative add 0."""
+        exponent = (-self.uniformity_t * (2.0 - 2.0 * cosine)).masked_fill(~valid, float("-inf"))
+        count = valid.sum(dim=1)
+        has = count > 0
+        values = torch.logsumexp(exponent[has], dim=1) - torch.log(count[has].to(exponent.dtype))
+        return values.sum()
+
+    def _distillation(self, view: InBatchView, teacher: InBatchView, rows: Tensor, candidates: Tensor) -> Tensor:
+        """Sum over the rows of the squared student-teacher difference, divided by the global number of terms."""
+        total_rows = view.local_size * view.world_size
+        if self.distillation_target == "similarities":
+            teacher_candidates, _ = teacher.forward_candidates()
+            student = view.queries[rows] @ candidates.T
+            target = teacher.queries[rows] @ teacher_candidates.T
+            return ((student - target) ** 2).sum() / (total_rows * candidates.size(0))
+        pairs = list(zip(view.tensors(), teacher.tensors()))
+        if pairs[0][0].size(-1) != pairs[0][1].size(-1):
+            raise ValueError(
+                f"distillation_target='embeddings' needs equal dimensions, got student {pairs[0][0].size(-1)} and "
+                f"teacher {pairs[0][1].size(-1)}; use 'similarities'"
+            )
+        squared = sum(((student[rows] - target[rows]) ** 2).sum() for student, target in pairs)
+        return squared / (total_rows * len(pairs))
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {
+        config = {
             "margin": self.margin,
             "negative_weight": self.negative_weight,
             "symmetric": self.symmetric,
             "gather_across_devices": self.gather_across_devices,
             "mask_duplicates": self.mask_duplicates,
+            "weighting": self.weighting,
+            "temperature": self.temperature,
+            "detach_weights": self.detach_weights,
+            "negative_penalty": self.negative_penalty,
+            "positive_margin": self.positive_margin,
+            "uniformity_weight": self.uniformity_weight,
+            "uniformity_t": self.uniformity_t,
+            "distillation_weight": self.distillation_weight,
+            "distillation_target": self.distillation_target,
         }
+        if self.teacher is not None:
+            config["teacher"] = (
+                "frozen copy of the initial model" if self.default_teacher else teacher_name(self.teacher)
+            )
+        return config
 
     @property
     def citation(self) -> str:
@@ -340,3 +562,15 @@ class NormalizedMSELoss(nn.Module):
       url={https://arxiv.org/abs/2308.03281},
 }
 """
+
+
+def frozen_copy(model: SentenceTransformer) -> SentenceTransformer:
+    """A frozen, evaluation-mode deep copy of ``model`` (the default distillation teacher)."""
+    teacher = copy.deepcopy(model)
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def teacher_name(teacher: nn.Module) -> str:
+    card = getattr(teacher, "model_card_data", None)
+    return getattr(card, "base_model", None) or type(teacher).__name__
