@@ -158,22 +158,25 @@ def test_unnormalized_cls_pooling(tiny_modernbert_dir, tmp_path):
     assert not np.allclose(np.linalg.norm(model.encode(SENTENCES), axis=1), 1.0)
 
 
-def test_converted_original_checkpoint_fine_tunes_with_its_cls_pooling(tiny_gte_original_dir, tmp_path):
-    """The README recipe for gte-base-en-v1.5: convert, build_model keeps CLS, train, save portable."""
-    native = gte_st.convert.convert_checkpoint(tiny_gte_original_dir, tmp_path / "native")
-    model = gte_st.build_model(str(native), max_seq_length=32)
-    assert model[1].pooling_mode == "cls" and isinstance(model[2], Normalize)
-    rows = stsb_rows("train")[:8]
-    dataset = Dataset.from_dict({"anchor": [r[1] for r in rows], "positive": [r[2] for r in rows]})
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=1, report_to=[],
-        save_strategy="no", use_cpu=True,
-    )  # fmt: skip
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=NormalizedMSELoss(model)).train()
-    model.save(str(tmp_path / "tuned"))
-    reloaded = SentenceTransformer(str(tmp_path / "tuned"), device="cpu")
-    assert reloaded[1].pooling_mode == "cls"
-    assert np.abs(reloaded.encode(SENTENCES) - model.encode(SENTENCES)).max() <= 1e-6
+def test_converted_original_checkpoint_fine_tunes_with_gte_st_train(tiny_gte_original_dir, tmp_path):
+    """The README recipe for gte-base-en-v1.5: gte-st convert, then gte-st train keeps its CLS pooling."""
+    from gte_st.cli import main as cli_main
+
+    native = tmp_path / "native"
+    assert cli_main(["convert", str(tiny_gte_original_dir), str(native)]) == 0
+    assert gte_st.build_model(str(native))[1].pooling_mode == "cls"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"anchor": r[1], "positive": r[2]}) + "\n" for r in stsb_rows("train")[:32]))
+    argv = ["train", "--base_model", str(native), "--data", str(pairs), "--output_dir", str(tmp_path / "out"),
+            "--max_steps", "2", "--per_device_train_batch_size", "8", "--max_seq_length", "32", "--report_to", "none",
+            "--use_cpu", "--precision", "fp32"]  # fmt: skip
+    assert cli_main(argv) == 0
+    tuned = SentenceTransformer(str(tmp_path / "out"), device="cpu")
+    assert [type(m).__name__ for m in tuned] == ["Transformer", "Pooling", "Normalize"]
+    assert tuned[1].pooling_mode == "cls"
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "gte"
+    before = SentenceTransformer(str(native), device="cpu").encode(SENTENCES)
+    assert np.abs(tuned.encode(SENTENCES) - before).max() > 1e-4  # it trained
 
 
 def test_model_card_states_cls_pooling_and_native_architecture(cls_checkpoint):
