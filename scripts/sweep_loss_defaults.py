@@ -1,11 +1,15 @@
-"""Choose NormalizedMSELoss's default margin and negative_weight by measurement (train/dev data only).
+"""Choose NormalizedMSELoss's defaults by measurement (train/dev data only).
 
 From the offline all-MiniLM-L6-v2, fine-tune on SciFact *train* claims -> cited abstracts for a fixed budget with each
-(margin, negative_weight) setting, and score on dev data only: STS-B dev Spearman and nDCG@10 on a held-out 20 % of the
-SciFact train claims (retrieving from their cited abstracts plus distractor abstracts). sentence-transformers'
+setting, and score on dev data only: STS-B dev Spearman and nDCG@10 on a held-out 20 % of the SciFact train claims
+(retrieving from their cited abstracts plus distractor abstracts). sentence-transformers'
 MultipleNegativesRankingLoss on the same budget is the reference. No test split is touched.
 
-    python scripts/sweep_loss_defaults.py --steps 60 --batch-size 32 --out sweep.json
+A setting is ``mnrl``, ``MARGIN:WEIGHT`` (the original two-parameter form) or ``NAME={JSON NormalizedMSELoss
+arguments}``; settings are separated by ``;``. Every setting runs once per seed of ``--seeds``.
+
+    python scripts/sweep_loss_defaults.py --steps 30 --max-seq-length 64 --seeds 0 \
+        --settings 'mnrl;0.3:2048;infonce={"weighting": "infonce", "negative_penalty": "hinge", "margin": -1}'
 """
 
 from __future__ import annotations
@@ -79,7 +83,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--settings", default="0.0:1,0.0:4,0.1:4,0.1:16,0.0:16,mnrl")
+    parser.add_argument("--settings", default="mnrl;0.3:2048", help="';'-separated settings (see above)")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, each setting runs once per seed")
     parser.add_argument("--out", default="sweep_loss_defaults.json")
     args = parser.parse_args()
 
@@ -106,23 +111,28 @@ def main() -> None:
     state = {k: v.clone() for k, v in base.state_dict().items()}
     results["before"] = evaluate(base)
     print("before", results["before"], flush=True)
-    for setting in args.settings.split(","):
+    runs = [(setting, int(seed)) for setting in args.settings.split(";") for seed in args.seeds.split(",")]
+    for setting, seed in runs:
         base.load_state_dict(state)
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         if setting == "mnrl":
             loss, label = MultipleNegativesRankingLoss(base), "MultipleNegativesRankingLoss(scale=20)"
+        elif "=" in setting:
+            label, kwargs = setting.split("=", 1)
+            loss = NormalizedMSELoss(base, **json.loads(kwargs))
+            label = f"mse {label} {kwargs}"
         else:
             margin, weight = (float(x) for x in setting.split(":"))
             loss, label = NormalizedMSELoss(base, margin=margin, negative_weight=weight), f"mse m={margin} w={weight}"
         training_args = SentenceTransformerTrainingArguments(
             output_dir="/tmp/sweep_loss_defaults", max_steps=args.steps, per_device_train_batch_size=args.batch_size,
             learning_rate=args.lr, warmup_steps=int(0.1 * args.steps), bf16=True, use_cpu=True, report_to=[],
-            save_strategy="no", logging_steps=10, seed=0, batch_sampler="no_duplicates",
+            save_strategy="no", logging_steps=10, seed=seed, batch_sampler="no_duplicates",
         )  # fmt: skip
         start = time.time()
         SentenceTransformerTrainer(model=base, args=training_args, train_dataset=dataset, loss=loss).train()
         scores_after = evaluate(base)
-        run = {"loss": label, **scores_after, "train_s": round(time.time() - start, 1)}
+        run = {"loss": label, "seed": seed, **scores_after, "train_s": round(time.time() - start, 1)}
         results["runs"].append(run)
         print(run, flush=True)
         Path(args.out).write_text(json.dumps(results, indent=2))

@@ -90,6 +90,15 @@ def test_bad_input_errors():
         NormalizedMSELoss(None, margin=1.5)
     with pytest.raises(ValueError, match="negative_weight"):
         NormalizedMSELoss(None, negative_weight=-1)
+    for bad in ({"weighting": "max"}, {"negative_penalty": "cube"}, {"distillation_target": "logits"},
+                {"temperature": 0.0}, {"uniformity_t": -1.0}, {"positive_margin": 1.5}, {"uniformity_weight": -1.0},
+                {"distillation_weight": -0.1}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            NormalizedMSELoss(None, **bad)
+    # without a model (how the training pipeline checks options) distillation builds no teacher
+    assert NormalizedMSELoss(None, distillation_weight=1.0).teacher is None
+    with pytest.raises(ValueError, match="teacher"):
+        NormalizedMSELoss(None, distillation_weight=1.0).compute_loss_from_embeddings([torch.randn(3, 4)] * 2)
 
 
 def test_bad_columns_through_the_model(tiny_bert_dir):

@@ -51,7 +51,7 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
         uniformity_t: float = 2.0,
         distillation_weight: float = 0.0,
         distillation_target: Literal["similarities", "embeddings"] = "similarities",
-        teacher: SentenceTransformer | None = None,
+        teacher: SentenceTransformer | str | None = None,
         mini_batch_size: int = 32,
         mini_batch_num_tokens: int | None = None,
         show_progress_bar: bool = False,

@@ -192,7 +192,7 @@ class NormalizedMSELoss(nn.Module):
         uniformity_t: float = 2.0,
         distillation_weight: float = 0.0,
         distillation_target: Literal["similarities", "embeddings"] = "similarities",
-        teacher: SentenceTransformer | None = None,
+        teacher: SentenceTransformer | str | None = None,
     ) -> None:
         r"""
         Normalised MSE with in-batch negatives. For a batch of B (anchor, positive[, negatives]) rows with
@@ -270,8 +270,8 @@ class NormalizedMSELoss(nn.Module):
             uniformity_t: :math:`t` of the uniformity term. Default 2 (Wang & Isola's choice).
             distillation_weight: Weight :math:`\delta` of the self-distillation term. Default 0 (off).
             distillation_target: ``"similarities"`` (default) or ``"embeddings"``.
-            teacher: The frozen teacher; default a frozen copy of ``model`` (built only when
-                ``distillation_weight > 0``).
+            teacher: The frozen teacher (a model or a path/Hub id to load); default a frozen copy of ``model``
+                (built only when ``distillation_weight > 0``).
 
         Defaults, chosen by measurement (``scripts/sweep_loss_defaults.py``; train/dev data only, see
         ``docs/benchmarks.md``): with ``mean`` weighting the negative term averages over all (anchor, negative)
@@ -353,9 +353,11 @@ class NormalizedMSELoss(nn.Module):
         self.uniformity_t = uniformity_t
         self.distillation_weight = distillation_weight
         self.distillation_target = distillation_target
-        self.default_teacher = teacher is None
+        self.teacher_label = "frozen copy of the initial model" if teacher is None else teacher_name(teacher)
         self.teacher = None
-        if distillation_weight > 0:
+        if distillation_weight > 0 and (model is not None or teacher is not None):  # no model: checking options only
+            if isinstance(teacher, str):
+                teacher = SentenceTransformer(teacher, device=str(model.device) if model is not None else None)
             self.teacher = frozen_copy(model) if teacher is None else teacher
             self.teacher.requires_grad_(False)
 
@@ -544,9 +546,7 @@ class NormalizedMSELoss(nn.Module):
             "distillation_target": self.distillation_target,
         }
         if self.teacher is not None:
-            config["teacher"] = (
-                "frozen copy of the initial model" if self.default_teacher else teacher_name(self.teacher)
-            )
+            config["teacher"] = self.teacher_label
         return config
 
     @property
@@ -571,6 +571,9 @@ def frozen_copy(model: SentenceTransformer) -> SentenceTransformer:
     return teacher.eval()
 
 
-def teacher_name(teacher: nn.Module) -> str:
+def teacher_name(teacher: nn.Module | str) -> str:
+    """How the config names a teacher: its path/Hub id, else its model card's base model, else its class."""
+    if isinstance(teacher, str):
+        return teacher
     card = getattr(teacher, "model_card_data", None)
     return getattr(card, "base_model", None) or type(teacher).__name__
