@@ -79,7 +79,8 @@ def _hub_entry(repo_id: str, revision: str | None, token: str | bool | None) -> 
         if constants.is_offline_mode() and ref.is_file() and (root / ref.read_text().strip()).is_dir():
             return root / ref.read_text().strip(), None
         raise
-    if not is_original_layout(json.loads((path / "config.json").read_text(encoding="utf-8"))):
+    config = path / "config.json"
+    if not config.is_file() or not is_original_layout(json.loads(config.read_text(encoding="utf-8"))):
         return None, None
     ref.parent.mkdir(parents=True, exist_ok=True)
     ref.write_text(commit)
