@@ -119,8 +119,9 @@ def read_corpus(
                 )
         text = record.get(text_key)
         if text is None or not isinstance(text, str):
-            found = "missing" if text is None else f"a {type(text).__name__}, not a string"
-            raise CorpusError(f"{path}: row {number}: text field {text_key!r} is {found} (fields: {sorted(record)})")
+            if text is None:
+                raise CorpusError(f"{path}: row {number}: missing text field {text_key!r} (fields: {sorted(record)})")
+            raise CorpusError(f"{path}: row {number}: text field {text_key!r} is a {type(text).__name__}, not a string")
         title = record.get(title_field) if title_field else None
         if isinstance(title, str) and title.strip():
             text = f"{title.strip()} {text}"

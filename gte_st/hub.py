@@ -346,12 +346,7 @@ def _download(
 ) -> tuple[Path, str, dict]:
     """Resolve ``revision``, download (or find in the cache when offline) and verify. Returns (path, commit, listing)."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-        RevisionResolutionError,
-    )
+    from huggingface_hub.errors import LocalEntryNotFoundError, RevisionResolutionError
 
     api = _api(token)
     offline = constants.is_offline_mode()
@@ -368,13 +363,7 @@ def _download(
             library_name="gte-st",
             library_version=_version(),
         )
-    except RepositoryNotFoundError as exc:
-        raise FileNotFoundError(f"{repo_id}: no such model repository on {constants.ENDPOINT} (or no access)") from exc
-    except RevisionNotFoundError as exc:
-        raise FileNotFoundError(f"{where}: no such revision (branch, tag or commit) in {repo_id}") from exc
     except (LocalEntryNotFoundError, RevisionResolutionError) as exc:
-        if not offline and isinstance(exc, RevisionResolutionError):
-            raise FileNotFoundError(f"{where}: no such revision (branch, tag or commit) in {repo_id}") from exc
         if offline:
             raise FileNotFoundError(
                 f"{where} is not in the local Hugging Face cache ({cache_dir or constants.HF_HUB_CACHE}) and "

@@ -11,6 +11,8 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformer
 
+from gte_st.errors import UsageError
+
 PIP_HINT = "the mteb runner needs the `mteb` package: pip install 'gte-st[mteb]'  (or: pip install mteb)"
 
 
@@ -28,7 +30,7 @@ def get_tasks(
 ) -> list[Any]:
     """mteb task objects selected by name, type (e.g. ``"Retrieval"``) and/or ISO 639-3 language (``"eng"``)."""
     if not (tasks or task_types or languages):
-        raise ValueError("select mteb tasks with --mteb-tasks, --mteb-task-types and/or --mteb-languages")
+        raise UsageError("select mteb tasks with --mteb-tasks, --mteb-task-types and/or --mteb-languages")
     mteb = import_mteb()
     kwargs = {"tasks": tasks, "task_types": task_types, "languages": languages}
     return list(mteb.get_tasks(**{k: v for k, v in kwargs.items() if v}))

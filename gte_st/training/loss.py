@@ -69,9 +69,13 @@ def check_loss(name: str, kwargs: dict[str, Any], *, cached: bool, where: str) -
             f"it accepts {accepted}"
         )
     if cls.__module__.startswith("gte_st."):
+        # gte-st's losses check their values in __init__ and need no model for it; the cached variant checks the
+        # model first, so the values shared with the uncached loss are checked through that one.
+        plain = loss_class(name, cached=False)
+        shared = {k: v for k, v in loss_options(name, kwargs).items() if k in inspect.signature(plain).parameters}
         try:
-            cls(None, **loss_options(name, kwargs))
-        except (ValueError, TypeError) as exc:
+            plain(None, **shared)
+        except ValueError as exc:
             raise ValueError(f"{where}: --loss_kwargs: {exc}") from None
 
 

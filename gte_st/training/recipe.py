@@ -88,8 +88,8 @@ def check_stage(stage: Stage, where: str) -> None:
             f"{where}: --per_device_train_batch_size {args.per_device_train_batch_size} leaves no in-batch negatives "
             f"for --loss {recipe.loss}; use at least 2 (GTE trains with large batches)"
         )
-    if not args.learning_rate > 0:
-        raise ValueError(f"{where}: --learning_rate must be > 0, got {args.learning_rate}")
+    if not args.learning_rate >= 0:
+        raise ValueError(f"{where}: --learning_rate must be >= 0, got {args.learning_rate}")
     if recipe.max_seq_length < 1:
         raise ValueError(f"{where}: --max_seq_length must be a positive integer, got {recipe.max_seq_length}")
     if recipe.alpha < 0:
