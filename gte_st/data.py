@@ -96,9 +96,44 @@ def load_source(location: str, *, split: str = "train", max_rows: int | None = N
     return dataset.select(range(min(max_rows, len(dataset)))) if max_rows is not None else dataset
 
 
+def check_file_layout(path: str | Path, fmt: str, tsv: bool = False) -> None:
+    """Fail with a message saying what was expected and what was found, before ``datasets`` sees the file: an
+    empty file, text that is not UTF-8, a ``.csv`` whose header is tab-separated (e.g. the headerless STS-B
+    layout), a jsonl file whose first line is not a JSON object."""
+    import json
+
+    from gte_st.files import open_text
+
+    if fmt == "parquet":
+        return
+    try:
+        with open_text(path) as f:
+            first = next((line for line in f if line.strip()), None)
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-encode it as UTF-8.") from None
+    except (OSError, EOFError) as exc:
+        raise DataValidationError(f"{path}: cannot be read ({exc}).") from None
+    if first is None:
+        raise DataValidationError(f"{path}: the file is empty.")
+    if fmt == "csv" and not tsv and "\t" in first and "," not in first:
+        raise DataValidationError(
+            f"{path}: expected a comma-separated file whose first row names the columns, found tab-separated "
+            f"fields ({first.strip()[:80]!r}); for tab-separated data use a .tsv file with a header row naming the "
+            "columns (e.g. anchor<TAB>positive)."
+        )
+    if fmt == "json" and first.lstrip().startswith("{"):
+        try:
+            json.loads(first)
+        except json.JSONDecodeError as exc:
+            if not str(path).endswith((".json", ".json.gz")):  # a .json file may hold one multi-line object
+                raise DataValidationError(f"{path}: line 1 is not valid JSON ({exc.msg}).") from None
+
+
 def _load_files(files: list[str], fmt: str, tsv: bool, max_rows: int | None) -> Dataset:
     from datasets import load_dataset
 
+    for file in files:
+        check_file_layout(file, fmt, tsv)
     kwargs = {"delimiter": "\t", "quoting": 3} if tsv else {}
     split = "train" if max_rows is None else f"train[:{max_rows}]"
     try:

@@ -18,27 +18,21 @@ file name, extension and first line, and an unreadable row raises a ``ValueError
 from __future__ import annotations
 
 import csv
-import gzip
-import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from gte_st.files import open_text
 
 TEXT_COLUMNS = ("text", "sentence", "subject", "title", "content")
 LABEL_COLUMNS = ("label", "category", "labels", "class")
 SPLIT_ALIASES = {"dev": ("dev", "valid", "validation", "trial"), "test": ("test",), "train": ("train",)}
 
 
-def _open(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path), encoding="utf-8-sig")
-    return open(path, encoding="utf-8-sig", newline="")
-
-
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, tab-separated fields) for each non-empty line; no quoting (STS-B, SICK, WikiQA, MRPC)."""
-    with _open(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             line = line.rstrip("\r\n")
             if line.strip():
@@ -46,7 +40,7 @@ def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with _open(path) as f:
+    with open_text(path) as f:
         for number, line in enumerate(f, start=1):
             if line.strip():
                 try:
@@ -188,7 +182,7 @@ def read_pairs(path: str | Path, split: str | None = None) -> LabelledPairs:
                 raise ValueError(f"{file}:{number}: need sentence1, sentence2 and an integer label ({e})") from None
         return LabelledPairs(s1, s2, labels, split or inferred or "test")
     if name.endswith(".csv"):
-        with _open(file) as f:
+        with open_text(file) as f:
             reader = csv.DictReader(f)
             for number, row in enumerate(reader, start=2):
                 try:
@@ -237,7 +231,7 @@ def read_labelled_texts(path: str | Path, split: str | None = None) -> LabelledT
     if file.name.lower().endswith((".jsonl", ".jsonl.gz")):
         records = [row for _, row in _jsonl(file)]
     else:
-        with _open(file) as f:
+        with open_text(file) as f:
             delimiter = "\t" if ".tsv" in file.name.lower() or ".txt" in file.name.lower() else ","
             quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
             records = list(csv.DictReader(f, delimiter=delimiter, quoting=quoting))
@@ -312,7 +306,7 @@ def read_beir(folder: str | Path, split: str = "test") -> BEIRData:
         raise FileNotFoundError(f"{folder}: no queries.jsonl")
 
     qrels: dict[str, set[str]] = {}
-    with _open(qrels_file) as f:
+    with open_text(qrels_file) as f:
         for number, line in enumerate(f, start=1):
             fields = line.rstrip("\r\n").split("\t")
             if number == 1 and not _is_float(fields[-1]):
