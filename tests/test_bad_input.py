@@ -1,0 +1,206 @@
+"""Bad input, as a new user would give it, across every command: each case exits non-zero with one line that names
+the file, row, column or option at fault, prints no traceback, changes nothing that already existed, and -- where
+the input can be checked without the model -- fails before any model is loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import stsb_rows
+
+from gte_st.cli import main
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[dict[str, Path]], list[str]]  # built from the files of the `world` fixture
+    expected: str  # must appear in the one error line
+    before_model: bool = True  # the case must fail before a SentenceTransformer is constructed
+
+
+def _train(w: dict[str, Path], *extra: str) -> list[str]:
+    return ["train", "--data", str(w["pairs"]), "--output_dir", str(w["existing_out"]), "--max_steps", "1", *extra]
+
+
+CASES = [
+    # ---- train
+    Case("train-loss-option-typo", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margn": 0.2}'), "margn"),
+    Case("train-loss-kwargs-not-json", lambda w: _train(w, "--loss_kwargs", "{margin: 0.2"), "not valid JSON"),
+    Case("train-margin-out-of-range", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margin": 5}'),
+         "margin"),  # fmt: skip
+    Case("train-max-seq-length-beyond-positions", lambda w: _train(w, "--max_seq_length", "100000"),
+         "--max_seq_length 100000 exceeds the 512 positions"),  # fmt: skip
+    Case("train-batch-of-one-has-no-negatives", lambda w: _train(w, "--per_device_train_batch_size", "1"),
+         "--per_device_train_batch_size 1"),  # fmt: skip
+    Case("train-negative-learning-rate", lambda w: _train(w, "--learning_rate=-1e-5"), "--learning_rate must be >= 0"),
+    Case("train-missing-data-file", lambda w: ["train", "--data", str(w["tmp"] / "nope.jsonl"),
+                                               "--output_dir", str(w["existing_out"])], "nope.jsonl"),  # fmt: skip
+    Case("train-empty-data-file", lambda w: ["train", "--data", str(w["empty_jsonl"]),
+                                             "--output_dir", str(w["existing_out"])], "empty"),  # fmt: skip
+    Case("train-headerless-tab-separated-csv", lambda w: ["train", "--data", str(w["stsb_like_csv"]),
+                                                          "--output_dir", str(w["existing_out"])],
+         "found tab-separated fields"),  # fmt: skip
+    Case("train-not-utf8", lambda w: ["train", "--data", str(w["latin1_csv"]),
+                                      "--output_dir", str(w["existing_out"])], "not UTF-8"),  # fmt: skip
+    Case("train-non-string-cell", lambda w: ["train", "--data", str(w["non_string_jsonl"]),
+                                             "--output_dir", str(w["existing_out"])],
+         "column 'anchor', row 1: expected a string"),  # fmt: skip
+    Case("train-unknown-column", lambda w: _train(w, "--columns", "question", "answer"), "unknown column"),
+    Case("train-invalid-yaml-recipe", lambda w: ["train", "--config", str(w["bad_yaml"])], "bad.yaml"),
+    Case("train-unknown-recipe-option", lambda w: ["train", "--config", str(w["typo_yaml"])], "learning_rat"),
+    Case("train-base-model-not-a-model", lambda w: _train(w, "--base_model", str(w["not_a_model"])),
+         "not a model directory"),  # fmt: skip
+    Case("train-resume-from-hub-without-revision", lambda w: _train(w, "--resume_from_hub", "me/gte@"),
+         "--resume_from_hub"),  # fmt: skip
+    Case("train-unknown-option", lambda w: _train(w, "--lerning_rate", "1"), "--lerning_rate"),
+    # ---- eval
+    Case("eval-missing-data", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data", str(w["tmp"] / "x.csv")],
+         "x.csv does not exist"),  # fmt: skip
+    Case("eval-model-dir-not-a-model", lambda w: ["eval", str(w["not_a_model"]), "--task", "sts", "--data",
+                                                  str(w["sts_csv"])], "not a model directory"),  # fmt: skip
+    Case("eval-bm25-weight-out-of-range", lambda w: ["eval", str(w["model"]), "--task", "retrieval", "--data",
+                                                     str(w["tmp"]), "--bm25-rerank", "10", "--bm25-weight", "2"],
+         "--bm25-weight"),  # fmt: skip
+    Case("eval-unrecognised-sts-row", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data",
+                                                 str(w["bad_sts"])], "bad_sts.tsv:1", before_model=False),  # fmt: skip
+    # ---- index / search
+    Case("index-duplicate-ids", lambda w: ["index", str(w["dup_jsonl"]), "--model", str(w["model"]), "--out",
+                                           str(w["tmp"] / "new-index")], "duplicate id 'a' in rows 1 and 3"),  # fmt: skip
+    Case("index-non-string-text", lambda w: ["index", str(w["non_string_text"]), "--model", str(w["model"]),
+                                             "--out", str(w["tmp"] / "new-index")],
+         "row 2: text field 'text' is a int"),  # fmt: skip
+    Case("index-missing-model", lambda w: ["index", str(w["corpus"]), "--model", str(w["tmp"] / "no-model"),
+                                           "--out", str(w["tmp"] / "new-index")], "no-model does not exist"),  # fmt: skip
+    Case("index-existing-index-without-overwrite", lambda w: ["index", str(w["corpus"]), "--model", str(w["model"]),
+                                                              "--out", str(w["index"])],
+         "already holds an index"),  # fmt: skip
+    Case("search-not-an-index", lambda w: ["search", str(w["tmp"]), "a query"], "not an index directory"),
+    Case("search-bm25-weight-without-rerank", lambda w: ["search", str(w["index"]), "q", "--bm25-weight", "0.5"],
+         "--bm25-weight"),  # fmt: skip
+    Case("search-corrupted-index", lambda w: ["search", str(w["corrupt_index"]), "q"], "corrupted"),
+    Case("search-index-built-by-another-model", lambda w: ["search", str(w["index"]), "q", "--model",
+                                                           str(w["other_model"])],
+         "embeds the probe texts differently", before_model=False),  # fmt: skip
+    # ---- dedup / cluster
+    Case("dedup-empty-file", lambda w: ["dedup", str(w["empty_txt"]), "--model", str(w["model"])], "empty corpus"),
+    Case("dedup-threshold-out-of-range", lambda w: ["dedup", str(w["corpus"]), "--threshold", "2"], "--threshold"),
+    Case("cluster-k-zero", lambda w: ["cluster", str(w["corpus"]), "--k", "0"], "--k"),
+    Case("cluster-more-clusters-than-texts", lambda w: ["cluster", str(w["corpus"]), "--k", "50", "--model",
+                                                        str(w["model"])], "more than the 6 texts"),  # fmt: skip
+    # ---- export / push / pull
+    Case("export-missing-model-dir", lambda w: ["export", str(w["tmp"] / "gone"), "--format", "onnx"], "gone"),
+    Case("push-missing-dir-before-token", lambda w: ["push", str(w["tmp"] / "gone"), "me/x"],
+         "gone does not exist"),  # fmt: skip
+    Case("push-not-a-sentence-transformers-dir", lambda w: ["push", str(w["not_a_model"]), "me/x"],
+         "no modules.json"),  # fmt: skip
+    Case("pull-repo-with-empty-revision", lambda w: ["pull", "me/gte@"], "REPO_ID@REVISION"),
+    Case("pull-revision-never-pulled-offline", lambda w: ["pull", "me/gte-never", "--revision", "nope"],
+         "me/gte-never@nope"),  # fmt: skip
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir) -> dict[str, Path]:
+    """Every file the cases need, built once: good ones (a model, an index, a corpus) and bad ones."""
+    import gte_st
+    from gte_st.search import build_index
+
+    tmp = tmp_path_factory.mktemp("bad-input")
+    w: dict[str, Path] = {"tmp": tmp, "model": tiny_gte_dir}
+    rows = stsb_rows("train")[:64]
+    w["pairs"] = tmp / "pairs.jsonl"
+    w["pairs"].write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in rows))
+    w["existing_out"] = tmp / "existing-out"
+    w["existing_out"].mkdir()
+    (w["existing_out"] / "keep.txt").write_text("an earlier run's output")
+    w["empty_jsonl"] = tmp / "empty.jsonl"
+    w["empty_jsonl"].write_text("")
+    w["stsb_like_csv"] = tmp / "sts-train.csv"
+    w["stsb_like_csv"].write_text("".join(f"main-captions\tMSRvid\t2012\t{i}\t{s}\t{a}\t{b}\n"
+                                          for i, (s, a, b) in enumerate(rows)))  # fmt: skip
+    w["latin1_csv"] = tmp / "latin1.csv"
+    w["latin1_csv"].write_bytes("anchor,positive\ncaf\xe9 au lait,un caf\xe9\n".encode("latin-1"))
+    w["non_string_jsonl"] = tmp / "numbers.jsonl"
+    w["non_string_jsonl"].write_text('{"anchor": "a text", "positive": "b text"}\n{"anchor": 5, "positive": "x"}\n')
+    w["bad_yaml"] = tmp / "bad.yaml"
+    w["bad_yaml"].write_text("stages:\n  - name: a\n   loss: mse\n")
+    w["typo_yaml"] = tmp / "typo.yaml"
+    w["typo_yaml"].write_text("learning_rat: 0.1\n")
+    w["not_a_model"] = tmp / "not-a-model"
+    w["not_a_model"].mkdir()
+    (w["not_a_model"] / "notes.txt").write_text("nothing to load here")
+    w["sts_csv"] = tmp / "sts.jsonl"
+    w["sts_csv"].write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n"
+                                    for s, a, b in rows[:8]))  # fmt: skip
+    w["bad_sts"] = tmp / "bad_sts.tsv"
+    w["bad_sts"].write_text("only one field\n")
+    w["dup_jsonl"] = tmp / "dup.jsonl"
+    w["dup_jsonl"].write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": "y"}\n{"id": "a", "text": "z"}\n')
+    w["non_string_text"] = tmp / "non-string.jsonl"
+    w["non_string_text"].write_text('{"id": "a", "text": "x"}\n{"id": "b", "text": 7}\n')
+    w["empty_txt"] = tmp / "empty.txt"
+    w["empty_txt"].write_text("\n\n")
+    texts = [a for _, a, _ in rows[:6]]
+    w["corpus"] = tmp / "corpus.jsonl"
+    w["corpus"].write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    w["index"] = tmp / "index"
+    build_index(w["corpus"], str(tiny_gte_dir), w["index"], show_progress_bar=False)
+    w["corrupt_index"] = tmp / "corrupt-index"
+    shutil.copytree(w["index"], w["corrupt_index"])
+    with open(w["corrupt_index"] / "docs.jsonl", "a", encoding="utf8") as f:
+        f.write('{"id": "x", "text": "tampered"}\n')
+    w["other_model"] = tmp / "other-model"
+    from conftest import build_tiny_bert
+
+    gte_st.build_model(str(build_tiny_bert(tmp / "other-bert", seed=7))).save(str(w["other_model"]))
+    return w
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_error_before_work(case: Case, world, monkeypatch, capsys):
+    import sentence_transformers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(world["tmp"] / "hf-home"))
+    if case.before_model:
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{case.id}: a model was loaded before the bad input was reported")
+
+        monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", refuse)
+    before = _snapshot(world["tmp"])
+    capsys.readouterr()
+
+    code = main(case.argv(world))
+
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("gte-st")]
+    assert code != 0, err
+    assert "Traceback" not in err, err
+    assert len(error_lines) == 1, err
+    assert case.expected in error_lines[0], error_lines[0]
+    after = _snapshot(world["tmp"])
+    changed = [path for path, stat in before.items() if after.get(path) != stat]
+    assert not changed, f"{case.id} changed or removed existing files: {changed}"
+
+
+def test_table_is_large_and_covers_every_command():
+    commands = {case.argv(_AnyPath())[0] for case in CASES}
+    assert len(CASES) >= 25
+    assert {"train", "eval", "index", "search", "dedup", "cluster", "export", "push", "pull"} <= commands
+
+
+class _AnyPath(dict):
+    def __missing__(self, key: str) -> Path:
+        return Path(os.sep, key)
