@@ -52,15 +52,20 @@ def load_model(
     max_seq_length: int | None = None,
     trust_remote_code: bool = False,
 ) -> Any:
-    """The SentenceTransformer a user named: a local directory, or a Hub id (clear error when it cannot be loaded)."""
-    from sentence_transformers import SentenceTransformer
+    """The SentenceTransformer a user named: a local directory or a Hub id, loaded with :func:`gte_st.load` (so
+    original-layout GTE checkpoints are converted, never run as remote code); a clear error when it cannot be."""
+    from gte_st.loading import load
 
     check_model_location(name_or_path)
     local = Path(name_or_path).expanduser()
     try:
-        model = SentenceTransformer(
-            str(local) if local.exists() else name_or_path, device=device, trust_remote_code=trust_remote_code
-        )
+        source = str(local) if local.exists() else name_or_path
+        if trust_remote_code:  # the user asked for the checkpoint's own code: plain sentence-transformers loading
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(source, device=device, trust_remote_code=True)
+        else:
+            model = load(source, device=device)
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set)" if offline else ""

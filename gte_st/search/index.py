@@ -84,10 +84,10 @@ def load_query_model(model: str | SentenceTransformer) -> tuple[SentenceTransfor
     if not isinstance(model, str):
         config = getattr(getattr(model[0], "model", None), "config", None)
         return model, str(getattr(config, "_name_or_path", "") or "")
-    from sentence_transformers import SentenceTransformer
+    from gte_st.loading import load
 
     name = str(Path(model).resolve()) if Path(model).is_dir() else model
-    return SentenceTransformer(model), name
+    return load(model), name
 
 
 

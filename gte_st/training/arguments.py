@@ -46,6 +46,13 @@ class RecipeArguments:
         default=0.5,
         metadata={"help": "Multi-source mixture: each batch comes from one source, chosen with p ~ n_i^alpha."},
     )
+    pooling: str = field(
+        default="auto",
+        metadata={
+            "help": "Pooling of the model: auto (a sentence-transformers base keeps its own pooling, e.g. CLS for "
+            "gte-*-v1.5; a bare encoder gets GTE mean pooling), or mean, cls, max, ... to override."
+        },
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length (tokens) of this stage."})
     loss: Literal["mse", "gte", "mnrl"] = field(
         default="mse",

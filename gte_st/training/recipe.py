@@ -92,6 +92,10 @@ def check_stage(stage: Stage, where: str) -> None:
         raise ValueError(f"{where}: --learning_rate must be >= 0, got {args.learning_rate}")
     if recipe.max_seq_length < 1:
         raise ValueError(f"{where}: --max_seq_length must be a positive integer, got {recipe.max_seq_length}")
+    from gte_st.model import POOLING_CHOICES
+
+    if recipe.pooling not in POOLING_CHOICES:
+        raise ValueError(f"{where}: --pooling must be one of {list(POOLING_CHOICES)}, got {recipe.pooling!r}")
     if recipe.alpha < 0:
         raise ValueError(f"{where}: --alpha must be >= 0, got {recipe.alpha}")
     if recipe.mini_batch_size is not None and recipe.mini_batch_size < 1:

@@ -62,7 +62,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     tasks = build_eval_tasks(first.recipe, held_out)
     torch.manual_seed(first.args.seed)
     base_model = first.recipe.base_model or gte_st.default_base_model()
-    model = build_model(base_model, max_seq_length=first.recipe.max_seq_length)
+    model = build_model(base_model, max_seq_length=first.recipe.max_seq_length, pooling=first.recipe.pooling)
     before = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
     _wait_for_everyone()
 
