@@ -15,20 +15,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-TEMPLATE_NAME = "gte_model_card.md"
-SUMMARY_FILE = "training_summary.json"
-EVAL_FILE = "eval_results.json"
-EVAL_KEYS = ("task_type", "dataset", "split", "metrics", "main_score")
+from gte_st.evaluation.result import TASK_TYPES, EvalResult
+from gte_st.training.summary import SUMMARY_FILE
 
-# EvalResult.task_type -> (model-index task type, task name), following the sentence-transformers cards.
-TASK_TYPES: dict[str, tuple[str, str]] = {
-    "STS": ("semantic-similarity", "Semantic Similarity"),
-    "Retrieval": ("information-retrieval", "Information Retrieval"),
-    "PairClassification": ("binary-classification", "Binary Classification"),
-    "Classification": ("text-classification", "Text Classification"),
-    "Clustering": ("clustering", "Clustering"),
-    "Reranking": ("reranking", "Reranking"),
-}
+TEMPLATE_NAME = "gte_model_card.md"
+EVAL_FILE = "eval_results.json"
 HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 DATA_FILE_SUFFIXES = {".csv", ".tsv", ".txt", ".json", ".jsonl", ".gz", ".parquet", ".arrow", ".zip", ".tar"}
 TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "gte", "gte-st"]
@@ -53,14 +44,14 @@ def _read_json(path: Path) -> Any:
 
 
 def _check_eval_results(results: Any, source: str) -> list[dict]:
+    """The EvalResult dicts of ``source``, each validated by :meth:`EvalResult.from_dict`."""
     if not isinstance(results, list):
         raise ValueError(f"{source}: expected a list of EvalResult dicts, got {type(results).__name__}")
     for idx, result in enumerate(results):
-        missing = [key for key in EVAL_KEYS if not isinstance(result, dict) or key not in result]
-        if missing:
-            raise ValueError(f"{source}: result #{idx} lacks {missing} (EvalResult dicts have {list(EVAL_KEYS)})")
-        if result["main_score"] not in result["metrics"]:
-            raise ValueError(f"{source}: result #{idx}: main_score {result['main_score']!r} is not one of its metrics")
+        try:
+            EvalResult.from_dict(result)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{source}: result #{idx} {exc}") from None
     return results
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-TASK_TYPES = ("STS", "Retrieval", "PairClassification", "Classification", "Clustering", "Reranking")
+# Every task type, with the model-index (task type, task name) the Hub's model cards use for it.
+TASK_TYPES: dict[str, tuple[str, str]] = {
+    "STS": ("semantic-similarity", "Semantic Similarity"),
+    "Retrieval": ("information-retrieval", "Information Retrieval"),
+    "PairClassification": ("binary-classification", "Binary Classification"),
+    "Classification": ("text-classification", "Text Classification"),
+    "Clustering": ("clustering", "Clustering"),
+    "Reranking": ("reranking", "Reranking"),
+}
 
 
 @dataclass
@@ -31,9 +39,9 @@ class EvalResult:
 
     def __post_init__(self) -> None:
         if self.task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {self.task_type!r}")
+            raise ValueError(f"task_type must be one of {list(TASK_TYPES)}, got {self.task_type!r}")
         if self.main_score not in self.metrics:
-            raise ValueError(f"main_score {self.main_score!r} is not one of the metrics {sorted(self.metrics)}")
+            raise ValueError(f"main_score {self.main_score!r} is not one of its metrics {sorted(self.metrics)}")
         self.metrics = {key: float(value) for key, value in self.metrics.items()}
 
     @property
@@ -46,6 +54,11 @@ class EvalResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        """The record of :meth:`to_dict` (``details`` optional); a ``ValueError`` names what is missing or wrong."""
+        required = ("task_type", "dataset", "split", "metrics", "main_score")
+        if not isinstance(data, dict) or (missing := [key for key in required if key not in data]):
+            lacking = missing if isinstance(data, dict) else list(required)
+            raise ValueError(f"lacks {lacking} (EvalResult dicts have {list(required)})")
         return cls(
             task_type=data["task_type"],
             dataset=data["dataset"],
