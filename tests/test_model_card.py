@@ -28,7 +28,7 @@ def _one_torch_thread(one_torch_thread):
 @pytest.fixture(scope="module")
 def trained_dir(tiny_bert_dir, shared_data, tmp_path_factory) -> Path:
     """A tiny GTE model trained for a few steps with NormalizedMSELoss, saved with the training summary that the
-    training job writes (contract 1), filled with the values of this run."""
+    training job writes, filled with the values of this run."""
     from conftest import stsb_rows
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
