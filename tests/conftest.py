@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import secrets
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+HUB_TOKEN = "hf_" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def hub():
+    """A loopback Hub (tests/hub_server.py) on 127.0.0.1 that accepts HUB_TOKEN."""
+    from hub_server import LoopbackHub
+
+    with LoopbackHub(tokens=(HUB_TOKEN,)) as server:
+        yield server
+
+
+@pytest.fixture
+def hub_env(hub, tmp_path, monkeypatch):
+    """Point the in-process huggingface_hub client at the loopback Hub, online, with a private cache, HF_HOME and
+    token. Returns the Hugging Face cache folder (``tmp_path / "hf-cache"``)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.delenv("GTE_ST_CACHE", raising=False)
+    return tmp_path / "hf-cache"

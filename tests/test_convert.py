@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_gte_original
+from conftest import HUB_TOKEN, build_tiny_gte_original
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel, GteConfig, GteModel
@@ -216,36 +216,6 @@ def test_load_passes_any_other_model_through(tiny_gte_native_dir, tmp_path, monk
         gte_st.load(str(tiny_gte_native_dir), trust_remote_code=True)
 
 
-HUB_TOKEN = "hf_" + "0" * 32
-
-
-@pytest.fixture(scope="module")
-def hub():
-    from hub_server import LoopbackHub
-
-    with LoopbackHub(tokens=(HUB_TOKEN,)) as server:
-        yield server
-
-
-@pytest.fixture
-def hub_env(hub, tmp_path, monkeypatch):
-    """The in-process huggingface_hub client on the loopback Hub, online, with a private cache (as in test_hub)."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
-    monkeypatch.delenv("GTE_ST_CACHE", raising=False)
-    return tmp_path
-
-
 def test_load_from_the_hub_converts_once_and_works_offline(hub, hub_env, tiny_gte_original_dir, monkeypatch):
     from huggingface_hub import HfApi, constants
 
@@ -255,20 +225,20 @@ def test_load_from_the_hub_converts_once_and_works_offline(hub, hub_env, tiny_gt
     head = hub.head("alibaba/gte-tiny-v1.5")
 
     model = gte_st.load("alibaba/gte-tiny-v1.5", device="cpu")
-    entry = hub_env / "hf-home" / "gte_st" / "converted" / "alibaba--gte-tiny-v1.5" / head
+    entry = hub_env.parent / "hf-home" / "gte_st" / "converted" / "alibaba--gte-tiny-v1.5" / head
     assert type(model) is SentenceTransformer and model[1].pooling_mode == "cls"
     assert json.loads((entry / "config.json").read_text())["model_type"] == "gte"
     downloaded = [path for method, path in hub.requests if method == "GET" and "/resolve/" in path]
     assert not any(path.endswith(".py") for path in downloaded)  # the remote code is never fetched
     expected = model.encode(SENTENCES)
     np.testing.assert_allclose(
-        expected, SentenceTransformer(str(convert_checkpoint(tiny_gte_original_dir, hub_env / "direct"))).encode(
+        expected, SentenceTransformer(str(convert_checkpoint(tiny_gte_original_dir, hub_env.parent / "direct"))).encode(
             SENTENCES), atol=1e-6)  # fmt: skip
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     requests = len(hub.requests)
     np.testing.assert_array_equal(gte_st.load("alibaba/gte-tiny-v1.5", device="cpu").encode(SENTENCES), expected)
-    shutil.rmtree(hub_env / "hf-cache")  # even without the Hugging Face cache, the converted copy is found
+    shutil.rmtree(hub_env)  # even without the Hugging Face cache, the converted copy is found
     np.testing.assert_array_equal(gte_st.load("alibaba/gte-tiny-v1.5", device="cpu").encode(SENTENCES), expected)
     assert len(hub.requests) == requests  # nothing went to the network
     with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE"):
@@ -283,4 +253,4 @@ def test_load_from_the_hub_passes_native_models_through(hub, hub_env, tiny_gte_d
     api.upload_folder(folder_path=str(tiny_gte_dir), repo_id="me/gte-bert-tiny")
     model = gte_st.load("me/gte-bert-tiny", device="cpu")
     np.testing.assert_array_equal(model.encode(SENTENCES), SentenceTransformer(str(tiny_gte_dir)).encode(SENTENCES))
-    assert not (hub_env / "hf-home" / "gte_st" / "converted" / "me--gte-bert-tiny").exists()
+    assert not (hub_env.parent / "hf-home" / "gte_st" / "converted" / "me--gte-bert-tiny").exists()

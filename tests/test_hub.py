@@ -11,7 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import huggingface_hub
 import pytest
 import torch
-from hub_server import LoopbackHub
+from conftest import HUB_TOKEN as TOKEN
 from huggingface_hub import ModelCard
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from sentence_transformers import SentenceTransformer
@@ -38,37 +37,12 @@ from gte_st.hub import (
     split_repo_revision,
 )
 
-TOKEN = "hf_" + secrets.token_hex(16)
 SENTENCES = ["A man is playing a guitar.", "A woman is slicing an onion.", "Two dogs run on the beach."]
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread(one_torch_thread):
     """Tiny models on a busy shared CPU: this module runs on one torch thread (see conftest)."""
-
-
-@pytest.fixture(scope="module")
-def hub():
-    with LoopbackHub(tokens=(TOKEN,)) as server:
-        yield server
-
-
-@pytest.fixture
-def hub_env(hub, tmp_path, monkeypatch):
-    """Point the in-process huggingface_hub client at the loopback Hub, online, with a private cache and token."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "ENDPOINT", hub.endpoint)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    return tmp_path / "hf-cache"
 
 
 @pytest.fixture(scope="module")
