@@ -10,7 +10,10 @@ rows in input order -- but
   ``torch.autocast`` (``"bf16-autocast"``); the final normalisation is done in float32. On an AMX CPU either is
   about 2x fp32 (docs/benchmarks.md); the bf16 matmuls are the gain, not the batching.
 
-Models that are not torch models (``backend="onnx"`` / ``"openvino"``) go through their own ``model.encode``.
+The same batching serves exported artifacts: pass a model loaded with :func:`gte_st.export.load_exported` (or
+sentence-transformers' ``backend="onnx"`` / ``"openvino"``), or a model directory with ``backend="onnx"`` /
+``"openvino"`` (and optionally ``file_name``, e.g. ``"onnx/model_qint8_static.onnx"``); the precision of those is
+the artifact's, so ``precision`` only applies to torch models.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -29,6 +33,8 @@ from tqdm.autonotebook import tqdm
 logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "bf16-autocast"]
+Backend = Literal["torch", "onnx", "openvino"]
+BACKENDS = ("torch", "onnx", "openvino")
 
 
 @functools.lru_cache(maxsize=1)
@@ -79,12 +85,48 @@ def _batches(lengths_sorted: np.ndarray, batch_size: int, token_budget: int) -> 
     return spans
 
 
+@functools.lru_cache(maxsize=4)
+def _load(model_dir: str, backend: str, file_name: str | None) -> SentenceTransformer:
+    if backend == "torch":
+        return SentenceTransformer(model_dir, device="cpu" if not torch.cuda.is_available() else None)
+    from gte_st.export import load_exported
+
+    return load_exported(model_dir, file_name, backend=backend)
+
+
+def resolve_model(
+    model: SentenceTransformer | str | Path, backend: Backend | None = None, file_name: str | None = None
+) -> SentenceTransformer:
+    """The model :func:`encode` runs: ``model`` itself, or the model directory ``model`` loaded for ``backend``
+    (``"torch"``, or an exported artifact: ``"onnx"`` / ``"openvino"``, ``file_name`` inside the directory; loaded
+    once and cached)."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(model, (str, Path)):
+        if file_name is not None and backend is None:
+            from gte_st.export import backend_of
+
+            backend = backend_of(file_name)  # type: ignore[assignment]
+        return _load(str(Path(model).expanduser().resolve()), backend or "torch", file_name)
+    own = getattr(model, "backend", "torch")
+    if backend is not None and backend != own:
+        raise ValueError(
+            f"the model runs on {own!r}, not {backend!r}: pass its directory (encode('my-gte', texts, "
+            f"backend={backend!r})) or a model loaded with gte_st.export.load_exported"
+        )
+    if file_name is not None:
+        raise ValueError("file_name only applies when model is a directory")
+    return model
+
+
 def encode(
-    model: SentenceTransformer,
+    model: SentenceTransformer | str | Path,
     texts: Sequence[str],
     *,
     batch_size: int = 64,
     precision: Precision = "auto",
+    backend: Backend | None = None,
+    file_name: str | None = None,
     show_progress_bar: bool = False,
     prompt: str | None = None,
     prompt_name: str | None = None,
@@ -92,12 +134,18 @@ def encode(
     """Encode ``texts`` into float32, L2-normalised embeddings, in input order.
 
     Args:
-        model: Any SentenceTransformer (torch backend for the fast path; other backends use ``model.encode``).
+        model: A SentenceTransformer (torch, or ONNX Runtime / OpenVINO as loaded by
+            :func:`gte_st.export.load_exported` or sentence-transformers' backends), or a model directory.
         texts: The texts to embed.
         batch_size: Rows per batch for the longest texts; batches of short texts grow up to 4x this while their
             token count stays below ``batch_size * 128``.
         precision: ``"auto"`` (``"bf16"`` on AMX/AVX512-BF16 CPUs and bf16-capable GPUs, else ``"fp32"``),
-            ``"fp32"``, ``"bf16"`` (bf16 weight copies, all ops in bf16) or ``"bf16-autocast"``.
+            ``"fp32"``, ``"bf16"`` (bf16 weight copies, all ops in bf16) or ``"bf16-autocast"``. Torch models only
+            (ignored for exported artifacts, which run at their own precision).
+        backend: With a model directory: ``"torch"`` (default), ``"onnx"`` or ``"openvino"`` (its exported
+            artifact). With a loaded model: checked against the model's backend.
+        file_name: With a model directory: the artifact (default ``onnx/model.onnx`` /
+            ``openvino/openvino_model.xml``); its suffix implies the backend.
         show_progress_bar: Show a progress bar over batches.
         prompt: Text prepended to every input (as in ``model.encode(prompt=...)``).
         prompt_name: Name of a prompt in ``model.prompts`` (e.g. ``"query"``); ignored when ``prompt`` is given.
@@ -107,6 +155,7 @@ def encode(
     """
     if isinstance(texts, str):
         raise TypeError("encode expects a list of texts, got a single string")
+    model = resolve_model(model, backend, file_name)
     texts = list(texts)
     if prompt is None and prompt_name is not None:
         if prompt_name not in model.prompts:
@@ -117,20 +166,12 @@ def encode(
 
     if not texts:
         return np.empty((0, model.get_embedding_dimension() or 0), dtype=np.float32)
-    backend = getattr(model, "backend", "torch")
-    if backend != "torch":
-        embeddings = model.encode(
-            texts,
-            batch_size=batch_size,
-            prompt=prompt,
-            show_progress_bar=show_progress_bar,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-        )
-        return np.asarray(embeddings, dtype=np.float32).reshape(len(texts), -1)
-
+    is_torch = getattr(model, "backend", "torch") == "torch"
     device = model.device
+    # Exported artifacts (ONNX Runtime, OpenVINO) run at their own precision; they still gain from the batching.
     resolved = resolve_precision(precision, device)
+    if not is_torch:
+        resolved = "fp32"
     lengths = _token_lengths(model, [(prompt or "") + t for t in texts])
     order = np.argsort(-lengths, kind="stable")
     spans = _batches(lengths[order], batch_size, token_budget=batch_size * 128)

@@ -1,0 +1,201 @@
+"""int8 quantisation of exported graphs: ONNX Runtime dynamic and static (QDQ), OpenVINO static (NNCF).
+
+* **dynamic** (ONNX): MatMul / Gemm / fused Attention weights int8 per channel, activations quantised at run time
+  (no calibration);
+* **static** (ONNX, QDQ): weights int8 per channel, activation ranges of every weight MatMul fixed in advance from
+  calibration texts (:func:`calibration_batches`); the activation x activation products of attention (QK^T, PV) are
+  left in float;
+* **static** (OpenVINO): ``nncf.quantize`` with ``ModelType.TRANSFORMER`` (its transformer-aware scheme: int8
+  MatMuls, softmax / layer norms kept in float) on the same calibration batches.
+
+All three keep the feed-forward **down-projections** (the MatMuls whose reduction dimension exceeds their output
+dimension: BERT's ``output.dense``, GTE's ``down_proj``, ModernBERT's ``Wo``) in float: their input, the GELU / GLU
+activations, carries outlier channels that one per-tensor int8 scale cannot represent, and on all-MiniLM-L6-v2 they
+were what pushed one-word texts below the gate (NNCF static: minimum cosine over the parity sample 0.966 with them
+quantised, 0.995 without; :func:`down_projections`). The other two thirds of the linear-layer FLOPs run in int8.
+
+No step downloads anything: the calibration texts are the user's or the built-in sample
+(:func:`gte_st.export.samples.calibration_sample`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def calibration_batches(model, texts: Sequence[str], input_names: Sequence[str], batch_size: int = 8):
+    """Tokenised batches (dicts of int64 arrays named after the graph's inputs) of ``texts`` for calibration,
+    truncated to the model's maximum sequence length and padded per batch, as at inference time."""
+    tokenizer = model[0].tokenizer
+    max_length = model.max_seq_length or tokenizer.model_max_length
+    batches = []
+    for start in range(0, len(texts), batch_size):
+        encoded = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
+        batch = {}
+        for name in input_names:
+            value = encoded.get(name)
+            if value is None and name == "token_type_ids":
+                value = np.zeros_like(encoded["input_ids"])
+            batch[name] = np.asarray(value, dtype=np.int64)
+        batches.append(batch)
+    return batches
+
+
+def _quiet_onnxruntime_quantization() -> None:
+    logging.getLogger("root").setLevel(logging.ERROR)  # "consider pre-processing" notices
+
+
+def quantize_onnx_dynamic(source: str | Path, target: str | Path) -> None:
+    """Dynamic int8 quantisation (weights per channel, activations at run time) of ``source`` into ``target``.
+
+    On a graph fused by :func:`~gte_st.export.onnx.optimize_onnx_graph`, fused ``Attention`` nodes become
+    ``QAttention`` (their QKV projection quantised too)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    _quiet_onnxruntime_quantization()
+    _, down, _ = _onnx_matmuls(source)
+    quantize_dynamic(
+        str(source),
+        str(target),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+        nodes_to_exclude=down,
+        # fused contrib ops (Attention, SkipLayerNormalization) have no ONNX shape inference: their outputs are float
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _onnx_matmuls(path: str | Path) -> tuple[list[str], list[str], list[str]]:
+    """(MatMul nodes with a constant weight, the down-projections among them, MatMul nodes multiplying two
+    activations) of the ONNX graph at ``path``."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    shapes = {init.name: list(init.dims) for init in graph.initializer}
+    weight, down, activation = [], [], []
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        if node.input[1] not in shapes:
+            activation.append(node.name)
+            continue
+        weight.append(node.name)
+        dims = shapes[node.input[1]]
+        if len(dims) == 2 and dims[0] > dims[1]:  # [K, N]: reduces more than it outputs
+            down.append(node.name)
+    return weight, down, activation
+
+
+def down_projections(model) -> list[str]:
+    """Friendly names of the MatMuls of an OpenVINO model whose constant weight reduces a larger dimension than it
+    outputs (the feed-forward down-projections), for ``nncf.IgnoredScope``."""
+    names = []
+    for op in model.get_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        weight = op.input_value(1).get_node()
+        while weight.get_type_name() == "Convert":
+            weight = weight.input_value(0).get_node()
+        if weight.get_type_name() != "Constant":
+            continue
+        shape = list(weight.get_output_shape(0))
+        if len(shape) != 2:
+            continue
+        k, n = (shape[1], shape[0]) if op.get_attributes().get("transpose_b") else (shape[0], shape[1])
+        if k > n:
+            names.append(op.get_friendly_name())
+    return names
+
+
+def quantize_onnx_static(source: str | Path, target: str | Path, batches: list[dict[str, np.ndarray]]) -> None:
+    """Static int8 quantisation (QDQ format) of ``source`` into ``target``: u8 activations with ranges calibrated
+    (min/max) on ``batches``, s8 weights per output channel, for the MatMuls with a constant weight except the
+    down-projections."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _quiet_onnxruntime_quantization()
+    # Symbolic shape inference first: without the types of the fused contrib ops' outputs (Attention,
+    # SkipLayerNormalization) the quantiser leaves every activation in float and only stores int8 weights.
+    prepared = Path(target).with_name(Path(target).stem + ".prepared.onnx")
+    quant_pre_process(str(source), str(prepared), skip_optimization=True)
+    weight, down, activation = _onnx_matmuls(prepared)
+    if not weight:
+        raise ValueError(f"{source}: no MatMul with a constant weight to quantise")
+    try:
+        _quantize_static(prepared, target, batches, activation + down)
+    finally:
+        prepared.unlink(missing_ok=True)
+
+
+def _quantize_static(source: Path, target: str | Path, batches, excluded: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(batches)
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    quantize_static(
+        str(source),
+        str(target),
+        _Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=excluded,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={
+            "ActivationSymmetric": False,
+            "WeightSymmetric": True,
+            "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+            # merge the ranges every 4 batches instead of holding every batch's activations (GBs for MiniLM)
+            "CalibMaxIntermediateOutputs": 4,
+        },
+    )
+
+
+def quantize_openvino_static(
+    source_xml: str | Path, target_xml: str | Path, batches: list[dict[str, np.ndarray]]
+) -> None:
+    """Static int8 quantisation of an OpenVINO IR with NNCF (``ModelType.TRANSFORMER``, the mixed preset:
+    symmetric weights, asymmetric activations) calibrated on ``batches``; writes ``target_xml`` + ``.bin``."""
+    import nncf
+    import openvino as ov
+
+    nncf.set_log_level(logging.ERROR)
+    ov_model = ov.Core().read_model(str(source_xml))
+    quantized = nncf.quantize(
+        ov_model,
+        nncf.Dataset(batches),
+        model_type=nncf.ModelType.TRANSFORMER,
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(batches),
+        ignored_scope=nncf.IgnoredScope(names=down_projections(ov_model), validate=False),
+    )
+    ov.save_model(quantized, str(target_xml), compress_to_fp16=False)

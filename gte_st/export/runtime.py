@@ -1,0 +1,262 @@
+"""Run exported artifacts inside a sentence-transformers pipeline: ONNX Runtime and OpenVINO encoders, and loaders.
+
+:func:`load_onnx_model` / :func:`load_openvino_model` return a :class:`~sentence_transformers.SentenceTransformer`
+built from the model directory's own tokenizer, pooling and normalisation modules, whose transformer runs the
+exported graph instead of torch. Where sentence-transformers' own backend is installed (optimum-onnx for
+``backend="onnx"``, optimum-intel for ``backend="openvino"``) that backend is used instead; the exported files are the
+ones it reads either way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ONNX_DIR, OPENVINO_DIR = "onnx", "openvino"
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "f32": "f32"}
+
+
+def transformer_subdir(model_dir: Path) -> str:
+    """The folder (relative to ``model_dir``) of the model's Transformer module: where ``onnx/`` and ``openvino/``
+    belong."""
+    modules_file = Path(model_dir) / "modules.json"
+    if not modules_file.is_file():
+        return ""  # a plain Hugging Face model directory
+    for module in json.loads(modules_file.read_text()):
+        if module["type"].endswith("Transformer"):
+            return module.get("path", "")
+    raise ValueError(f"{modules_file}: no Transformer module; only transformer encoders can be exported.")
+
+
+def _feed(features: dict[str, Any], input_names: list[str], where: str) -> dict[str, np.ndarray]:
+    input_ids = features["input_ids"]
+    feed = {}
+    for name in input_names:
+        value = features.get(name)
+        if value is None and name == "token_type_ids":
+            value = torch.zeros_like(input_ids)
+        if value is None:
+            raise ValueError(f"{where}: the graph needs input {name!r}, which the tokenizer did not give")
+        feed[name] = value.detach().cpu().numpy().astype(np.int64)
+    return feed
+
+
+class OnnxRuntimeEncoder(torch.nn.Module):
+    """Stands in for the Hugging Face model inside a sentence-transformers ``Transformer`` module: runs an ONNX
+    feature-extraction graph with ONNX Runtime and returns ``last_hidden_state`` like the torch model does.
+
+    Args:
+        onnx_path: The ``.onnx`` file (inputs ``input_ids`` / ``attention_mask`` [/ ``token_type_ids``], output
+            ``last_hidden_state``).
+        config: The Hugging Face config of the exported model (read by the pooling and by sentence-transformers).
+        providers: ONNX Runtime execution providers (default: all available).
+        num_threads: Intra-op threads (default: ONNX Runtime's, one per physical core).
+    """
+
+    def __init__(
+        self, onnx_path: str | Path, config: Any, providers: list[str] | None = None, num_threads: int | None = None
+    ) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        self.config = config
+        self.onnx_path = str(onnx_path)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        self.session = ort.InferenceSession(
+            self.onnx_path, options, providers=providers or ort.get_available_providers()
+        )
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        outputs = [node.name for node in self.session.get_outputs()]
+        if "last_hidden_state" not in outputs:
+            raise ValueError(f"{self.onnx_path}: the graph has outputs {outputs}, expected 'last_hidden_state'.")
+
+    def forward(self, **features: Any) -> dict[str, torch.Tensor]:
+        (hidden,) = self.session.run(["last_hidden_state"], _feed(features, self.input_names, self.onnx_path))
+        return {"last_hidden_state": torch.from_numpy(hidden)}
+
+
+class OpenVINOEncoder(torch.nn.Module):
+    """The OpenVINO counterpart of :class:`OnnxRuntimeEncoder`: compiles an IR (``.xml`` + ``.bin``) for the CPU and
+    returns ``last_hidden_state``.
+
+    Args:
+        xml_path: The IR's ``.xml`` file.
+        config: The Hugging Face config of the exported model.
+        precision: ``None`` for OpenVINO's default inference precision on this CPU (bf16 on AMX / AVX512-BF16 CPUs,
+            else f32), or ``"fp32"`` / ``"bf16"`` (``INFERENCE_PRECISION_HINT``). It applies to the layers that
+            are not int8-quantised.
+        ov_config: More OpenVINO properties (default ``{"PERFORMANCE_HINT": "LATENCY"}``: one stream using every
+            core, the right setting for one caller encoding batch after batch).
+        device: OpenVINO device name.
+    """
+
+    def __init__(
+        self,
+        xml_path: str | Path,
+        config: Any,
+        precision: str | None = None,
+        ov_config: dict[str, Any] | None = None,
+        device: str = "CPU",
+    ) -> None:
+        super().__init__()
+        import openvino as ov
+
+        self.config = config
+        self.xml_path = str(xml_path)
+        properties: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", **(ov_config or {})}
+        if precision is not None:
+            if precision not in OPENVINO_PRECISIONS:
+                raise ValueError(f"precision must be None, 'fp32' or 'bf16', got {precision!r}")
+            properties["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISIONS[precision]
+        core = ov.Core()
+        ov_model = core.read_model(self.xml_path)
+        self.input_names = [port.get_any_name() for port in ov_model.inputs]
+        outputs = [name for port in ov_model.outputs for name in port.get_names()]
+        if "last_hidden_state" not in outputs:
+            raise ValueError(f"{self.xml_path}: the IR has outputs {outputs}, expected 'last_hidden_state'.")
+        self.compiled = core.compile_model(ov_model, device, properties)
+        self.request = self.compiled.create_infer_request()
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision OpenVINO actually runs the non-quantised layers in (e.g. ``"bf16"``, ``"f32"``)."""
+        value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+
+    def forward(self, **features: Any) -> dict[str, torch.Tensor]:
+        self.request.infer(_feed(features, self.input_names, self.xml_path))
+        hidden = self.request.get_tensor("last_hidden_state").data
+        return {"last_hidden_state": torch.from_numpy(np.array(hidden, dtype=np.float32))}
+
+
+def _resolve(model_dir: Path, file_name: str) -> Path:
+    return Path(file_name) if Path(file_name).is_absolute() else model_dir / transformer_subdir(model_dir) / file_name
+
+
+def _replace_encoder(model_dir: Path, encoder_factory, backend: str, **kwargs: Any):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir), device="cpu", **kwargs)
+    transformer = model[0]
+    transformer.model = encoder_factory(transformer.model.config)
+    transformer.model_forward_params = None
+    transformer.backend = model.backend = backend
+    return model
+
+
+def load_onnx_model(
+    model_dir: str | Path,
+    file_name: str = "onnx/model.onnx",
+    *,
+    providers: list[str] | None = None,
+    num_threads: int | None = None,
+    **kwargs: Any,
+):
+    """Load ``model_dir`` as a :class:`~sentence_transformers.SentenceTransformer` whose transformer runs the ONNX file
+    ``file_name`` (relative to the transformer folder, or an absolute path) on ONNX Runtime.
+
+    With optimum-onnx installed this is ``SentenceTransformer(model_dir, backend="onnx", model_kwargs={"file_name":
+    ...})``; without it (optimum-onnx pins transformers<4.58) the same pipeline is assembled from the model's own
+    tokenizer, pooling and normalisation modules with ONNX Runtime in place of the torch encoder.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = Path(model_dir)
+    onnx_path = _resolve(model_dir, file_name)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path} does not exist; create it with `gte-st export {model_dir}`.")
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        if not Path(file_name).is_absolute() and providers is None and num_threads is None:
+            return SentenceTransformer(
+                str(model_dir),
+                backend="onnx",
+                model_kwargs={"file_name": file_name, **kwargs.pop("model_kwargs", {})},
+                **kwargs,
+            )
+    return _replace_encoder(
+        model_dir,
+        lambda config: OnnxRuntimeEncoder(onnx_path, config, providers=providers, num_threads=num_threads),
+        "onnx",
+        **kwargs,
+    )
+
+
+def load_openvino_model(
+    model_dir: str | Path,
+    file_name: str = "openvino/openvino_model.xml",
+    *,
+    precision: str | None = None,
+    ov_config: dict[str, Any] | None = None,
+    **kwargs: Any,
+):
+    """Load ``model_dir`` as a :class:`~sentence_transformers.SentenceTransformer` whose transformer runs the
+    OpenVINO IR ``file_name`` (relative to the transformer folder, or an absolute path).
+
+    Where optimum-intel is installed (it pins transformers<5.6) and no ``precision`` / ``ov_config`` is asked for,
+    this is ``SentenceTransformer(model_dir, backend="openvino", model_kwargs={"file_name": ...})``; otherwise the
+    pipeline is assembled with :class:`OpenVINOEncoder` in place of the torch encoder (``precision``: see there).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = Path(model_dir)
+    xml_path = _resolve(model_dir, file_name)
+    if not xml_path.is_file() or not xml_path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(
+            f"{xml_path} (+ .bin) does not exist; create it with `gte-st export {model_dir} --format openvino`."
+        )
+    try:
+        import optimum.intel.openvino  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        if not Path(file_name).is_absolute() and precision is None and ov_config is None:
+            return SentenceTransformer(
+                str(model_dir),
+                backend="openvino",
+                model_kwargs={"file_name": file_name, **kwargs.pop("model_kwargs", {})},
+                **kwargs,
+            )
+    return _replace_encoder(
+        model_dir,
+        lambda config: OpenVINOEncoder(xml_path, config, precision=precision, ov_config=ov_config),
+        "openvino",
+        **kwargs,
+    )
+
+
+def backend_of(file_name: str | Path) -> str:
+    """``"onnx"`` for ``.onnx`` files, ``"openvino"`` for ``.xml`` IRs."""
+    suffix = Path(file_name).suffix
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix == ".xml":
+        return "openvino"
+    raise ValueError(f"{file_name}: not an exported artifact (expected a .onnx file or an OpenVINO .xml)")
+
+
+DEFAULT_FILES = {"onnx": f"{ONNX_DIR}/model.onnx", "openvino": f"{OPENVINO_DIR}/openvino_model.xml"}
+
+
+def load_exported(model_dir: str | Path, file_name: str | None = None, *, backend: str | None = None, **kwargs: Any):
+    """Load an exported artifact of ``model_dir``: ``file_name`` (``.onnx`` or ``.xml``) or the default file of
+    ``backend`` (``"onnx"``: ``onnx/model.onnx``, ``"openvino"``: ``openvino/openvino_model.xml``)."""
+    if file_name is None:
+        if backend not in DEFAULT_FILES:
+            raise ValueError(f"backend must be 'onnx' or 'openvino' when no file_name is given, got {backend!r}")
+        file_name = DEFAULT_FILES[backend]
+    kind = backend_of(file_name)
+    if backend is not None and backend != kind:
+        raise ValueError(f"{file_name} is an {kind} artifact, not {backend}")
+    loader = load_onnx_model if kind == "onnx" else load_openvino_model
+    return loader(model_dir, file_name, **kwargs)
