@@ -1,13 +1,14 @@
 """Run by the *consumers* interpreter (scripts/setup_consumers_env.sh: sentence-transformers 5.7 + optimum-onnx +
-transformers 4.57, FastEmbed 0.9): load a gte-st model directory the way a consumer does and save the embeddings, so
-the test can compare them with the torch model of the main environment.
+optimum-intel + transformers 4.57, FastEmbed 0.9): load a gte-st model directory the way a consumer does and save the
+embeddings, so the test can compare them with the torch model of the main environment.
 
-    python consumers_check.py st-onnx   MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
-    python consumers_check.py fastembed MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
+    python consumers_check.py st-onnx     MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
+    python consumers_check.py st-openvino MODEL_DIR XML_FILE  OUT_PREFIX TEXT [TEXT ...]
+    python consumers_check.py fastembed   MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
 
 ``st-onnx`` loads the directory with sentence-transformers' torch backend (``OUT_PREFIX + "torch.npy"``) and with
-its ONNX backend (``"onnx.npy"``); ``fastembed`` registers the directory as a custom mean-pooled, normalised model
-and embeds with FastEmbed (``"fastembed.npy"``).
+its ONNX backend (``"onnx.npy"``); ``st-openvino`` with its OpenVINO backend (``"openvino.npy"``); ``fastembed``
+registers the directory as a custom mean-pooled, normalised model and embeds with FastEmbed (``"fastembed.npy"``).
 """
 
 import json
@@ -28,6 +29,14 @@ if consumer == "st-onnx":
     assert backend_model == "ORTModelForFeatureExtraction", backend_model
     np.save(f"{out_prefix}onnx.npy", onnx_model.encode(texts, convert_to_numpy=True))
     print([type(module).__name__ for module in onnx_model], backend_model)
+elif consumer == "st-openvino":
+    from sentence_transformers import SentenceTransformer
+
+    ov_model = SentenceTransformer(model_dir, backend="openvino", device="cpu", model_kwargs={"file_name": file_name})
+    backend_model = type(ov_model[0].auto_model).__name__
+    assert backend_model == "OVModelForFeatureExtraction", backend_model
+    np.save(f"{out_prefix}openvino.npy", ov_model.encode(texts, convert_to_numpy=True))
+    print([type(module).__name__ for module in ov_model], backend_model)
 elif consumer == "fastembed":
     from fastembed import TextEmbedding
     from fastembed.common.model_description import ModelSource, PoolingType

@@ -77,3 +77,53 @@ def test_batches_cover_every_row_once_and_grow_for_short_texts():
     assert covered == list(range(len(lengths)))
     assert spans[0] == (0, 4)
     assert max(end - start for start, end in spans) == 16  # capped at 4x batch_size
+
+
+@pytest.fixture(scope="module")
+def exported_tiny(tiny_gte_dir, tmp_path_factory):
+    """The tiny GTE model with its ONNX graph and (where openvino is installed) its OpenVINO IR."""
+    import importlib.util
+    import shutil
+
+    pytest.importorskip("onnxruntime")
+    from gte_st.export import export
+
+    model_dir = tmp_path_factory.mktemp("encode-exported") / "m"
+    shutil.copytree(tiny_gte_dir, model_dir)
+    export(model_dir, "onnx", optimize=False)
+    if importlib.util.find_spec("openvino") is not None:
+        export(model_dir, "openvino")
+    return model_dir
+
+
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_encode_runs_exported_artifacts_from_a_directory_or_a_loaded_model(backend, exported_tiny, sentences):
+    from sentence_transformers import SentenceTransformer
+
+    from gte_st.export import load_exported
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    texts = sorted(sentences, key=len)[:40]
+    stock = SentenceTransformer(str(exported_tiny), device="cpu").encode(texts, normalize_embeddings=True)
+    by_dir = encode(exported_tiny, texts, backend=backend, batch_size=8)
+    assert by_dir.dtype == np.float32 and by_dir.shape == stock.shape
+    # bf16 is OpenVINO's default on AMX CPUs; ONNX Runtime runs the fp32 graph
+    assert (by_dir * stock).sum(1).min() > (0.999 if backend == "openvino" else 0.99999)
+    loaded = load_exported(exported_tiny, backend=backend)
+    np.testing.assert_allclose(encode(loaded, texts, batch_size=8), by_dir, atol=2e-3)
+    file_name = "onnx/model.onnx" if backend == "onnx" else "openvino/openvino_model.xml"
+    np.testing.assert_allclose(encode(exported_tiny, texts, file_name=file_name, batch_size=8), by_dir, atol=1e-6)
+    with pytest.raises(ValueError, match=f"runs on 'torch', not '{backend}'"):
+        encode(SentenceTransformer(str(exported_tiny), device="cpu"), texts, backend=backend)
+
+
+def test_encode_backend_errors(tiny_model, exported_tiny):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        encode(tiny_model, ["a"], backend="tensorrt")
+    with pytest.raises(ValueError, match="file_name only applies"):
+        encode(tiny_model, ["a"], file_name="onnx/model.onnx")
+    with pytest.raises(ValueError, match="not an exported artifact"):
+        encode(exported_tiny, ["a"], file_name="model.safetensors")
+    torch_by_dir = encode(exported_tiny, ["a man plays a guitar"], precision="fp32")
+    assert torch_by_dir.shape[0] == 1  # backend defaults to torch for a directory

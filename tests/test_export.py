@@ -1,4 +1,5 @@
-"""ONNX export: the optimum-style layout, parity with torch, atomic refusal, int8, ONNX Runtime used directly."""
+"""Export: ONNX (fp32, fused O2, int8 dynamic / static) and OpenVINO IR (fp32, bf16, int8 static): layouts the
+consumers read, the minimum-cosine gate, atomic refusal, loaders, native GTE / ModernBERT bases, the CLI."""
 
 from __future__ import annotations
 
@@ -14,6 +15,20 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 SENTENCES = ["A man is playing a guitar.", "Hi!", "Two dogs run across a snowy field in the early morning light."]
+# Tiny random models: a small calibration set keeps static quantisation fast; the gate is still the real one.
+FAST = {"calibration_size": 16}
+
+
+def _copy(source: Path, tmp_path: Path) -> Path:
+    model_dir = tmp_path / "m"
+    shutil.copytree(source, model_dir)
+    return model_dir
+
+
+def _reference(model_dir: Path, texts: list[str] = SENTENCES) -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu").encode(texts, normalize_embeddings=True)
 
 
 def _numpy_mean_pool(model_dir: Path, onnx_file: Path, texts: list[str]) -> np.ndarray:
@@ -33,84 +48,228 @@ def _numpy_mean_pool(model_dir: Path, onnx_file: Path, texts: list[str]) -> np.n
     return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
-def test_export_writes_verified_onnx_loadable_by_onnxruntime_and_sentence_transformers(tiny_gte_dir, tmp_path):
-    from sentence_transformers import SentenceTransformer
+@pytest.fixture(scope="module")
+def onnx_exported(tiny_gte_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny GTE model exported once to ONNX with the fused graph and the dynamic int8 variant."""
+    from gte_st.export import export
 
-    from gte_st.export import export_onnx, load_onnx_model
+    model_dir = _copy(tiny_gte_dir, tmp_path_factory.mktemp("onnx"))
+    return model_dir, export(model_dir, "onnx", "int8-dynamic")
 
-    model_dir = tmp_path / "m"
-    shutil.copytree(tiny_gte_dir, model_dir)
-    report = export_onnx(model_dir, thresholds={"int8": 0.0}, quantize="int8")
-    assert report.ok and [v.variant for v in report.variants] == ["fp32", "int8"]
-    assert (model_dir / "onnx" / "model.onnx").is_file() and (model_dir / "onnx" / "model_qint8.onnx").is_file()
-    assert not list(model_dir.glob(".gte-st-export-*")), "temporary export folder left behind"
-    assert report.variants[0].mean_cosine >= 0.999
 
+def test_onnx_export_writes_verified_variants_in_the_optimum_layout(onnx_exported):
     import onnxruntime as ort
+
+    from gte_st.export import PARITY_THRESHOLDS, load_exported, load_onnx_model
+
+    model_dir, report = onnx_exported
+    assert report.ok and [v.variant for v in report.variants] == ["onnx-fp32", "onnx-O2", "onnx-int8-dynamic"]
+    assert sorted(p.name for p in (model_dir / "onnx").iterdir()) == [
+        "model.onnx",
+        "model_O2.onnx",
+        "model_qint8.onnx",
+    ]
+    assert not list(model_dir.glob(".gte-st-export-*")), "temporary export folder left behind"
+    for variant in report.variants:
+        assert variant.min_cosine >= PARITY_THRESHOLDS[variant.precision] and variant.threshold > 0.9
+        assert variant.min_cosine <= variant.mean_cosine
+    assert report.variants[1].details["fused_operators"]["Attention"] == 2  # one fused attention per layer
 
     session = ort.InferenceSession(str(model_dir / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [o.name for o in session.get_outputs()] == ["last_hidden_state"]
     assert session.get_inputs()[0].shape == ["batch_size", "sequence_length"]
 
-    reference = SentenceTransformer(str(model_dir), device="cpu").encode(SENTENCES, normalize_embeddings=True)
-    direct = _numpy_mean_pool(model_dir, model_dir / "onnx" / "model.onnx", SENTENCES)
+    reference = _reference(model_dir)
+    direct = _numpy_mean_pool(model_dir, model_dir / "onnx" / "model_O2.onnx", SENTENCES)
     assert (direct * reference).sum(1).min() > 0.9999
-    via_st = load_onnx_model(model_dir).encode(SENTENCES, normalize_embeddings=True)
-    assert (via_st * reference).sum(1).min() > 0.9999
-    int8 = load_onnx_model(model_dir, "onnx/model_qint8.onnx").encode(SENTENCES, normalize_embeddings=True)
-    assert int8.shape == reference.shape
+    assert (load_onnx_model(model_dir).encode(SENTENCES) * reference).sum(1).min() > 0.9999
+    int8 = load_exported(model_dir, "onnx/model_qint8.onnx")
+    assert int8.backend == "onnx" and int8.encode(SENTENCES).shape == reference.shape
 
 
-def test_export_refuses_a_variant_that_fails_parity_and_writes_nothing(tiny_gte_dir, tmp_path, capsys):
-    from gte_st.export import ExportParityError, export_onnx
+def test_refused_variant_writes_nothing(tiny_gte_dir, tmp_path):
+    from gte_st.export import ExportParityError, export
 
-    model_dir = tmp_path / "m"
-    shutil.copytree(tiny_gte_dir, model_dir)
-    with pytest.raises(ExportParityError, match="refused: fp32 .* below the threshold 1.5"):
-        export_onnx(model_dir, thresholds={"fp32": 1.5})
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    with pytest.raises(ExportParityError, match="refused: onnx-fp32 .* minimum cosine .* below the threshold 1.5"):
+        export(model_dir, "onnx", optimize=False, thresholds={"fp32": 1.5})
     assert not (model_dir / "onnx").exists()
     assert not list(model_dir.glob(".gte-st-export-*"))
 
 
-def test_export_cli_errors(tmp_path, capsys):
+def test_static_int8_onnx_calibrates_on_a_user_file(tiny_gte_dir, tmp_path):
+    import onnx
+
+    from gte_st.export import export, load_exported
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n".join(SENTENCES * 3) + "\n\n")
+    report = export(model_dir, "onnx", "int8-static", optimize=False, calibration=calibration)
+    assert [v.variant for v in report.variants] == ["onnx-fp32", "onnx-int8-static"]
+    assert report.variants[1].details["calibration_texts"] == 9  # the empty lines are skipped
+    # the fused graph it is built from is an intermediate here (optimize=False): not written
+    assert sorted(p.name for p in (model_dir / "onnx").iterdir()) == ["model.onnx", "model_qint8_static.onnx"]
+    graph = onnx.load(str(model_dir / "onnx" / "model_qint8_static.onnx")).graph
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}  # QDQ format
+    cosines = load_exported(model_dir, "onnx/model_qint8_static.onnx").encode(SENTENCES) * _reference(model_dir)
+    assert cosines.sum(1).min() >= report.variants[1].threshold
+
+
+def test_openvino_ir_in_the_layout_sentence_transformers_reads(tiny_gte_dir, tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from gte_st.export import OpenVINOEncoder, export, load_openvino_model
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    report = export(model_dir, "openvino", "int8-static", **FAST)
+    assert [v.variant for v in report.variants] == ["openvino-fp32", "openvino-int8-static"]
+    assert sorted(p.name for p in (model_dir / "openvino").iterdir()) == [
+        "openvino_model.bin",
+        "openvino_model.xml",
+        "openvino_model_qint8_quantized.bin",
+        "openvino_model_qint8_quantized.xml",
+    ]
+    assert not (model_dir / "onnx").exists()  # the ONNX graph it was converted from is an intermediate
+    assert report.variants[0].details["inference_precision"] == "f32"  # the fp32 gate ran in f32
+
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(model_dir / "openvino" / "openvino_model.xml"))
+    assert [port.get_any_name() for port in ir.inputs] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert ir.outputs[0].get_any_name() == "last_hidden_state"
+    assert ir.inputs[0].get_partial_shape().is_dynamic
+    quantized = ov.Core().read_model(str(model_dir / "openvino" / "openvino_model_qint8_quantized.xml"))
+    assert "FakeQuantize" in {op.get_type_name() for op in quantized.get_ops()}
+
+    model = load_openvino_model(model_dir, precision="fp32")
+    assert isinstance(model[0].model, OpenVINOEncoder) and model.backend == "openvino"
+    reference = _reference(model_dir)
+    np.testing.assert_allclose(model.encode(SENTENCES), reference, atol=1e-5)
+
+
+def test_openvino_bf16_is_gated_as_bf16_execution(tiny_gte_dir, tmp_path):
+    pytest.importorskip("openvino")
+    from gte_st.export import PARITY_THRESHOLDS, export
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    (variant,) = export(model_dir, "openvino", "bf16").variants
+    assert (
+        variant.variant == "openvino-bf16" and variant.written and variant.file_name == "openvino/openvino_model.xml"
+    )
+    assert variant.threshold == PARITY_THRESHOLDS["bf16"] and variant.details["inference_precision"] == "bf16"
+    with pytest.raises(ValueError, match="quantize='bf16' is an OpenVINO variant"):
+        export(model_dir, "onnx", "bf16")
+    with pytest.raises(ValueError, match="format must be"):
+        export(model_dir, "tensorrt")
+
+
+@pytest.mark.parametrize("base", ["tiny_gte_native_dir", "tiny_modernbert_dir"])
+def test_native_gte_and_modernbert_export_with_parity(base, request, tmp_path):
+    """RoPE (native GteModel) and ModernBERT's local/global attention survive ONNX export, fusion, int8 and the
+    OpenVINO conversion; the fp32 graphs reproduce torch (min cosine >= 0.999 on the parity sample)."""
+    pytest.importorskip("openvino")
+    import gte_st
+    from gte_st.export import PARITY_SAMPLE, export, load_exported
+
+    model_dir = tmp_path / "m"
+    gte_st.build_model(str(request.getfixturevalue(base))).save(str(model_dir))
+    onnx_report = export(model_dir, "onnx", "int8-dynamic")
+    ov_report = export(model_dir, "openvino")
+    assert onnx_report.ok and ov_report.ok
+    for variant in onnx_report.variants + ov_report.variants:
+        assert variant.min_cosine >= variant.threshold, variant
+    reference = _reference(model_dir, PARITY_SAMPLE)
+    for file_name in ("onnx/model_O2.onnx", "openvino/openvino_model.xml"):
+        kwargs = {"precision": "fp32"} if file_name.endswith(".xml") else {}
+        cosines = (load_exported(model_dir, file_name, **kwargs).encode(PARITY_SAMPLE) * reference).sum(1)
+        assert cosines.min() >= 0.999, (file_name, cosines.min())
+
+
+def test_parity_sample_has_short_long_and_non_english_texts(tiny_model):
+    from gte_st.export import PARITY_SAMPLE, calibration_sample, read_texts
+
+    tokenizer = tiny_model.tokenizer
+    lengths = [len(tokenizer(t)["input_ids"]) for t in PARITY_SAMPLE]
+    assert min(lengths) <= 3 and max(lengths) > 512
+    assert sum(any(ord(c) > 0x2FF for c in t) for t in PARITY_SAMPLE) >= 4
+    calibration = calibration_sample(150)
+    assert len(calibration) == len(set(calibration)) == 150
+    assert read_texts(calibration, limit=5) == calibration[:5]
+
+
+def test_read_texts_from_txt_and_beir_jsonl_gz(tmp_path):
+    import gzip
+
+    from gte_st.export import read_texts
+
+    (tmp_path / "t.txt").write_text("one\n\ntwo\n")
+    assert read_texts(tmp_path / "t.txt") == ["one", "two"]
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"_id": "1", "title": "T", "text": "body"}) + "\n")
+    assert read_texts(tmp_path / "c.jsonl.gz") == ["T body"]
+    with pytest.raises(ValueError, match="no texts"):
+        (tmp_path / "empty.txt").write_text("\n")
+        read_texts(tmp_path / "empty.txt")
+
+
+def test_export_cli_legacy_spelling_errors_and_report(tiny_gte_dir, tmp_path, capsys):
     from gte_st.cli import main
 
-    assert main(["export", str(tmp_path / "missing"), "--onnx"]) == 2
+    assert main(["export", str(tmp_path / "missing"), "--onnx"]) == 1
     assert "does not exist" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["export", str(tmp_path)])  # neither --onnx nor anything else to do
+    assert main(["export", str(tmp_path), "--onnx", "--format", "openvino"]) == 2
+    assert "--onnx contradicts" in capsys.readouterr().err
+    assert main(["export", str(tiny_gte_dir), "--quantize", "bf16"]) == 1
+    assert "OpenVINO variant" in capsys.readouterr().err
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    report_file = tmp_path / "report.json"
+    code = main(
+        ["export", str(model_dir), "--onnx", "--quantize", "int8", "--no-optimize", "--report", str(report_file)]
+    )
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert [v["variant"] for v in json.loads(report_file.read_text())["variants"]] == [
+        "onnx-fp32",
+        "onnx-int8-dynamic",
+    ]
+    assert 'model_kwargs={"file_name": "onnx/model_qint8.onnx"}' in out.out  # how to load what was written
+    # a refused variant: the table is printed, the exit code is 1, the file is not written
+    code = main(["export", str(model_dir), "--no-optimize", "--threshold", "fp32=1.5", "--report", str(report_file)])
+    out = capsys.readouterr()
+    assert code == 1 and "REFUSED" in out.out and "below the threshold 1.5" in out.err
+    assert json.loads(report_file.read_text())["ok"] is False
 
 
-def test_minilm_fp32_and_int8_parity_with_quality_deltas(minilm_dir, shared_data, tmp_path, capsys):
-    """The real model: fp32 cosine >= 0.999 and int8 >= 0.99 on a handful of sentences, STS deltas reported."""
-    from gte_st.cli import main
+@pytest.mark.slow
+def test_minilm_gate_judges_the_minimum_and_reports_quality_deltas(minilm_dir, shared_data, tmp_path):
+    """all-MiniLM-L6-v2: fp32 and fused fp32 reproduce torch on every sample text; the dynamic int8 variant's
+    *minimum* cosine (a one-word text) is what decides, whatever its mean; static int8 is reported with STS deltas."""
+    from gte_st.export import ExportParityError, export
 
-    model_dir = tmp_path / "minilm"
-    shutil.copytree(minilm_dir, model_dir)
+    model_dir = _copy(minilm_dir, tmp_path)
     rows = [line.split("\t") for line in (shared_data / "stsb" / "sts-dev.csv").read_text().splitlines()[:40]]
     sts = tmp_path / "sts.jsonl"
     sts.write_text(
         "".join(json.dumps({"sentence1": r[5], "sentence2": r[6], "score": float(r[4])}) + "\n" for r in rows)
     )
-    report_file = tmp_path / "report.json"
-    code = main(
-        ["export", str(model_dir), "--onnx", "--quantize", "int8", "--sts", str(sts), "--report", str(report_file)]
-    )
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    report = json.loads(report_file.read_text())
-    fp32, int8 = report["variants"]
-    assert fp32["written"] and fp32["mean_cosine"] >= 0.999 and fp32["min_cosine"] >= 0.999
-    assert int8["written"] and int8["mean_cosine"] >= 0.99
-    (task, scores), *_ = fp32["quality"].items()
+    try:
+        report = export(model_dir, "onnx", "int8-dynamic", sts=sts)
+    except ExportParityError as exc:
+        report = exc.report
+    fp32, o2, int8 = report.variants
+    assert fp32.written and o2.written and min(fp32.min_cosine, o2.min_cosine) >= 0.999
+    (task, scores), *_ = fp32.quality.items()
     assert task.startswith("sts:") and abs(scores["delta"]) < 0.005
-    assert abs(next(iter(int8["quality"].values()))["delta"]) < 0.05
-    assert "delta" in out.out
-    assert 'model_kwargs={"file_name": "onnx/model_qint8.onnx"}' in out.out  # how to load what was written
+    assert int8.written == (int8.min_cosine >= 0.98)  # the minimum decides ...
+    assert (model_dir / "onnx" / "model_qint8.onnx").is_file() == int8.written
+    assert int8.mean_cosine > int8.min_cosine  # ... not the mean
 
 
-def _consumers_python() -> str:
+@pytest.fixture(scope="module")
+def consumers_python() -> str:
     """The interpreter of the consumers' environment (scripts/setup_consumers_env.sh); skips the test without it."""
     python = os.environ.get("GTE_ST_CONSUMERS_PYTHON")
     if not python:
@@ -118,11 +277,11 @@ def _consumers_python() -> str:
     return python
 
 
-def _run_consumer(consumer: str, model_dir: Path, file_name: str, out_prefix: Path) -> str:
+def _run_consumer(python: str, consumer: str, model_dir: Path, file_name: str, out_prefix: Path) -> str:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     script = Path(__file__).with_name("consumers_check.py")
     done = subprocess.run(
-        [_consumers_python(), str(script), consumer, str(model_dir), file_name, str(out_prefix), *SENTENCES],
+        [python, str(script), consumer, str(model_dir), file_name, str(out_prefix), *SENTENCES],
         capture_output=True,
         text=True,
         env=env,
@@ -133,23 +292,25 @@ def _run_consumer(consumer: str, model_dir: Path, file_name: str, out_prefix: Pa
 
 
 @pytest.fixture(scope="module")
-def exported_dir(tiny_gte_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gte_st.export import export_onnx
+def exported_dir(consumers_python: str, tiny_gte_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny GTE model with every artifact the consumers load: ONNX fp32 / O2 / int8 and the OpenVINO IRs."""
+    from gte_st.export import export
 
-    model_dir = tmp_path_factory.mktemp("exported") / "m"
-    shutil.copytree(tiny_gte_dir, model_dir)
-    export_onnx(model_dir, quantize="int8", thresholds={"int8": 0.0})
+    model_dir = _copy(tiny_gte_dir, tmp_path_factory.mktemp("exported"))
+    export(model_dir, "onnx", "int8-dynamic")
+    if _has("openvino") and _has("nncf"):
+        export(model_dir, "openvino", "int8-static", **FAST)
     return model_dir
 
 
-def _reference(model_dir: Path) -> np.ndarray:
-    from sentence_transformers import SentenceTransformer
+def _has(module: str) -> bool:
+    import importlib.util
 
-    return SentenceTransformer(str(model_dir), device="cpu").encode(SENTENCES)
+    return importlib.util.find_spec(module) is not None
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int8"])
-def test_sentence_transformers_onnx_backend_loads_the_export(variant, exported_dir, tmp_path):
+@pytest.mark.parametrize("file_name", ["onnx/model.onnx", "onnx/model_O2.onnx", "onnx/model_qint8.onnx"])
+def test_sentence_transformers_onnx_backend_loads_the_export(file_name, consumers_python, exported_dir, tmp_path):
     """The export loads with ``SentenceTransformer(dir, backend="onnx")``, through the real optimum-based loader.
 
     optimum-onnx pins transformers<4.58, so this runs in the consumers' environment that ``scripts/test.sh`` builds
@@ -157,9 +318,7 @@ def test_sentence_transformers_onnx_backend_loads_the_export(variant, exported_d
     torch model, which checks that a directory saved with sentence-transformers 6 + gte-st reads in the older
     release.
     """
-    from gte_st.export import ONNX_FILE_NAMES
-
-    out = _run_consumer("st-onnx", exported_dir, f"onnx/{ONNX_FILE_NAMES[variant]}", tmp_path / "emb_")
+    out = _run_consumer(consumers_python, "st-onnx", exported_dir, file_name, tmp_path / "emb_")
     assert "['Transformer', 'Pooling', 'Normalize'] ORTModelForFeatureExtraction" in out
     reference = _reference(exported_dir)
     np.testing.assert_allclose(np.load(tmp_path / "emb_torch.npy"), reference, atol=1e-5)
@@ -167,13 +326,26 @@ def test_sentence_transformers_onnx_backend_loads_the_export(variant, exported_d
     # the ONNX pipeline applies the saved 1_Pooling (mean) and 2_Normalize modules too
     np.testing.assert_allclose(np.linalg.norm(onnx_embeddings, axis=1), 1.0, atol=1e-4)
     cosines = (onnx_embeddings * reference).sum(1)
-    assert cosines.min() > (0.9999 if variant == "fp32" else 0.9), cosines
+    assert cosines.min() > (0.98 if "qint8" in file_name else 0.9999), cosines
 
 
-def test_fastembed_loads_the_export(exported_dir, tmp_path):
+@pytest.mark.parametrize("file_name", ["openvino/openvino_model.xml", "openvino/openvino_model_qint8_quantized.xml"])
+def test_sentence_transformers_openvino_backend_loads_the_ir(file_name, consumers_python, exported_dir, tmp_path):
+    """``SentenceTransformer(dir, backend="openvino")`` (optimum-intel's OVModelForFeatureExtraction, in the
+    consumers' environment) reads the IR written by the ``openvino`` package alone."""
+    if not (exported_dir / file_name).is_file():
+        pytest.skip("openvino / nncf not installed in the main environment")
+    out = _run_consumer(consumers_python, "st-openvino", exported_dir, file_name, tmp_path / "emb_")
+    assert "['Transformer', 'Pooling', 'Normalize'] OVModelForFeatureExtraction" in out
+    embeddings = np.load(tmp_path / "emb_openvino.npy")
+    cosines = (embeddings * _reference(exported_dir)).sum(1)
+    assert cosines.min() > (0.98 if "qint8" in file_name else 0.99), cosines  # OpenVINO's default: bf16 on AMX
+
+
+def test_fastembed_loads_the_export(consumers_python, exported_dir, tmp_path):
     """FastEmbed (which pins huggingface-hub<2, hence the consumers' environment) embeds with the exported file,
     the tokenizer at the root and the pooling read from ``1_Pooling/config.json``, as the torch model does."""
-    out = _run_consumer("fastembed", exported_dir, "onnx/model.onnx", tmp_path / "emb_")
+    out = _run_consumer(consumers_python, "fastembed", exported_dir, "onnx/model.onnx", tmp_path / "emb_")
     assert out.startswith("fastembed")
     embeddings = np.load(tmp_path / "emb_fastembed.npy")
     reference = _reference(exported_dir)

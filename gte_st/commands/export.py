@@ -44,7 +44,9 @@ def build_parser() -> ArgumentParser:
         help="also write a quantised variant ('int8' = 'int8-dynamic'; 'bf16' is OpenVINO's bf16 execution)",
     )
     parser.add_argument(
-        "--no-optimize", action="store_true", help="ONNX: skip the fused onnx/model_O2.onnx (ORT transformer optimizer)"
+        "--no-optimize",
+        action="store_true",
+        help="ONNX: skip the fused onnx/model_O2.onnx (ORT transformer optimizer)",
     )
     parser.add_argument("--calibration", help="static int8: texts to calibrate on (txt: one per line; jsonl[.gz])")
     parser.add_argument("--calibration-size", type=positive_int, default=200, help="calibration texts used")

@@ -142,10 +142,14 @@ def _plan(format: str, quantize: str, optimize: bool) -> list[_Step]:
             steps.append(o2 if optimize else _Step(**{**asdict(o2), "publish": False}))
         base = "onnx-O2" if needs_o2 else "onnx-fp32"
         if quantize == "int8-dynamic":
-            steps.append(_Step("onnx-int8-dynamic", f"onnx/{ONNX_FILE_NAMES['int8']}", "ort-dynamic", base, True, "int8"))
+            steps.append(
+                _Step("onnx-int8-dynamic", f"onnx/{ONNX_FILE_NAMES['int8']}", "ort-dynamic", base, True, "int8")
+            )
         elif quantize == "int8-static":
             steps.append(
-                _Step("onnx-int8-static", f"onnx/{ONNX_FILE_NAMES['int8-static']}", "ort-static", "onnx-O2", True, "int8")
+                _Step(
+                    "onnx-int8-static", f"onnx/{ONNX_FILE_NAMES['int8-static']}", "ort-static", "onnx-O2", True, "int8"
+                )
             )
         return steps
     ir = f"openvino/{OPENVINO_FILE_NAMES['fp32']}"
