@@ -50,13 +50,6 @@ from gte_st.export.variants import (
 DEFAULT_SAMPLE = PARITY_SAMPLE  # the earlier name
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``gte-st export`` (kept here so ``gte_st.cli`` finds it; the command lives in :mod:`gte_st.commands.export`)."""
-    from gte_st.commands.export import main as command_main
-
-    return command_main(argv)
-
-
 __all__ = [
     "DEFAULT_FILES",
     "DEFAULT_SAMPLE",
