@@ -23,7 +23,7 @@ onnx-int8-dynamic           dynamic int8 of the fused graph (QAttention; today's
 onnx-int8-static            static int8 (QDQ, calibrated on the built-in 200-text sample)
 openvino                    ``openvino/openvino_model.xml`` at OpenVINO's default precision (bf16 on AMX)
 openvino-int8-static        NNCF static int8 IR (same 200 calibration texts)
-openvino-int8-weights       NNCF int8 weight compression (OpenVINO's dynamic-quantisation counterpart)
+openvino-int8-weights       NNCF int8 weight compression (``--quantize int8-dynamic``; computed in bf16 / f32)
 ==========================  ================================================================================
 
 Artifacts run through ``model.encode`` (what a sentence-transformers user gets) and, as ``<path>+gte``, through

@@ -159,6 +159,15 @@ def test_openvino_bf16_is_gated_as_bf16_execution(tiny_gte_dir, tmp_path):
         variant.variant == "openvino-bf16" and variant.written and variant.file_name == "openvino/openvino_model.xml"
     )
     assert variant.threshold == PARITY_THRESHOLDS["bf16"] and variant.details["inference_precision"] == "bf16"
+    pytest.importorskip("nncf")
+    (weights,) = export(model_dir, "openvino", "int8-dynamic", optimize=False).variants[1:]
+    assert weights.variant == "openvino-int8-weights" and weights.written
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(model_dir / weights.file_name))
+    assert "i8" in {
+        op.get_output_element_type(0).get_type_name() for op in ir.get_ops() if op.get_type_name() == "Constant"
+    }
     with pytest.raises(ValueError, match="quantize='bf16' is an OpenVINO variant"):
         export(model_dir, "onnx", "bf16")
     with pytest.raises(ValueError, match="format must be"):

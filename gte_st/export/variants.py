@@ -18,7 +18,10 @@ The names are the ones sentence-transformers uses for its own exports (``model_O
 variants are built from the fused ``model_O2`` graph when ``optimize`` is on (static quantisation always is: on the
 unfused all-MiniLM-L6-v2 graph its QKV projections lost too much, minimum cosine 0.66). OpenVINO's IR is converted
 from the verified fp32 ONNX graph; its int8 variants are gated as OpenVINO runs them by default (non-quantised layers
-in bf16 on AMX CPUs).
+in bf16 on AMX CPUs). OpenVINO's CPU plugin has no run-time activation quantisation for these layers (checked on
+2026.4: the compiled kernels of an int8-weight IR are ``brgemm_avx512_amx_bf16``), so ``int8-dynamic`` there means
+int8 *weights* (``openvino-int8-weights``: a 4x smaller file, decompressed and computed in bf16 / f32), not int8
+compute; ``int8-static`` is OpenVINO's int8-compute variant.
 
 Every variant is built in a temporary folder inside the model directory, loaded back with its runtime, compared with
 the torch model on the parity sample (:mod:`gte_st.export.parity`: the **minimum** cosine is judged) and only then
@@ -65,7 +68,7 @@ class VariantReport:
     """What one exported variant measured and where it was written.
 
     ``variant`` is ``<format>-<kind>`` (``onnx-fp32``, ``onnx-O2``, ``onnx-int8-dynamic``, ``onnx-int8-static``,
-    ``openvino-fp32``, ``openvino-bf16``, ``openvino-int8-static``, ``openvino-int8-dynamic``); ``precision`` the
+    ``openvino-fp32``, ``openvino-bf16``, ``openvino-int8-static``, ``openvino-int8-weights``); ``precision`` the
     threshold class it was judged by; ``quality`` maps each task to ``{"torch", "exported", "delta"}``."""
 
     variant: str
@@ -164,7 +167,7 @@ def _plan(format: str, quantize: str, optimize: bool) -> list[_Step]:
         )  # fmt: skip
     elif quantize == "int8-dynamic":
         steps.append(
-            _Step("openvino-int8-dynamic", f"openvino/{OPENVINO_FILE_NAMES['int8-dynamic']}", "nncf-weights",
+            _Step("openvino-int8-weights", f"openvino/{OPENVINO_FILE_NAMES['int8-dynamic']}", "nncf-weights",
                   "openvino-fp32", True, "int8")
         )  # fmt: skip
     return steps
