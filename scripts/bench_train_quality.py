@@ -245,7 +245,15 @@ def main() -> None:
     parser.add_argument("--out-dir", default="bench-quality", help="training data, models and logs")
     parser.add_argument("--results", default="docs/results/train_quality.json", help="JSON results file (merged)")
     parser.add_argument("--plot", default=None, help="PNG plot of every result in --results")
+    parser.add_argument("--report-only", action="store_true", help="only print the tables and plot of --results")
     args = parser.parse_args()
+    if args.report_only:
+        results = json.loads(Path(args.results).read_text())
+        for budget in sorted({b for arm, v in results.items() if not arm.startswith("_") for b in v}):
+            print(f"budget {budget}\n{table(results, budget)}\n")
+        if args.plot:
+            plot(results, Path(args.plot))
+        return
     arms = args.arms.split(",")
     if unknown := set(arms) - set(ARMS):
         parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}")

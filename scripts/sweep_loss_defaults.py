@@ -34,7 +34,8 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 import gte_st
 from gte_st.losses import NormalizedMSELoss
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = DEFAULT_DATA
 
 
 def load_scifact_train(seed: int = 0):
@@ -86,7 +87,10 @@ def main() -> None:
     parser.add_argument("--settings", default="mnrl;0.3:2048", help="';'-separated settings (see above)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds, each setting runs once per seed")
     parser.add_argument("--out", default="sweep_loss_defaults.json")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder")
     args = parser.parse_args()
+    global DATA
+    DATA = Path(args.data_dir)
 
     train, dev_corpus, dev_queries, dev_qrels = load_scifact_train()
     s1, s2, scores = load_stsb_dev()

@@ -45,11 +45,11 @@ def main() -> None:
 
     report = {}
     options = {
-        "mean": {"margin": 0.0, "negative_weight": 1.0},
+        "mean": {"weighting": "mean", "negative_penalty": "squared_hinge", "margin": 0.0, "negative_weight": 1.0},
         "hardness": {"weighting": "hardness", "temperature": 0.1, "margin": 0.0, "negative_weight": 4.0},
         "infonce": {"weighting": "infonce", "temperature": 0.1, "negative_penalty": "hinge", "margin": -1.0,
                     "negative_weight": 2.0, "positive_margin": 0.9, "uniformity_weight": 0.5},
-        "distill": {"distillation_weight": 5.0, "margin": 0.0, "negative_weight": 1.0},
+        "distill": {"distillation_weight": 5.0},
     }  # fmt: skip
     teacher = gte_st.build_model(model_dir)  # the same weights: the student is moved away from it below
     teacher.eval()

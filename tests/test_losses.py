@@ -59,7 +59,14 @@ def test_loss_matches_formula(num_negatives, symmetric, margin, weight):
     base = torch.randn(6, 16)
     q, d = base + 0.3 * torch.randn(6, 16), base + 0.3 * torch.randn(6, 16)
     negs = [base.roll(k + 1, 0) + 0.5 * torch.randn(6, 16) for k in range(num_negatives)]
-    loss = NormalizedMSELoss(None, margin=margin, negative_weight=weight, symmetric=symmetric)
+    loss = NormalizedMSELoss(
+        None,
+        weighting="mean",
+        negative_penalty="squared_hinge",
+        margin=margin,
+        negative_weight=weight,
+        symmetric=symmetric,
+    )
     value = loss.compute_loss_from_embeddings([q, d, *negs])
     expected = reference_loss(q, d, negs, margin, weight, symmetric)
     assert value.item() == pytest.approx(expected.item(), abs=1e-6)
@@ -70,7 +77,9 @@ def test_duplicate_texts_are_never_negatives_of_each_other():
     q, d, n = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
     texts = [["a0", "a1", "a2", "a3", "a0"], ["p0", "p1", "p0", "a1", "p4"], ["n0", "p1", "n2", "n3", "n4"]]
     fingerprints = [torch.tensor([hash(t) for t in column]) for column in texts]
-    loss = NormalizedMSELoss(None, margin=-1.0, negative_weight=1.0, symmetric=True)
+    loss = NormalizedMSELoss(
+        None, weighting="mean", negative_penalty="squared_hinge", margin=-1.0, negative_weight=1.0, symmetric=True
+    )
     value = loss.compute_loss_from_embeddings([q, d, n], fingerprints=fingerprints)
     expected = reference_loss(q, d, [n], -1.0, 1.0, True, texts=texts)
     assert value.item() == pytest.approx(expected.item(), abs=1e-6)
@@ -128,8 +137,17 @@ def test_cached_loss_equals_uncached(tiny_bert_dir, symmetric):
     results = []
     for loss in (
         # margin 0: every in-batch pair with a positive cosine contributes, the strictest comparison
-        NormalizedMSELoss(model, margin=0.0, negative_weight=1.0, symmetric=symmetric),
-        CachedNormalizedMSELoss(model, margin=0.0, negative_weight=1.0, symmetric=symmetric, mini_batch_size=4),
+        NormalizedMSELoss(
+            model,
+            weighting="mean",
+            negative_penalty="squared_hinge",
+            margin=0.0,
+            negative_weight=1.0,
+            symmetric=symmetric,
+        ),
+        CachedNormalizedMSELoss(
+            model, weighting="mean", margin=0.0, negative_weight=1.0, symmetric=symmetric, mini_batch_size=4
+        ),
     ):
         model.zero_grad()
         value = loss(features(model, columns), None)
@@ -217,7 +235,7 @@ def test_config_and_citation(tiny_bert_dir):
     plain = NormalizedMSELoss(model, margin=0.2, weighting="infonce")
     config = cached.get_config_dict()
     assert config == {**plain.get_config_dict(), "mini_batch_size": 7, "mini_batch_num_tokens": 99}
-    assert config["margin"] == 0.2 and config["weighting"] == "infonce" and config["negative_weight"] == 2048.0
+    assert config["margin"] == 0.2 and config["weighting"] == "infonce" and config["negative_weight"] == 2.0
     # complete: every hyper-parameter of the constructor is reported (the model, teacher and progress bar are not)
     parameters = set(inspect.signature(CachedNormalizedMSELoss.__init__).parameters)
     assert set(config) == parameters - {"self", "model", "teacher", "show_progress_bar"}
@@ -256,7 +274,14 @@ def test_symmetric_direction_matters_only_with_hard_negatives():
     q, d, n = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
 
     def value(symmetric: bool, *columns: torch.Tensor) -> float:
-        loss = NormalizedMSELoss(None, margin=0.0, negative_weight=1.0, symmetric=symmetric)
+        loss = NormalizedMSELoss(
+            None,
+            weighting="mean",
+            negative_penalty="squared_hinge",
+            margin=0.0,
+            negative_weight=1.0,
+            symmetric=symmetric,
+        )
         return loss.compute_loss_from_embeddings(list(columns)).item()
 
     assert value(True, q, d) == pytest.approx(value(False, q, d), abs=1e-6)
@@ -328,9 +353,8 @@ def test_options_match_formula(options, num_negatives):
     negs = [base.roll(k + 1, 0) + 0.5 * torch.randn(6, 16) for k in range(num_negatives)]
     names = {"weight": "negative_weight", "tau": "temperature", "penalty": "negative_penalty",
              "uniformity": "uniformity_weight", "t": "uniformity_t"}  # fmt: skip
-    loss = NormalizedMSELoss(
-        None, **{names.get(k, k): v for k, v in {"margin": 0.3, "weight": 1.0, **options}.items()}
-    )
+    defaults = {"margin": 0.3, "weight": 1.0, "weighting": "mean", "penalty": "squared_hinge"}
+    loss = NormalizedMSELoss(None, **{names.get(k, k): v for k, v in {**defaults, **options}.items()})
     value = loss.compute_loss_from_embeddings([q, d, *negs])
     assert value.item() == pytest.approx(reference_options_loss(q, d, negs, **options).item(), abs=1e-5)
 
@@ -352,9 +376,13 @@ def test_infonce_weighting_has_mnrl_gradient(num_negatives):
     mnrl_grads = torch.autograd.grad(mnrl.compute_loss_from_embeddings(columns, None), columns)
     for a, b in zip(ours_grads, mnrl_grads):
         torch.testing.assert_close(a, 2 * tau * b, atol=1e-6, rtol=1e-4)
-    # the default weighting does not have this property: the check can fail
-    default = NormalizedMSELoss(None, negative_penalty="hinge", margin=-1.0, negative_weight=2.0)
-    default_grads = torch.autograd.grad(default.compute_loss_from_embeddings(columns), columns)
+    # the loss's defaults are exactly this setting
+    defaults = NormalizedMSELoss(None)
+    for a, b in zip(torch.autograd.grad(defaults.compute_loss_from_embeddings(columns), columns), ours_grads):
+        torch.testing.assert_close(a, b)
+    # the mean weighting does not have this property: the check can fail
+    mean = NormalizedMSELoss(None, weighting="mean", negative_penalty="hinge", margin=-1.0, negative_weight=2.0)
+    default_grads = torch.autograd.grad(mean.compute_loss_from_embeddings(columns), columns)
     assert not torch.allclose(default_grads[0], 2 * tau * mnrl_grads[0], atol=1e-4)
 
 
@@ -366,7 +394,9 @@ def test_distillation_matches_formula(tiny_bert_dir):
     nq, nd, nn_ = (F.normalize(x.double(), dim=-1) for x in (q, d, n))
     tq_, td_, tn_ = (F.normalize(x.double(), dim=-1) for x in (tq, td, tn))
     for target in ("similarities", "embeddings"):
-        loss = NormalizedMSELoss(model, negative_weight=0.0, distillation_weight=3.0, distillation_target=target)
+        loss = NormalizedMSELoss(
+            model, weighting="mean", negative_weight=0.0, distillation_weight=3.0, distillation_target=target
+        )
         value = loss.compute_loss_from_embeddings([q, d, n], teacher_embeddings=[tq, td, tn]).item()
         positive = ((nq - nd) ** 2).sum(dim=-1).mean()
         if target == "similarities":
