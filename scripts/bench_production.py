@@ -135,7 +135,9 @@ def _section_encode(args, report, model_dir, torch_model, sts, scifact, cache) -
     from gte_st.export import export_onnx, load_onnx_model
 
     start = time.perf_counter()
-    export = export_onnx(model_dir, quantize="int8")
+    # The int8 variant is benchmarked here even below the export gate's minimum-cosine threshold (0.98), which
+    # MiniLM's dynamic int8 export does not reach (scripts/bench_serving.py reports the gate's verdicts).
+    export = export_onnx(model_dir, quantize="int8", thresholds={"int8": 0.0})
     report["export"] = {**export.to_dict(), "seconds": round(time.perf_counter() - start, 1)}
     print("export", json.dumps(report["export"]["variants"]), flush=True)
     variants = {
