@@ -250,3 +250,28 @@ def test_killed_build_never_loads_and_resumes_where_it_stopped(tiny_gte_dir, sci
     )
     # bf16 (encode precision "auto") on AMX CPUs, fp32 elsewhere: compare by cosine
     assert (index.embeddings[[0, -1]] * fresh).sum(1).min() > 0.999
+
+
+def test_index_and_dedup_can_encode_with_the_exported_onnx_artifact(tiny_gte_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from gte_st.cli import main
+    from gte_st.search import Index
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_gte_dir, model)
+    assert main(["export", str(model), "--format", "onnx", "--no-optimize"]) == 0
+    texts = ["a cat sat on the mat", "dogs run in the park", "the stock market fell", "rain is expected tomorrow"]
+    corpus = _write_jsonl(tmp_path / "c.jsonl", [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+    for backend, out in (("torch", tmp_path / "torch-idx"), ("onnx", tmp_path / "onnx-idx")):
+        argv = ["index", str(corpus), "--model", str(model), "--out", str(out), "--no-progress", "--backend", backend]
+        assert main(argv) == 0
+    on_torch, on_onnx = Index.load(tmp_path / "torch-idx"), Index.load(tmp_path / "onnx-idx")
+    assert on_onnx.meta["model"]["name"] == str(model.resolve())  # queries load the model directory itself
+    assert (on_torch.embeddings * on_onnx.embeddings).sum(1).min() > 0.999
+    assert [h.id for h in on_onnx.search(texts[2], k=4)] == [h.id for h in on_torch.search(texts[2], k=4)]
+    capsys.readouterr()
+    assert main(["dedup", str(corpus), "--model", str(model), "--backend", "onnx", "--threshold", "-1",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "6 pairs with cosine >= -1.0 among 4 texts" in capsys.readouterr().err

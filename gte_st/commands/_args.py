@@ -45,12 +45,23 @@ def check_model_location(name_or_path: str) -> None:
         raise FileNotFoundError(f"model directory {name_or_path} does not exist")
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` / ``--file-name``: run the model's exported artifact (see ``gte-st export``) instead of torch."""
+    parser.add_argument(
+        "--backend", default="torch", choices=("torch", "onnx", "openvino"),
+        help="run the model on torch, or on its exported ONNX / OpenVINO artifact (create it with `gte-st export`)",
+    )  # fmt: skip
+    parser.add_argument("--file-name", help="the artifact inside the model directory, e.g. onnx/model_O2.onnx")
+
+
 def load_model(
     name_or_path: str,
     *,
     device: str | None = None,
     max_seq_length: int | None = None,
     trust_remote_code: bool = False,
+    backend: str = "torch",
+    file_name: str | None = None,
 ) -> Any:
     """The SentenceTransformer a user named: a local directory or a Hub id, loaded with :func:`gte_st.load` (so
     original-layout GTE checkpoints are converted, never run as remote code); a clear error when it cannot be."""
@@ -58,6 +69,15 @@ def load_model(
 
     check_model_location(name_or_path)
     local = Path(name_or_path).expanduser()
+    if backend != "torch" or file_name:
+        from gte_st.export import load_exported
+
+        if not local.is_dir():
+            raise FileNotFoundError(f"--backend {backend}: {name_or_path} is not a local model directory")
+        model = load_exported(local, file_name, backend=None if backend == "torch" else backend)
+        if max_seq_length is not None:
+            model.max_seq_length = max_seq_length
+        return model
     try:
         source = str(local) if local.exists() else name_or_path
         if trust_remote_code:  # the user asked for the checkpoint's own code: plain sentence-transformers loading

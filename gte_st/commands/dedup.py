@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from gte_st.commands._args import ArgumentParser, load_model, positive_int
+from gte_st.commands._args import ArgumentParser, add_backend_arguments, load_model, positive_int
 
 
 def add_corpus_and_model_arguments(parser: ArgumentParser) -> None:
@@ -17,6 +17,7 @@ def add_corpus_and_model_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--out", help="write the results as JSON lines to this file")
     parser.add_argument("--no-progress", action="store_true")
+    add_backend_arguments(parser)
 
 
 def read_texts(args) -> tuple[list[str], list[str]]:
@@ -31,7 +32,7 @@ def embed(args, texts: list[str]):
     from gte_st.encoding import encode
     from gte_st.model import default_base_model
 
-    model = load_model(args.model or default_base_model())
+    model = load_model(args.model or default_base_model(), backend=args.backend, file_name=args.file_name)
     return encode(model, texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
 
 

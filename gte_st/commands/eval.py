@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gte_st.commands._args import ArgumentParser, existing_path, load_model, positive_int
+from gte_st.commands._args import ArgumentParser, add_backend_arguments, existing_path, load_model, positive_int
 from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_write_json
 
@@ -48,6 +48,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only N pairs/texts/queries")
     parser.add_argument("--dataset", default=None, help="dataset name to report (default: the data folder's name)")
     parser.add_argument("--trust-remote-code", action="store_true")
+    add_backend_arguments(parser)
 
     group = parser.add_argument_group("retrieval")
     group.add_argument("--cache-dir", default=None, help="cache corpus embeddings here (keyed by model and corpus)")
@@ -160,8 +161,9 @@ def main(argv: list[str]) -> int:
     model = None
     if not (args.task == "retrieval" and args.retriever == "bm25"):
         model = load_model(
-            args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code
-        )
+            args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
+            backend=args.backend, file_name=args.file_name,
+        )  # fmt: skip
     results = [_run_task(args, model, path) for path in args.data]
     print(format_table(results))
     for result in results:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gte_st.commands._args import ArgumentParser, check_model_location, positive_int
+from pathlib import Path
+
+from gte_st.commands._args import ArgumentParser, add_backend_arguments, check_model_location, load_model, positive_int
 
 
 def build_parser() -> ArgumentParser:
@@ -23,6 +25,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    add_backend_arguments(parser)
     return parser
 
 
@@ -34,9 +37,12 @@ def main(argv: list[str]) -> int:
     # Everything that can be checked without the model is checked before it is loaded.
     corpus = read_corpus(args.corpus, id_field=args.id_field, text_field=args.text_field)
     check_model_location(args.model)
+    model = args.model
+    if args.backend != "torch" or args.file_name:  # encode the corpus with the exported artifact
+        model = load_model(args.model, backend=args.backend, file_name=args.file_name)
     index = build_index(
         corpus,
-        args.model,
+        model,
         args.out,
         precision=args.precision,
         index_type=args.index_type,
@@ -48,6 +54,7 @@ def main(argv: list[str]) -> int:
         show_progress_bar=not args.no_progress,
         encode_precision=args.encode_precision,
         corpus_name=str(args.corpus),
+        model_name=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
     )
     print(
         f"indexed {len(index)} documents into {args.out} ({index.precision}, {index.meta['index']['type']}, "

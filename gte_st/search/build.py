@@ -89,6 +89,7 @@ def build_index(
     embeddings: np.ndarray | None = None,
     seed: int = 0,
     corpus_name: str | None = None,
+    model_name: str | None = None,
 ) -> Index:
     """Encode a corpus and write an index directory (see the module docstring for its layout).
 
@@ -107,6 +108,8 @@ def build_index(
             queries are encoded the same way.
         embeddings: Precomputed float32, L2-normalised embeddings of the corpus (by ``model``): no encoding.
         corpus_name: What ``meta.json`` records as the corpus (default: the path, or ``<in-memory>``).
+        model_name: What ``meta.json`` records as the query model (default: the model's path or name); e.g. the
+            model directory when ``model`` is its exported artifact, so queries load the same model.
     """
     from tqdm.auto import tqdm
 
@@ -130,7 +133,8 @@ def build_index(
     else:
         ids, texts = read_corpus(corpus, id_field=id_field, text_field=text_field)
         corpus_name = corpus_name or str(corpus)
-    st_model, model_name = load_query_model(model)
+    st_model, loaded_name = load_query_model(model)
+    model_name = model_name or loaded_name
     dim = st_model.get_embedding_dimension()
     model_sha = model_fingerprint(st_model)
 
