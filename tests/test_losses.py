@@ -146,7 +146,13 @@ def test_cached_loss_equals_uncached(tiny_bert_dir, symmetric):
             symmetric=symmetric,
         ),
         CachedNormalizedMSELoss(
-            model, weighting="mean", margin=0.0, negative_weight=1.0, symmetric=symmetric, mini_batch_size=4
+            model,
+            weighting="mean",
+            negative_penalty="squared_hinge",
+            margin=0.0,
+            negative_weight=1.0,
+            symmetric=symmetric,
+            mini_batch_size=4,
         ),
     ):
         model.zero_grad()
