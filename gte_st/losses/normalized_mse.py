@@ -248,7 +248,7 @@ class NormalizedMSELoss(nn.Module):
           depart from it.
         - ``detach_weights``: treat :math:`\omega` and :math:`p` as constants (default). Without detaching, the
           gradient also flows through the weights (for ``hardness``, towards making hard negatives even harder).
-        - ``negative_penalty``: :math:`\phi(s) = \operatorname{relu}(s - m)^2` (``squared_hinge``, default) or
+        - ``negative_penalty``: :math:`\phi(s) = \operatorname{relu}(s - m)^2` (``squared_hinge``, the earlier default) or
           :math:`\operatorname{relu}(s - m)` (``hinge``, default: a constant push, needed for the InfoNCE
           equivalence).
         - ``positive_margin`` :math:`m_p`: the positive term becomes
