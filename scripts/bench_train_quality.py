@@ -226,6 +226,15 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def drop_seeds(scores: dict[str, list], seeds: list[int] | None) -> dict[str, list]:
+    """Copy of one arm's per-seed ``scores`` without the entries of ``seeds`` (``None``: drop all, for ``base``)."""
+    keep = [i for i, seed in enumerate(scores.get("seed", [])) if seeds is not None and seed not in seeds]
+    out = {metric: [values[i] for i in keep] for metric, values in scores.items()}
+    out.setdefault("seed", [])
+    out.setdefault("train_s", [])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
@@ -246,6 +255,10 @@ def main() -> None:
     parser.add_argument("--results", default="docs/results/train_quality.json", help="JSON results file (merged)")
     parser.add_argument("--plot", default=None, help="PNG plot of every result in --results")
     parser.add_argument("--report-only", action="store_true", help="only print the tables and plot of --results")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="ARM=NAME",
+        help="store ARM's results under NAME (e.g. mse=mse-old when PYTHONPATH points at an older snapshot)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.report_only:
         results = json.loads(Path(args.results).read_text())
@@ -259,6 +272,9 @@ def main() -> None:
         parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
     json.loads(args.mse_new_kwargs)
     seeds = [int(s) for s in args.seeds.split(",")]
+    labels = dict(item.split("=", 1) for item in args.label)
+    if unknown := set(labels) - set(arms):
+        parser.error(f"--label names arms not run: {sorted(unknown)}")
     budget = args.budget or f"{args.steps}x{args.batch_size}"
 
     data = Path(args.data_dir).resolve()
@@ -280,8 +296,14 @@ def main() -> None:
         "sources": {name: sum(1 for _ in open(path, encoding="utf8")) for name, path in files.items()},
     }
     for arm in arms:
-        scores: dict[str, list] = {"seed": [], "train_s": []}
-        for seed in [seeds[0]] if arm == "base" else seeds:
+        name = labels.get(arm, arm)
+        run_seeds = [seeds[0]] if arm == "base" else seeds
+        # Merge with earlier runs of this arm and budget: keep their other seeds, replace the seeds run again.
+        scores = drop_seeds(results.get(name, {}).get(budget, {}), None if arm == "base" else run_seeds)
+        abouts = results.setdefault("_about", {}).setdefault(name, {}).get(budget, [])
+        abouts = abouts if isinstance(abouts, list) else [abouts]
+        results["_about"][name][budget] = [*abouts, about]
+        for seed in run_seeds:
             if arm == "base":
                 model, seconds = args.base_model or gte_st.default_base_model(), 0.0
             else:
@@ -291,9 +313,8 @@ def main() -> None:
                 scores.setdefault(metric, []).append(value)
             scores["seed"].append(None if arm == "base" else seed)
             scores["train_s"].append(round(seconds, 1))
-            print(arm, budget, seed, {m: v[-1] for m, v in scores.items()}, flush=True)
-            results.setdefault(arm, {})[budget] = scores
-            results.setdefault("_about", {}).setdefault(arm, {})[budget] = about
+            print(name, budget, seed, {m: v[-1] for m, v in scores.items()}, flush=True)
+            results.setdefault(name, {})[budget] = scores
             results_file.parent.mkdir(parents=True, exist_ok=True)
             results_file.write_text(json.dumps(results, indent=1) + "\n")
     print(table(results, budget))
