@@ -147,6 +147,12 @@ def test_openvino_ir_in_the_layout_sentence_transformers_reads(tiny_gte_dir, tmp
     assert isinstance(model[0].model, OpenVINOEncoder) and model.backend == "openvino"
     reference = _reference(model_dir)
     np.testing.assert_allclose(model.encode(SENTENCES), reference, atol=1e-5)
+    # THROUGHPUT: several streams, each batch split into row slices run at once; the same embeddings.
+    streams = load_openvino_model(
+        model_dir, precision="fp32", ov_config={"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": 2}
+    )
+    assert len(streams[0].model.requests) >= 2
+    np.testing.assert_allclose(streams.encode(SENTENCES, batch_size=3), reference, atol=1e-5)
 
 
 def test_openvino_bf16_is_gated_as_bf16_execution(tiny_gte_dir, tmp_path):
