@@ -252,8 +252,15 @@ def main() -> int:
                 if not args.no_gte_encode:
                     fns[f"{name}+gte"] = lambda t, m=m: encode(m, t, batch_size=args.batch_size)
                     models[f"{name}+gte"] = (m, "fp32")
-        for fn in fns.values():  # warm-up: kernels, allocators, OpenVINO's shape caches
-            fn(docs[:16])
+        failed: dict[str, str] = {}
+        for name, fn in list(fns.items()):  # warm-up: kernels, allocators, OpenVINO's shape caches
+            try:
+                fn(docs[:16])
+            except RuntimeError as exc:  # e.g. a runtime with no kernel for this graph under --isa: record, go on
+                failed[name] = str(exc).strip().splitlines()[-1][:300]
+                print(f"{name}: failed at warm-up, not measured: {failed[name]}", flush=True)
+                del fns[name], models[name]
+        header["failed"] = failed
 
         # ---- interleaved rounds
         names = list(fns)
