@@ -272,6 +272,8 @@ def main() -> None:
         parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
     json.loads(args.mse_new_kwargs)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if malformed := [item for item in args.label if "=" not in item]:
+        parser.error(f"--label expects ARM=NAME, got {malformed}")
     labels = dict(item.split("=", 1) for item in args.label)
     if unknown := set(labels) - set(arms):
         parser.error(f"--label names arms not run: {sorted(unknown)}")
