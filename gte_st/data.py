@@ -29,6 +29,9 @@ FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
 ANCHOR_COLUMNS = ("anchor", "query", "question", "sentence1", "sentence_A", "text1", "title")
 POSITIVE_COLUMNS = ("positive", "pos", "answer", "document", "sentence2", "sentence_B", "text2", "body", "text")
 NEGATIVE_COLUMNS = ("negative", "neg", "negatives", "hard_negative", "hard_negatives")
+# Teacher scores for distillation: FlagEmbedding's pos_scores/neg_scores lists, kept as one ``label`` list per row
+# (positive first, then one score per negative column), which sentence-transformers' collator hands to the loss.
+SCORE_COLUMNS = ("pos_scores", "neg_scores")
 
 
 class DataValidationError(ValueError):
@@ -110,7 +113,9 @@ def check_file_layout(path: str | Path, fmt: str, tsv: bool = False) -> None:
         with open_text(path) as f:
             first = next((line for line in f if line.strip()), None)
     except UnicodeDecodeError as exc:
-        raise DataValidationError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-encode it as UTF-8.") from None
+        raise DataValidationError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-encode it as UTF-8."
+        ) from None
     except (OSError, EOFError) as exc:
         raise DataValidationError(f"{path}: cannot be read ({exc}).") from None
     if first is None:
@@ -174,10 +179,11 @@ def prepare_source(
     columns: Sequence[str] | None = None,
     num_negatives: int | None = None,
 ) -> Dataset:
-    """Validate one loaded source and return it as ``anchor, positive[, negative_1..k]`` string columns.
+    """Validate one loaded source and return it as ``anchor, positive[, negative_1..k]`` string columns (plus a
+    ``label`` column of teacher scores when the source has FlagEmbedding's ``pos_scores``/``neg_scores``).
 
     List-valued columns (FlagEmbedding's ``pos``/``neg``) are flattened: the first positive, the first ``k``
-    negatives (``k`` = ``num_negatives``, default the shortest list). Raises :class:`DataValidationError` naming
+    negatives (``k`` = ``num_negatives``, default the shortest list), and their scores alike. Raises :class:`DataValidationError` naming
     ``source``, the column and the (0-based) row of the first bad value.
     """
     if len(dataset) == 0:
@@ -220,7 +226,38 @@ def prepare_source(
             raise DataValidationError(
                 f"{source}: num_negatives={num_negatives} but no negative column in {dataset.column_names}."
             )
+    if SCORE_COLUMNS[0] in dataset.column_names:
+        out["label"] = _teacher_scores(dataset, source, sum(c.startswith("negative_") for c in out))
     return Dataset.from_dict(out)
+
+
+def _teacher_scores(dataset: Dataset, source: str, num_negatives: int) -> list[list[float]]:
+    """Per row ``[pos_scores[0], neg_scores[0..k-1]]``, checked to be finite numbers, one per kept text column."""
+    pos_column, neg_column = SCORE_COLUMNS
+    if num_negatives and neg_column not in dataset.column_names:
+        raise DataValidationError(f"{source}: column {pos_column!r} without {neg_column!r} for the negatives.")
+    negatives = dataset[neg_column] if num_negatives else [[] for _ in range(len(dataset))]
+    scores = []
+    for row, (positive, negative) in enumerate(zip(dataset[pos_column], negatives)):
+        values = [positive[0] if isinstance(positive, list) and positive else positive]
+        negative = negative if isinstance(negative, list) else [negative]
+        if len(negative) < num_negatives:
+            raise DataValidationError(
+                f"{source}: column {neg_column!r}, row {row}: {len(negative)} score(s) for {num_negatives} negatives."
+            )
+        values += negative[:num_negatives]
+        for column, value in zip([pos_column] + [neg_column] * num_negatives, values):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or value != value
+                or abs(value) == float("inf")
+            ):
+                raise DataValidationError(
+                    f"{source}: column {column!r}, row {row}: expected a finite number, got {value!r:.60}."
+                )
+        scores.append([float(v) for v in values])
+    return scores
 
 
 def _check_string(value: object, source: str, column: str, row: int) -> None:

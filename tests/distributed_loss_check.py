@@ -19,9 +19,9 @@ import gte_st
 from gte_st.losses import CachedNormalizedMSELoss, NormalizedMSELoss
 
 
-def run_loss(model, loss, columns) -> tuple[torch.Tensor, torch.Tensor]:
+def run_loss(model, loss, columns, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
     model.zero_grad()
-    value = loss([model.preprocess(column) for column in columns], None)
+    value = loss([model.preprocess(column) for column in columns], labels)
     value.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     return value.detach(), grads
@@ -42,6 +42,8 @@ def main() -> None:
     positives[8] = positives[2]
     columns = [anchors, positives, negatives]
     local = [column[rank * 6 : (rank + 1) * 6] for column in columns]
+    scores = torch.linspace(-0.4, 0.9, 24).view(12, 2)  # teacher scores of (positive, negative) per row
+    local_scores = scores[rank * 6 : (rank + 1) * 6]
 
     report = {}
     options = {
@@ -50,6 +52,7 @@ def main() -> None:
         "infonce": {"weighting": "infonce", "temperature": 0.1, "negative_penalty": "hinge", "margin": -1.0,
                     "negative_weight": 2.0, "positive_margin": 0.9, "uniformity_weight": 0.5},
         "distill": {"distillation_weight": 5.0},
+        "scores": {"score_distillation_weight": 20.0},
     }  # fmt: skip
     teacher = gte_st.build_model(model_dir)  # the same weights: the student is moved away from it below
     teacher.eval()
@@ -67,12 +70,13 @@ def main() -> None:
             model, symmetric=True, gather_across_devices=gather, mini_batch_size=4, **kw
         )
     for name, make in makers.items():
-        loss, grads = run_loss(model, make(True), local)
+        labels, local_labels = (scores, local_scores) if name.endswith("-scores") else (None, None)
+        loss, grads = run_loss(model, make(True), local, local_labels)
         dist.all_reduce(loss)
         dist.all_reduce(grads)
         loss, grads = loss / world, grads / world  # what DDP's gradient averaging computes
-        reference_loss, reference_grads = run_loss(model, make(False), columns)
-        local_only_loss, _ = run_loss(model, make(False), local)
+        reference_loss, reference_grads = run_loss(model, make(False), columns, labels)
+        local_only_loss, _ = run_loss(model, make(False), local, local_labels)
         dist.all_reduce(local_only_loss)
         report[name] = {
             "loss": loss.item(),

@@ -197,3 +197,46 @@ def test_default_docstring_pairs_are_real_and_split_by_file():
     assert not train_files & {p.source for p in splits["test"]}, "a file feeds both splits"
     assert all(p.anchor not in p.positive for p in splits["train"][:200])
     assert {p.source.split("/")[0] for p in splits["train"]} == {"stdlib", "tqdm"}
+
+
+def test_flagembedding_teacher_scores_become_the_label_column(tmp_path):
+    pairs = _pairs(0, 6)
+    negatives = _pairs(10, 12)
+    rows = [
+        {
+            "query": a,
+            "pos": [b],
+            "neg": [negatives[2 * i][0], negatives[2 * i + 1][0]],
+            "pos_scores": [0.9],
+            "neg_scores": [0.5, 0.1 * i],
+        }
+        for i, (a, b) in enumerate(pairs)
+    ]
+    path = _write_jsonl(tmp_path / "distill.jsonl", rows)
+    dataset = prepare_source(load_source(str(path)), "distill.jsonl")
+    assert dataset.column_names == ["anchor", "positive", "negative_1", "negative_2", "label"]
+    assert dataset[3]["label"] == pytest.approx([0.9, 0.5, 0.3])
+    one = prepare_source(load_source(str(path)), "distill.jsonl", num_negatives=1)
+    assert one[3]["label"] == pytest.approx([0.9, 0.5])  # scores follow the kept negatives
+    pairs_only = prepare_source(load_source(str(path)), "distill.jsonl", num_negatives=0)
+    assert pairs_only.column_names == ["anchor", "positive", "label"] and pairs_only[0]["label"] == [0.9]
+    # the label column is not a text column for the no-duplicates sampler
+    sampler = NoDuplicatesBatchSampler(dataset, batch_size=3, drop_last=True, valid_label_columns=["label"])
+    assert sum(len(batch) for batch in sampler) == 6
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"neg_scores": [0.5]}, r"column 'neg_scores', row 1: 1 score\(s\) for 2 negatives"),
+        ({"pos_scores": ["high"]}, r"column 'pos_scores', row 1: expected a finite number, got 'high'"),
+        ({"neg_scores": [0.5, float("nan")]}, r"column 'neg_scores', row 1: expected a finite number, got nan"),
+    ],
+)
+def test_bad_teacher_scores_name_file_column_row(tmp_path, row, message):
+    good = {"query": "a b", "pos": ["c d"], "neg": ["e", "f"], "pos_scores": [0.9], "neg_scores": [0.5, 0.2]}
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **row}) + "\n", encoding="utf8")
+    with pytest.raises(DataValidationError, match=message) as info:
+        load_training_data([str(path)])
+    assert "bad.jsonl" in str(info.value)

@@ -451,12 +451,74 @@ def test_cached_loss_equals_uncached_for_every_option(tiny_bert_dir, symmetric, 
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
+    assert_cached_equals_plain(model, plain, cached, columns)
+
+
+def assert_cached_equals_plain(model, plain, cached, columns, labels=None) -> None:
+    """The cached loss gives the uncached loss's value and parameter gradients on the same batch."""
     results = []
     for loss in (plain, cached):
         model.zero_grad()
-        value = loss(features(model, columns), None)
+        value = loss(features(model, columns), labels)
         value.backward()
         results.append((value.detach(), gradients(model)))
     (loss_a, grad_a), (loss_b, grad_b) = results
     torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(grad_b, grad_a, atol=1e-5, rtol=1e-4)
+
+
+def test_score_distillation_matches_formula():
+    """The teacher-score term: sigma * mean over rows and own columns of (cos(q_i, c_ij) - t_ij)^2."""
+    torch.manual_seed(5)
+    q, d, n1, n2 = (torch.randn(5, 8) for _ in range(4))
+    scores = torch.rand(5, 3) * 2 - 1
+    loss = NormalizedMSELoss(None, weighting="mean", negative_weight=0.0, score_distillation_weight=4.0)
+    value = loss.compute_loss_from_embeddings([q, d, n1, n2], scores).item()
+    nq, nd, nn1, nn2 = (F.normalize(x.double(), dim=-1) for x in (q, d, n1, n2))
+    positive = ((nq - nd) ** 2).sum(dim=-1).mean()
+    own = torch.stack([(nq * c).sum(dim=-1) for c in (nd, nn1, nn2)], dim=1)
+    assert value == pytest.approx((positive + 4.0 * ((own - scores.double()) ** 2).mean()).item(), abs=1e-6)
+    # without labels (a source without teacher scores) the term is absent; off, labels are ignored
+    assert loss.compute_loss_from_embeddings([q, d, n1, n2]).item() == pytest.approx(positive.item(), abs=1e-6)
+    off = NormalizedMSELoss(None, weighting="mean", negative_weight=0.0)
+    assert off.compute_loss_from_embeddings([q, d, n1, n2], scores).item() == pytest.approx(positive.item(), abs=1e-6)
+    with pytest.raises(ValueError, match=r"shape \(rows, 1 \+ negatives\) = \(5, 3\), got \(5, 2\)"):
+        loss.compute_loss_from_embeddings([q, d, n1, n2], scores[:, :2])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        loss.compute_loss_from_embeddings([q, d, n1, n2], scores.masked_fill(scores > 0.5, float("nan")))
+    with pytest.raises(ValueError, match="score_distillation_weight must be >= 0|must be >= 0"):
+        NormalizedMSELoss(None, score_distillation_weight=-1.0)
+    assert loss.get_config_dict()["score_distillation_weight"] == 4.0
+
+
+def test_score_distillation_pulls_cosines_towards_the_teacher():
+    """Gradient steps on the score term alone move each anchor's cosines to the teacher's scores."""
+    torch.manual_seed(6)
+    columns = [torch.randn(4, 8, requires_grad=True) for _ in range(3)]
+    scores = torch.tensor([[0.9, 0.2], [0.1, 0.8], [0.5, 0.5], [0.7, -0.3]])
+    loss = NormalizedMSELoss(None, weighting="mean", negative_weight=0.0, score_distillation_weight=100.0)
+    optimizer = torch.optim.Adam(columns, lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss.compute_loss_from_embeddings(columns, scores).backward()
+        optimizer.step()
+    q, d, n = (F.normalize(c.detach(), dim=-1) for c in columns)
+    own = torch.stack([(q * d).sum(-1), (q * n).sum(-1)], dim=1)
+    # the positive term also pulls q towards d, so only the negative column must match closely
+    torch.testing.assert_close(own[:, 1], scores[:, 1], atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_cached_loss_equals_uncached_with_teacher_scores(tiny_bert_dir, symmetric):
+    model = gte_st.build_model(str(tiny_bert_dir))
+    model.eval()
+    rows = stsb_rows("train")[:11]
+    columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[3:] + rows[:3]]]
+    scores = torch.linspace(-0.5, 0.9, 22).view(11, 2)
+    options = {"score_distillation_weight": 20.0, "distillation_weight": 2.0}
+    plain = NormalizedMSELoss(model, symmetric=symmetric, **options)
+    cached = CachedNormalizedMSELoss(model, symmetric=symmetric, teacher=plain.teacher, mini_batch_size=3, **options)
+    with torch.no_grad():  # away from the teacher, so the distillation term has a gradient too
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert_cached_equals_plain(model, plain, cached, columns, scores)

@@ -275,3 +275,44 @@ def test_index_and_dedup_can_encode_with_the_exported_onnx_artifact(tiny_gte_dir
     assert main(["dedup", str(corpus), "--model", str(model), "--backend", "onnx", "--threshold", "-1",
                  "--no-progress"]) == 0  # fmt: skip
     assert "6 pairs with cosine >= -1.0 among 4 texts" in capsys.readouterr().err
+
+
+def test_hybrid_teacher_rows_carry_the_hybrid_order_on_the_cosine_scale():
+    from gte_st.search import BM25Retriever, fuse_scores
+    from gte_st.search.teacher import hybrid_teacher_rows
+
+    texts = [
+        "insulin resistance causes type 2 diabetes",
+        "diabetes and insulin in mice",
+        "stock markets fell sharply",
+        "insulin signalling in the liver",
+        "type 2 diabetes risk factors",
+        "the cat sat on the mat",
+    ]
+    ids = [f"d{i}" for i in range(len(texts))]
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(6, 8)).astype(np.float32)
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    query = docs[1] + 0.5 * docs[4]
+    query /= np.linalg.norm(query)
+    rows = hybrid_teacher_rows(
+        ["insulin and type 2 diabetes"], [["d0"]], ids, texts, query[None], docs,
+        bm25_weight=0.5, num_negatives=2, negative_pool=4, seed=0,
+    )  # fmt: skip
+    (row,) = rows
+    assert row["query"] == "insulin and type 2 diabetes" and row["pos"] == [texts[0]]
+    assert len(row["neg"]) == 2 and texts[0] not in row["neg"]
+    # the oracle: fuse the same BM25 and cosine scores directly, then map onto the candidates' cosine range
+    hits = BM25Retriever(ids, texts).search(["insulin and type 2 diabetes"], k=100)[0]
+    cand = [doc for doc, _ in hits]
+    cosine = docs[[ids.index(doc) for doc in cand]] @ query
+    fused = fuse_scores(np.array([s for _, s in hits]), cosine, 0.5)
+    expected = dict(zip(cand, cosine.min() + (cosine.max() - cosine.min()) * fused))
+    for text, score in zip(row["neg"], row["neg_scores"]):
+        assert score == pytest.approx(expected[ids[texts.index(text)]], abs=1e-6)
+    assert row["pos_scores"][0] == pytest.approx(max(expected[ids[0]], max(expected.values())), abs=1e-6)
+    assert cosine.min() - 1e-6 <= min(row["neg_scores"]) and max(row["neg_scores"]) <= cosine.max() + 1e-6
+    with pytest.raises(ValueError, match="bm25_weight must be in"):
+        hybrid_teacher_rows(["q"], [["d0"]], ids, texts, query[None], docs, bm25_weight=2.0)
+    with pytest.raises(ValueError, match="1 queries, 2 positive lists"):
+        hybrid_teacher_rows(["q"], [["d0"], ["d1"]], ids, texts, query[None], docs)

@@ -187,3 +187,34 @@ def test_shipped_recipes_parse(recipe):
     assert (pretrain.name, finetune.name) == ("pretrain", "finetune")
     assert pretrain.recipe.mini_batch_size and pretrain.recipe.gather_across_devices
     assert finetune.recipe.max_seq_length > pretrain.recipe.max_seq_length
+
+
+def test_teacher_scores_reach_the_loss_through_the_pipeline(tiny_bert_dir, tmp_path):
+    """A FlagEmbedding distillation file trains end to end; the score term changes the weights (same seed, same
+    data), so its labels reached the loss through the collator and the batch sampler."""
+    rows = stsb_rows("train")[:48]
+    path = tmp_path / "distill.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"query": a, "pos": [b], "neg": [rows[(i + 7) % 48][2]], "pos_scores": [0.9],
+                        "neg_scores": [-0.5 + 0.02 * i]}) + "\n"
+            for i, (_, a, b) in enumerate(rows)
+        ),
+        encoding="utf8",
+    )  # fmt: skip
+    common = ["--base_model", str(tiny_bert_dir), "--data", str(path), "--precision", "fp32",
+              "--per_device_train_batch_size", "8", "--max_steps", "3", "--save_steps", "100",
+              "--learning_rate", "1e-3"]  # fmt: skip
+    assert main([*common, "--output_dir", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--output_dir", str(tmp_path / "scores"),
+                 "--loss_kwargs", '{"score_distillation_weight": 50}']) == 0  # fmt: skip
+    plain, scores = _weights(tmp_path / "plain"), _weights(tmp_path / "scores")
+    assert any(not torch.allclose(plain[k], scores[k]) for k in plain)
+    summary = json.loads((tmp_path / "scores" / "training_summary.json").read_text())
+    assert summary["stages"][0]["loss"]["config"]["score_distillation_weight"] == 50
+
+
+def test_scifact_recipe_parses():
+    path = Path(__file__).resolve().parent.parent / "scripts" / "recipes" / "scifact-hybrid.yaml"
+    (claims,) = parse_stages(["--config", str(path)])
+    assert claims.recipe.loss == "mse" and claims.recipe.data == ["claims=scifact-hybrid/data/claims.jsonl"]

@@ -52,6 +52,7 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
         distillation_weight: float = 0.0,
         distillation_target: Literal["similarities", "embeddings"] = "similarities",
         teacher: SentenceTransformer | str | None = None,
+        score_distillation_weight: float = 0.0,
         mini_batch_size: int = 32,
         mini_batch_num_tokens: int | None = None,
         show_progress_bar: bool = False,
@@ -72,7 +73,7 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
             model: The SentenceTransformer model.
             margin, negative_weight, symmetric, gather_across_devices, mask_duplicates, weighting, temperature,
                 detach_weights, negative_penalty, positive_margin, uniformity_weight, uniformity_t,
-                distillation_weight, distillation_target, teacher: As in :class:`NormalizedMSELoss`.
+                distillation_weight, distillation_target, teacher, score_distillation_weight: As in :class:`NormalizedMSELoss`.
             mini_batch_size: Rows embedded (and loss rows computed) at once; bounds memory. Default 32.
             mini_batch_num_tokens: Optionally pack embedding mini-batches by non-padding token count instead.
             show_progress_bar: Show progress bars over the mini-batches.
@@ -116,6 +117,7 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
             distillation_weight=distillation_weight,
             distillation_target=distillation_target,
             teacher=teacher,
+            score_distillation_weight=score_distillation_weight,
         )
         self.mini_batch_size = mini_batch_size
         self.mini_batch_num_tokens = mini_batch_num_tokens
@@ -135,13 +137,14 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
         embeddings = [torch.cat(column) for column in reps]
         view, teacher = self.loss.build_views(embeddings, batch.fingerprints, batch.teacher_embeddings)
         counts = self.loss.negative_counts(view, self.mini_batch_size)
+        scores = self.loss.teacher_scores(batch.labels, view)
         # Chunks are computed on detached copies; their gradients are then pushed through the normalisation
         # (and the cross-rank gather) in one backward call.
         leaves = view.detached() if with_backward else view
         total = torch.zeros((), device=view.queries.device)
         for begin in range(0, view.local_size, self.mini_batch_size):
             end = min(begin + self.mini_batch_size, view.local_size)
-            chunk = self.loss.loss_for_rows(leaves, begin, end, counts, teacher)
+            chunk = self.loss.loss_for_rows(leaves, begin, end, counts, teacher, scores)
             if with_backward:
                 chunk.backward()
                 chunk = chunk.detach()

@@ -193,6 +193,7 @@ class NormalizedMSELoss(nn.Module):
         distillation_weight: float = 0.0,
         distillation_target: Literal["similarities", "embeddings"] = "similarities",
         teacher: SentenceTransformer | str | None = None,
+        score_distillation_weight: float = 0.0,
     ) -> None:
         r"""
         Normalised MSE with in-batch negatives. For a batch of B (anchor, positive[, negatives]) rows with
@@ -265,6 +266,14 @@ class NormalizedMSELoss(nn.Module):
           their normalised embeddings of every column (``"embeddings"``, needs equal dimensions). ``teacher``
           defaults to a frozen copy of ``model`` as it is when the loss is built. Reason: short fine-tuning on a
           narrow domain loses general quality (e.g. STS); staying close to the base model's geometry keeps it.
+        - ``score_distillation_weight`` :math:`\sigma`: adds :math:`\sigma` times the MSE between the student's
+          cosines of each anchor to its own columns and the teacher scores given as labels,
+          :math:`\frac{1}{B(1+k)}\sum_i\sum_{j=0}^{k}(\cos(\hat q_i, \hat c_{ij}) - t_{ij})^2` with
+          :math:`c_{i0}` the positive and :math:`c_{ij}` the j-th negative; the labels are a ``(B, 1+k)`` tensor
+          (a dataset's ``pos_scores``/``neg_scores`` columns, FlagEmbedding's distillation layout), on the cosine
+          scale; batches without labels add no score term. Reason: a teacher that is not a dense model -- e.g. the BM25 + dense hybrid
+          (:func:`gte_st.search.teacher.hybrid_teacher_rows`), which ranks SciFact far better than the model
+          alone -- can still teach the student its order, through an MSE on unit-vector cosines.
 
         Args:
             model: The SentenceTransformer model.
@@ -290,6 +299,8 @@ class NormalizedMSELoss(nn.Module):
             distillation_target: ``"similarities"`` (default) or ``"embeddings"``.
             teacher: The frozen teacher (a model or a path/Hub id to load); default a frozen copy of ``model``
                 (built only when ``distillation_weight > 0``).
+            score_distillation_weight: Weight :math:`\sigma` of the teacher-score term. Default 0 (off; labels
+                are then ignored).
 
         Defaults, chosen by measurement on dev data only (``scripts/sweep_loss_defaults.py``: SciFact held-out
         *train* claims and STS-B dev; see ``docs/benchmarks.md``): on 30 steps x 32 pairs the default reached
@@ -306,17 +317,21 @@ class NormalizedMSELoss(nn.Module):
               the Hypersphere*, 2020: https://arxiv.org/abs/2005.10242
 
         Requirements:
-            1. (anchor, positive) pairs or (anchor, positive, negative_1, ..., negative_k) tuples, no labels.
+            1. (anchor, positive) pairs or (anchor, positive, negative_1, ..., negative_k) tuples; labels only for the
+               teacher-score term.
             2. Batches of at least 2 rows; use ``BatchSamplers.NO_DUPLICATES`` for the cleanest negatives.
 
         Inputs:
-            +-------------------------------------------------+--------+
-            | Texts                                           | Labels |
-            +=================================================+========+
-            | (anchor, positive) pairs                        | none   |
-            +-------------------------------------------------+--------+
-            | (anchor, positive, negative_1, ..., negative_k) | none   |
-            +-------------------------------------------------+--------+
+            +-------------------------------------------------+----------------------------------------------+
+            | Texts                                           | Labels                                       |
+            +=================================================+==============================================+
+            | (anchor, positive) pairs                        | none                                         |
+            +-------------------------------------------------+----------------------------------------------+
+            | (anchor, positive, negative_1, ..., negative_k) | none                                         |
+            +-------------------------------------------------+----------------------------------------------+
+            | (anchor, positive, negative_1, ..., negative_k) | teacher scores of (positive, negative_1..k), |
+            | with ``score_distillation_weight > 0``          | shape (B, 1+k), on the cosine scale          |
+            +-------------------------------------------------+----------------------------------------------+
 
         Relations:
             - :class:`CachedNormalizedMSELoss` computes the same loss with gradient caching, for batches far beyond
@@ -355,8 +370,8 @@ class NormalizedMSELoss(nn.Module):
             raise ValueError(f"temperature and uniformity_t must be > 0, got {temperature} and {uniformity_t}")
         if not -1.0 < positive_margin <= 1.0:
             raise ValueError(f"positive_margin must be a cosine similarity in (-1, 1], got {positive_margin}")
-        if uniformity_weight < 0 or distillation_weight < 0:
-            raise ValueError("uniformity_weight and distillation_weight must be >= 0")
+        if uniformity_weight < 0 or distillation_weight < 0 or score_distillation_weight < 0:
+            raise ValueError("uniformity_weight, distillation_weight and score_distillation_weight must be >= 0")
         self.model = model
         self.margin = margin
         self.negative_weight = negative_weight
@@ -372,6 +387,7 @@ class NormalizedMSELoss(nn.Module):
         self.uniformity_t = uniformity_t
         self.distillation_weight = distillation_weight
         self.distillation_target = distillation_target
+        self.score_distillation_weight = score_distillation_weight
         self.teacher_label = "frozen copy of the initial model" if teacher is None else teacher_name(teacher)
         self.teacher = None
         if distillation_weight > 0 and (model is not None or teacher is not None):  # no model: checking options only
@@ -438,7 +454,28 @@ class NormalizedMSELoss(nn.Module):
         and (for distillation) the teacher's embeddings of the same columns."""
         view, teacher = self.build_views(embeddings, fingerprints, teacher_embeddings)
         counts = self.negative_counts(view)
-        return self.loss_for_rows(view, 0, view.local_size, counts, teacher)
+        scores = self.teacher_scores(labels, view)
+        return self.loss_for_rows(view, 0, view.local_size, counts, teacher, scores)
+
+    def teacher_scores(self, labels: Tensor | None, view: InBatchView) -> Tensor | None:
+        """The labels as a ``(local rows, columns - 1)`` float tensor of teacher scores when the score term is on
+        (checked), else None (also for a batch without labels: a source without scores adds no score term)."""
+        if self.score_distillation_weight == 0:
+            return None
+        name = type(self).__name__
+        expected = (view.local_size, len(view.docs))
+        if labels is None:
+            return None  # a source without teacher scores: no score term for its batches
+        labels = torch.as_tensor(labels, device=view.queries.device).float()
+        if labels.dim() == 1 and expected[1] == 1:
+            labels = labels.unsqueeze(1)
+        if tuple(labels.shape) != expected:
+            raise ValueError(
+                f"{name}: teacher scores must have shape (rows, 1 + negatives) = {expected}, got {tuple(labels.shape)}"
+            )
+        if not torch.isfinite(labels).all():
+            raise ValueError(f"{name}: teacher scores contain NaN or inf")
+        return labels
 
     def negative_counts(self, view: InBatchView, chunk_size: int | None = None) -> tuple[Tensor, Tensor | None]:
         """Global numbers of (anchor, negative) pairs per direction, counted ``chunk_size`` rows at a time."""
@@ -458,8 +495,10 @@ class NormalizedMSELoss(nn.Module):
         end: int,
         counts: tuple[Tensor, Tensor | None],
         teacher: InBatchView | None = None,
+        scores: Tensor | None = None,
     ) -> Tensor:
-        """This rank's share of the loss from its local rows [begin, end), normalised by the global counts.
+        """This rank's share of the loss from its local rows [begin, end), normalised by the global counts
+        (``scores``: the local rows' teacher scores, :meth:`teacher_scores`).
 
         Summing it over row chunks gives the full loss; under gathering, averaging it over ranks does (which is what
         DDP's gradient averaging computes), hence the ``world_size`` factor.
@@ -493,6 +532,10 @@ class NormalizedMSELoss(nn.Module):
             loss = loss + self.uniformity_weight * self._uniformity(directions[0][1], directions[0][2]) * per_row
         if teacher is not None:
             loss = loss + self.distillation_weight * self._distillation(view, teacher, rows, candidates) * scale
+        if scores is not None:
+            own = torch.stack([(queries * column[rows]).sum(dim=-1) for column in view.docs], dim=1)
+            squared = ((own - scores[begin:end]) ** 2).sum() / scores.size(1)
+            loss = loss + self.score_distillation_weight * squared * per_row
         return loss
 
     def _fade(self, own: Tensor, cosine: Tensor, valid: Tensor) -> Tensor | None:
@@ -563,6 +606,7 @@ class NormalizedMSELoss(nn.Module):
             "uniformity_t": self.uniformity_t,
             "distillation_weight": self.distillation_weight,
             "distillation_target": self.distillation_target,
+            "score_distillation_weight": self.score_distillation_weight,
         }
         if self.teacher is not None:
             config["teacher"] = self.teacher_label

@@ -27,6 +27,7 @@ from gte_st.search.index import (
     SearchIndexError,
     retrieve,
 )
+from gte_st.search.teacher import hybrid_teacher_rows
 
 __all__ = [
     "BM25Retriever",
@@ -40,6 +41,7 @@ __all__ = [
     "build_index",
     "check_bm25_weight",
     "fuse_scores",
+    "hybrid_teacher_rows",
     "read_corpus",
     "retrieve",
 ]
