@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Training files for the SciFact hybrid-distillation recipe (scripts/recipes/scifact-hybrid.sh), from train-side
+data only: SciFact's corpus and its *train* claims/qrels (never the test queries or qrels).
+
+    python scripts/build_scifact_distillation.py --out-dir scifact-distill [--holdout 200] [--bm25-weight 0.4]
+
+Writes, in FlagEmbedding's distillation layout (``query``, ``pos``, ``neg``, ``pos_scores``, ``neg_scores``; the
+scores are the BM25 + dense hybrid's on the model's cosine scale, :func:`gte_st.search.teacher.hybrid_teacher_rows`):
+
+- ``titles.jsonl``: every corpus title -> its abstract, candidates from an index of abstracts without titles (so the
+  title does not match itself), a weak in-domain stage;
+- ``claims.jsonl``: the train claims -> their cited abstracts (documents as BEIR embeds them, title + abstract);
+- ``stsb.jsonl``: STS-B *train* pairs scored >= ``--stsb-min-score`` as (anchor, positive), general-domain pairs
+  that keep STS quality while the model specialises (short texts: cheap steps);
+- with ``--holdout N``: the last N train claims go to ``dev-claims/`` (a BEIR folder: corpus, queries, qrels/dev.tsv)
+  instead, for choosing the recipe's settings on data the model did not train on.
+
+The teacher's cosines come from ``--model`` (default the offline all-MiniLM-L6-v2) at ``--max-seq-length``, the
+length the student trains at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir_scifact"
+STSB = DATA.parent / "stsb" / "sts-train.csv"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def stsb_pairs(path: Path, min_score: float) -> list[dict]:
+    """(anchor, positive) rows of the STS-B train pairs whose gold score is at least ``min_score`` (0-5 scale)."""
+    from gte_st.evaluation.readers import read_sts
+
+    pairs = read_sts(path)
+    return [
+        {"anchor": a, "positive": b}
+        for a, b, score in zip(pairs.sentences1, pairs.sentences2, pairs.scores)
+        if score >= min_score
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DATA), help="BEIR SciFact folder")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--model", default=None, help="teacher model (default: the offline all-MiniLM-L6-v2)")
+    parser.add_argument("--bm25-weight", type=float, default=0.4, help="hybrid weight (0.4: best on train queries)")
+    parser.add_argument("--num-negatives", type=int, default=3)
+    parser.add_argument("--negative-pool", type=int, default=30)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--max-titles", type=int, default=None, help="use only the first N titles")
+    parser.add_argument("--holdout", type=int, default=0, help="train claims held out as dev-claims/")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stsb", default=str(STSB), help="STS-B train file")
+    parser.add_argument("--stsb-min-score", type=float, default=4.0)
+    args = parser.parse_args()
+
+    import csv
+
+    from sentence_transformers import SentenceTransformer
+
+    import gte_st
+    from gte_st.encoding import encode
+    from gte_st.search import BM25Retriever, check_bm25_weight
+    from gte_st.search.teacher import hybrid_teacher_rows
+
+    check_bm25_weight(args.bm25_weight)
+    start = time.time()
+    data, out = Path(args.data), Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.open(data / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
+        docs = [json.loads(line) for line in f]
+    ids = [str(doc["_id"]) for doc in docs]
+    full = [(doc["title"].strip() + " " + doc["text"].strip()).strip() for doc in docs]
+    abstracts = [doc["text"].strip() or doc["title"].strip() for doc in docs]
+    with open(data / "queries.jsonl", encoding="utf8") as f:
+        query_text = {str(q["_id"]): q["text"] for q in map(json.loads, f)}
+    qrels: dict[str, list[str]] = {}
+    with open(data / "qrels" / "train.tsv", encoding="utf8") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if float(row["score"]) > 0:
+                qrels.setdefault(row["query-id"], []).append(row["corpus-id"])
+    claim_ids = list(qrels)
+    dev_ids = claim_ids[len(claim_ids) - args.holdout :] if args.holdout else []
+    train_ids = claim_ids[: len(claim_ids) - len(dev_ids)]
+
+    model = SentenceTransformer(args.model or gte_st.default_base_model(), device="cpu")
+    model.max_seq_length = args.max_seq_length
+    full_emb = encode(model, full, precision="bf16")
+    abstract_emb = encode(model, abstracts, precision="bf16")
+    titled = [(doc["title"].strip(), doc_id) for doc, doc_id in zip(docs, ids) if doc["title"].strip()]
+    titled = titled[: args.max_titles]
+    title_emb = encode(model, [title for title, _ in titled], precision="bf16")
+    claim_emb = encode(model, [query_text[q] for q in train_ids], precision="bf16")
+    print(
+        f"encoded {len(ids)} documents twice and {len(titled) + len(train_ids)} queries in {time.time() - start:.0f} s"
+    )
+
+    common = dict(bm25_weight=args.bm25_weight, num_negatives=args.num_negatives, negative_pool=args.negative_pool)
+    titles = hybrid_teacher_rows(
+        [title for title, _ in titled],
+        [[doc] for _, doc in titled],
+        ids,
+        abstracts,
+        title_emb,
+        abstract_emb,
+        bm25=BM25Retriever(ids, abstracts),
+        seed=args.seed,
+        **common,
+    )
+    claims = hybrid_teacher_rows(
+        [query_text[q] for q in train_ids],
+        [qrels[q] for q in train_ids],
+        ids,
+        full,
+        claim_emb,
+        full_emb,
+        bm25=BM25Retriever(ids, full),
+        seed=args.seed,
+        **common,
+    )
+    write_jsonl(out / "titles.jsonl", titles)
+    write_jsonl(out / "claims.jsonl", claims)
+    stsb = stsb_pairs(Path(args.stsb), args.stsb_min_score)
+    write_jsonl(out / "stsb.jsonl", stsb)
+    if dev_ids:
+        dev = out / "dev-claims"
+        (dev / "qrels").mkdir(parents=True, exist_ok=True)
+        shutil.copy(data / "corpus.jsonl.gz", dev / "corpus.jsonl.gz")
+        write_jsonl(dev / "queries.jsonl", [{"_id": q, "text": query_text[q]} for q in dev_ids])
+        with open(dev / "qrels" / "dev.tsv", "w", encoding="utf8") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            f.writelines(f"{q}\t{doc}\t1\n" for q in dev_ids for doc in qrels[q])
+    print(
+        f"{len(titles)} title rows, {len(claims)} claim rows ({len(train_ids)} claims), {len(stsb)} STS-B pairs, "
+        f"{len(dev_ids)} dev claims "
+        f"-> {out} in {time.time() - start:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
