@@ -11,6 +11,7 @@ probability proportional to ``n_i ** alpha`` (GTE's multi-task mixture), identic
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -183,8 +184,8 @@ def prepare_source(
     ``label`` column of teacher scores when the source has FlagEmbedding's ``pos_scores``/``neg_scores``).
 
     List-valued columns (FlagEmbedding's ``pos``/``neg``) are flattened: the first positive, the first ``k``
-    negatives (``k`` = ``num_negatives``, default the shortest list), and their scores alike. Raises :class:`DataValidationError` naming
-    ``source``, the column and the (0-based) row of the first bad value.
+    negatives (``k`` = ``num_negatives``, default the shortest list), and their scores alike. Raises
+    :class:`DataValidationError` naming ``source``, the column and the (0-based) row of the first bad value.
     """
     if len(dataset) == 0:
         raise DataValidationError(f"{source}: no rows.")
@@ -247,12 +248,7 @@ def _teacher_scores(dataset: Dataset, source: str, num_negatives: int) -> list[l
             )
         values += negative[:num_negatives]
         for column, value in zip([pos_column] + [neg_column] * num_negatives, values):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or value != value
-                or abs(value) == float("inf")
-            ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise DataValidationError(
                     f"{source}: column {column!r}, row {row}: expected a finite number, got {value!r:.60}."
                 )

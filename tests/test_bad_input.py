@@ -32,6 +32,8 @@ def _train(w: dict[str, Path], *extra: str) -> list[str]:
 CASES = [
     # ---- train
     Case("train-loss-option-typo", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margn": 0.2}'), "margn"),
+    Case("train-score-distillation-without-scores",
+         lambda w: _train(w, "--loss_kwargs", '{"score_distillation_weight": 5}'), "no source has teacher scores"),
     Case("train-loss-kwargs-not-json", lambda w: _train(w, "--loss_kwargs", "{margin: 0.2"), "not valid JSON"),
     Case("train-margin-out-of-range", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margin": 5}'),
          "margin"),  # fmt: skip

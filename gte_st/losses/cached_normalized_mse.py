@@ -73,7 +73,8 @@ class CachedNormalizedMSELoss(CachedLossMixin, nn.Module):
             model: The SentenceTransformer model.
             margin, negative_weight, symmetric, gather_across_devices, mask_duplicates, weighting, temperature,
                 detach_weights, negative_penalty, positive_margin, uniformity_weight, uniformity_t,
-                distillation_weight, distillation_target, teacher, score_distillation_weight: As in :class:`NormalizedMSELoss`.
+                distillation_weight, distillation_target, teacher, score_distillation_weight: As in
+                :class:`NormalizedMSELoss`.
             mini_batch_size: Rows embedded (and loss rows computed) at once; bounds memory. Default 32.
             mini_batch_num_tokens: Optionally pack embedding mini-batches by non-padding token count instead.
             show_progress_bar: Show progress bars over the mini-batches.

@@ -271,9 +271,10 @@ class NormalizedMSELoss(nn.Module):
           :math:`\frac{1}{B(1+k)}\sum_i\sum_{j=0}^{k}(\cos(\hat q_i, \hat c_{ij}) - t_{ij})^2` with
           :math:`c_{i0}` the positive and :math:`c_{ij}` the j-th negative; the labels are a ``(B, 1+k)`` tensor
           (a dataset's ``pos_scores``/``neg_scores`` columns, FlagEmbedding's distillation layout), on the cosine
-          scale; batches without labels add no score term. Reason: a teacher that is not a dense model -- e.g. the BM25 + dense hybrid
-          (:func:`gte_st.search.teacher.hybrid_teacher_rows`), which ranks SciFact far better than the model
-          alone -- can still teach the student its order, through an MSE on unit-vector cosines.
+          scale; batches without labels add no score term. Reason: a teacher that is not a dense model -- e.g.
+          the BM25 + dense hybrid (:func:`gte_st.search.teacher.hybrid_teacher_rows`), which ranks SciFact far
+          better than the model alone -- can still teach the student its order, through an MSE on unit-vector
+          cosines.
 
         Args:
             model: The SentenceTransformer model.
@@ -460,12 +461,10 @@ class NormalizedMSELoss(nn.Module):
     def teacher_scores(self, labels: Tensor | None, view: InBatchView) -> Tensor | None:
         """The labels as a ``(local rows, columns - 1)`` float tensor of teacher scores when the score term is on
         (checked), else None (also for a batch without labels: a source without scores adds no score term)."""
-        if self.score_distillation_weight == 0:
+        if self.score_distillation_weight == 0 or labels is None:
             return None
         name = type(self).__name__
         expected = (view.local_size, len(view.docs))
-        if labels is None:
-            return None  # a source without teacher scores: no score term for its batches
         labels = torch.as_tensor(labels, device=view.queries.device).float()
         if labels.dim() == 1 and expected[1] == 1:
             labels = labels.unsqueeze(1)

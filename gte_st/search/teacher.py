@@ -79,14 +79,15 @@ def hybrid_teacher_rows(
         queries, positives, query_embeddings, bm25.search(list(queries), k=depth)
     ):
         known = [doc for doc in relevant if doc in row_of]
-        candidates = [doc for doc, _ in hits] + [doc for doc in known if doc not in {d for d, _ in hits}]
+        retrieved = {doc for doc, _ in hits}
+        candidates = [doc for doc, _ in hits] + [doc for doc in known if doc not in retrieved]
         lexical = np.array([score for _, score in hits] + [0.0] * (len(candidates) - len(hits)), dtype=np.float32)
         cosine = doc_embeddings[[row_of[doc] for doc in candidates]] @ query_embedding
         fused = fuse_scores(lexical, cosine, bm25_weight)
         low, high = float(cosine.min()), float(cosine.max())
         target = low + (high - low) * fused if bm25_weight > 0 else cosine
         scores = dict(zip(candidates, target.tolist()))
-        ranked = sorted((doc for doc in candidates if doc not in set(known)), key=scores.__getitem__, reverse=True)
+        ranked = sorted((doc for doc in candidates if doc not in known), key=scores.__getitem__, reverse=True)
         pool = ranked[:negative_pool]
         if len(pool) < num_negatives:
             continue

@@ -17,7 +17,13 @@ from sentence_transformers import SentenceTransformer
 from transformers import TrainerCallback
 
 from gte_st.checkpoints import latest_checkpoint
-from gte_st.data import SourceSpec, load_training_data, sampling_probabilities, validate_sizes
+from gte_st.data import (
+    DataValidationError,
+    SourceSpec,
+    load_training_data,
+    sampling_probabilities,
+    validate_sizes,
+)
 from gte_st.files import atomic_write_json, replace_directory
 from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
 from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
@@ -112,7 +118,22 @@ def load_stage_data(stage: Stage, default_train: dict[str, Dataset] | None) -> t
         max_rows=recipe.max_rows,
         min_rows=min_rows,
     )
+    check_teacher_scores(stage, data)
     return data, {name: SourceSpec.parse(spec).location for name, spec in zip(data, recipe.data)}
+
+
+def check_teacher_scores(stage: Stage, data: DatasetDict) -> None:
+    """A stage with ``score_distillation_weight > 0`` needs teacher scores in its data (``pos_scores``/``neg_scores``)
+    and must keep the negatives they score: otherwise the term would silently be absent or wrong."""
+    if not stage.loss_kwargs.get("score_distillation_weight"):
+        return
+    where = f"stage {stage.name}: --loss_kwargs score_distillation_weight > 0"
+    if stage.recipe.mine_hard_negatives:
+        raise DataValidationError(f"{where}, but --mine_hard_negatives replaces the negatives the scores belong to.")
+    if not any("label" in d.column_names for d in data.values()):
+        raise DataValidationError(
+            f"{where}, but no source has teacher scores (pos_scores/neg_scores columns): {sorted(data)}."
+        )
 
 
 def _run_stage(
@@ -219,7 +240,6 @@ def _run_stage(
         replace_directory(tmp, done_dir)
     _wait_for_everyone()
     return summary
-
 
 
 __all__ = ["run"]
