@@ -33,6 +33,8 @@ NEGATIVE_COLUMNS = ("negative", "neg", "negatives", "hard_negative", "hard_negat
 # Teacher scores for distillation: FlagEmbedding's pos_scores/neg_scores lists, kept as one ``label`` list per row
 # (positive first, then one score per negative column), which sentence-transformers' collator hands to the loss.
 SCORE_COLUMNS = ("pos_scores", "neg_scores")
+# Gold scores of scored pairs (STS-style data for CoSENT), tried in order; any scale, only their order matters.
+PAIR_SCORE_COLUMNS = ("score", "similarity_score", "similarity", "relatedness_score", "label")
 
 
 class DataValidationError(ValueError):
@@ -179,9 +181,14 @@ def prepare_source(
     *,
     columns: Sequence[str] | None = None,
     num_negatives: int | None = None,
+    scored: bool = False,
 ) -> Dataset:
     """Validate one loaded source and return it as ``anchor, positive[, negative_1..k]`` string columns (plus a
     ``label`` column of teacher scores when the source has FlagEmbedding's ``pos_scores``/``neg_scores``).
+
+    With ``scored`` (a loss on scored pairs such as CoSENT), the source is ``anchor, positive, label``: the label
+    is the pair's gold score, from the third of ``columns`` or the first of :data:`PAIR_SCORE_COLUMNS` present;
+    negative columns are not read.
 
     List-valued columns (FlagEmbedding's ``pos``/``neg``) are flattened: the first positive, the first ``k``
     negatives (``k`` = ``num_negatives``, default the shortest list), and their scores alike. Raises
@@ -196,6 +203,19 @@ def prepare_source(
     out: dict[str, list[str]] = {}
     out["anchor"] = _string_column(dataset[anchor], source, anchor, first_only=True)
     out["positive"] = _string_column(dataset[positive], source, positive, first_only=True)
+    if scored:
+        score = (
+            columns[2]
+            if columns and len(columns) > 2
+            else next((c for c in PAIR_SCORE_COLUMNS if c in dataset.column_names), None)
+        )
+        if score is None:
+            raise DataValidationError(
+                f"{source}: a scored-pair loss needs a score column ({'/'.join(PAIR_SCORE_COLUMNS)}) or --columns "
+                f"ANCHOR POSITIVE SCORE; the source has columns {dataset.column_names}."
+            )
+        out["label"] = [_finite_number(v, source, score, row) for row, v in enumerate(dataset[score])]
+        return Dataset.from_dict(out)
     if num_negatives != 0:
         negative_lists: list[list[str]] = [[] for _ in range(len(dataset))]
         for column in negatives:
@@ -247,13 +267,17 @@ def _teacher_scores(dataset: Dataset, source: str, num_negatives: int) -> list[l
                 f"{source}: column {neg_column!r}, row {row}: {len(negative)} score(s) for {num_negatives} negatives."
             )
         values += negative[:num_negatives]
-        for column, value in zip([pos_column] + [neg_column] * num_negatives, values):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise DataValidationError(
-                    f"{source}: column {column!r}, row {row}: expected a finite number, got {value!r:.60}."
-                )
-        scores.append([float(v) for v in values])
+        columns = [pos_column] + [neg_column] * num_negatives
+        scores.append([_finite_number(value, source, column, row) for column, value in zip(columns, values)])
     return scores
+
+
+def _finite_number(value: object, source: str, column: str, row: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataValidationError(
+            f"{source}: column {column!r}, row {row}: expected a finite number, got {value!r:.60}."
+        )
+    return float(value)
 
 
 def _check_string(value: object, source: str, column: str, row: int) -> None:
@@ -285,8 +309,11 @@ def load_training_data(
     split: str = "train",
     max_rows: int | None = None,
     min_rows: int = 1,
+    scored: bool = False,
 ) -> DatasetDict:
     """Load, map and validate every source; returns a :class:`DatasetDict` keyed by source name.
+
+    ``scored``: every source is a scored pair source (``anchor, positive, label``; see :func:`prepare_source`).
 
     ``min_rows`` is the smallest acceptable source (one global batch): smaller sources are an error.
     """
@@ -296,7 +323,9 @@ def load_training_data(
         if source.name in data:
             raise DataValidationError(f"{spec}: two sources are named {source.name!r}; name them with NAME=PATH.")
         dataset = load_source(source.location, split=split, max_rows=max_rows)
-        data[source.name] = prepare_source(dataset, source.location, columns=columns, num_negatives=num_negatives)
+        data[source.name] = prepare_source(
+            dataset, source.location, columns=columns, num_negatives=num_negatives, scored=scored
+        )
     return validate_sizes(DatasetDict(data), min_rows=min_rows, locations={SourceSpec.parse(s).name: s for s in specs})
 
 

@@ -34,6 +34,11 @@ CASES = [
     Case("train-loss-option-typo", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margn": 0.2}'), "margn"),
     Case("train-score-distillation-without-scores",
          lambda w: _train(w, "--loss_kwargs", '{"score_distillation_weight": 5}'), "no source has teacher scores"),
+    Case("train-cosent-without-scores", lambda w: _train(w, "--loss", "cosent"), "needs a score column"),
+    Case("train-cosent-has-no-cached-variant", lambda w: _train(w, "--loss", "cosent", "--mini_batch_size", "4"),
+         "no cached (GradCache) variant"),  # fmt: skip
+    Case("train-cosent-with-mining", lambda w: _train(w, "--loss", "cosent", "--mine_hard_negatives", "true"),
+         "--mine_hard_negatives does not apply"),  # fmt: skip
     Case("train-loss-kwargs-not-json", lambda w: _train(w, "--loss_kwargs", "{margin: 0.2"), "not valid JSON"),
     Case("train-margin-out-of-range", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margin": 5}'),
          "margin"),  # fmt: skip

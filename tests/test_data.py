@@ -240,3 +240,41 @@ def test_bad_teacher_scores_name_file_column_row(tmp_path, row, message):
     with pytest.raises(DataValidationError, match=message) as info:
         load_training_data([str(path)])
     assert "bad.jsonl" in str(info.value)
+
+
+def test_scored_pairs_keep_their_gold_score_as_the_label(tmp_path):
+    rows = [{"sentence1": a, "sentence2": b, "score": s} for s, a, b in stsb_rows("train")[:6]]
+    path = _write_jsonl(tmp_path / "sts.jsonl", rows)
+    dataset = prepare_source(load_source(str(path)), "sts.jsonl", scored=True)
+    assert dataset.column_names == ["anchor", "positive", "label"]
+    assert dataset["label"] == pytest.approx([r["score"] for r in rows])
+    assert dataset[2]["anchor"] == rows[2]["sentence1"] and dataset[2]["positive"] == rows[2]["sentence2"]
+    # an explicit third column is the score; without `scored` the same file is plain pairs
+    renamed = _write_jsonl(tmp_path / "gold.jsonl", [{"a": r["sentence1"], "b": r["sentence2"], "gold": r["score"]}
+                                                     for r in rows])  # fmt: skip
+    explicit = prepare_source(load_source(str(renamed)), "gold.jsonl", columns=["a", "b", "gold"], scored=True)
+    assert explicit["label"] == dataset["label"]
+    assert prepare_source(load_source(str(path)), "sts.jsonl").column_names == ["anchor", "positive"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            [{"anchor": "a b", "positive": "c d"}] * 2,
+            r"needs a score column \(score/.*columns \['anchor', 'positive'\]",
+        ),
+        (
+            [
+                {"anchor": "a b", "positive": "c d", "score": 1.0},
+                {"anchor": "a b", "positive": "c d", "score": "high"},
+            ],
+            r"column 'score', row 1: expected a finite number, got 'high'",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_scored_pairs_name_file_column_row(tmp_path, rows, message):
+    path = _write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataValidationError, match=message) as info:
+        load_training_data([str(path)], scored=True)
+    assert "bad.jsonl" in str(info.value)

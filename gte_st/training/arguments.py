@@ -54,11 +54,12 @@ class RecipeArguments:
         },
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length (tokens) of this stage."})
-    loss: Literal["mse", "gte", "mnrl"] = field(
+    loss: Literal["mse", "gte", "mnrl", "cosent"] = field(
         default="mse",
         metadata={
             "help": "mse: gte_st NormalizedMSELoss; gte: MultipleNegativesRankingLoss with the four GTE "
-            "directions, joint partition; mnrl: plain MultipleNegativesRankingLoss."
+            "directions, joint partition; mnrl: plain MultipleNegativesRankingLoss; cosent: CoSENTLoss on scored "
+            "pairs (a score column, e.g. STS-B's 0-5 gold scores)."
         },
     )
     loss_kwargs: str | None = field(
@@ -181,4 +182,3 @@ def mixed_precision_flags(precision: str) -> dict[str, bool]:
     if not torch.cuda.is_available():
         flags["use_cpu"] = True  # also selects gloo for multi-process CPU runs (accelerate's MULTI_CPU)
     return flags
-

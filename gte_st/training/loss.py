@@ -10,7 +10,9 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 GTE_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
-LOSSES = ("mse", "gte", "mnrl")
+LOSSES = ("mse", "gte", "mnrl", "cosent")
+# Losses trained on scored pairs (anchor, positive, score) rather than on pairs with in-batch negatives.
+SCORED_LOSSES = ("cosent",)
 # Options the pipeline sets itself (from --mini_batch_size / --gather_across_devices), not via --loss_kwargs.
 PIPELINE_OPTIONS = ("model", "mini_batch_size", "gather_across_devices")
 
@@ -25,7 +27,16 @@ def loss_class(name: str, cached: bool = False) -> type[torch.nn.Module]:
         return gte_losses.CachedNormalizedMSELoss if cached else gte_losses.NormalizedMSELoss
     if name in ("gte", "mnrl"):
         return st_losses.CachedMultipleNegativesRankingLoss if cached else st_losses.MultipleNegativesRankingLoss
+    if name == "cosent":
+        if cached:
+            raise ValueError("--loss cosent has no cached (GradCache) variant; leave --mini_batch_size unset")
+        return st_losses.CoSENTLoss
     raise ValueError(f"unknown loss {name!r}; choose one of {LOSSES}")
+
+
+def uses_scores(name: str) -> bool:
+    """Whether ``--loss name`` trains on scored pairs (a ``score`` column) instead of in-batch negatives."""
+    return name in SCORED_LOSSES
 
 
 def loss_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +67,10 @@ def check_loss(name: str, kwargs: dict[str, Any], *, cached: bool, where: str) -
     """Fail before any work when the loss options cannot build the loss: an unknown option (naming it and the
     options the loss has), an option the pipeline sets itself, or a value the loss refuses (gte-st's losses are
     built without a model to run their own checks)."""
-    cls = loss_class(name, cached)
+    try:
+        cls = loss_class(name, cached)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     for option in PIPELINE_OPTIONS:
         if option in kwargs:
             flag = "--base_model" if option == "model" else f"--{option}"
@@ -87,13 +101,28 @@ def build_loss(
     gather_across_devices: bool = False,
     **kwargs: Any,
 ) -> torch.nn.Module:
-    """The loss of a stage: ``mse`` (NormalizedMSELoss), ``gte`` (4-direction joint MNRL) or ``mnrl``; the
-    GradCache variant when ``mini_batch_size`` is set."""
+    """The loss of a stage: ``mse`` (NormalizedMSELoss), ``gte`` (4-direction joint MNRL), ``mnrl`` or ``cosent``
+    (sentence-transformers' CoSENTLoss on scored pairs); the GradCache variant when ``mini_batch_size`` is set."""
     options = loss_options(name, kwargs)
+    if uses_scores(name):
+        if gather_across_devices:
+            raise ValueError(
+                f"--loss {name} compares the pairs of each batch by score: --gather_across_devices does not apply"
+            )
+        return loss_class(name)(model, **options)
     options["gather_across_devices"] = gather_across_devices
     if mini_batch_size is not None:
         options["mini_batch_size"] = mini_batch_size
     return loss_class(name, cached=mini_batch_size is not None)(model, **options)
 
 
-__all__ = ["GTE_DIRECTIONS", "LOSSES", "build_loss", "check_loss", "loss_class", "parse_loss_kwargs"]
+__all__ = [
+    "GTE_DIRECTIONS",
+    "LOSSES",
+    "SCORED_LOSSES",
+    "build_loss",
+    "check_loss",
+    "loss_class",
+    "parse_loss_kwargs",
+    "uses_scores",
+]

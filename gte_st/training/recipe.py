@@ -18,7 +18,7 @@ from transformers import HfArgumentParser
 
 from gte_st.errors import UsageError
 from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
-from gte_st.training.loss import check_loss, parse_loss_kwargs
+from gte_st.training.loss import check_loss, parse_loss_kwargs, uses_scores
 
 # The embedded default job's recipe (used when neither --config nor --data is given; command-line options still
 # override it): the default loss, NormalizedMSELoss, with self-distillation to the frozen base model so that the
@@ -90,6 +90,16 @@ def check_stage(stage: Stage, where: str) -> None:
     learning rate, lengths, mixture exponent."""
     recipe, args = stage.recipe, stage.args
     check_loss(recipe.loss, stage.loss_kwargs, cached=recipe.mini_batch_size is not None, where=where)
+    if uses_scores(recipe.loss):
+        for option, value in (
+            ("--gather_across_devices", recipe.gather_across_devices),
+            ("--mine_hard_negatives", recipe.mine_hard_negatives),
+            ("--num_negatives", recipe.num_negatives),
+        ):
+            if value:
+                raise ValueError(
+                    f"{where}: --loss {recipe.loss} trains on scored pairs without negatives; {option} does not apply"
+                )
     if args.per_device_train_batch_size * (args.world_size if recipe.gather_across_devices else 1) < 2:
         raise ValueError(
             f"{where}: --per_device_train_batch_size {args.per_device_train_batch_size} leaves no in-batch negatives "
@@ -161,7 +171,9 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
     known = {f.name for f in fields(RecipeArguments)} | {f.name for f in fields(GTETrainingArguments)}
     for where, values in [("top level", config)] + [(f"stage {i}", s) for i, s in enumerate(stage_configs)]:
         if unknown := sorted(set(values) - known - {"name"}):
-            raise ValueError(f"--config {config_path} ({where}): unknown option(s) {unknown}; see `gte-st train --help`")
+            raise ValueError(
+                f"--config {config_path} ({where}): unknown option(s) {unknown}; see `gte-st train --help`"
+            )
     recipe_names = {f.name for f in fields(RecipeArguments)}
     stages: list[Stage] = []
     for index, stage_config in enumerate(stage_configs):

@@ -28,7 +28,7 @@ from gte_st.files import atomic_write_json, replace_directory
 from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
 from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
-from gte_st.training.loss import build_loss
+from gte_st.training.loss import build_loss, uses_scores
 from gte_st.training.recipe import Stage
 from gte_st.training.summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
@@ -117,6 +117,7 @@ def load_stage_data(stage: Stage, default_train: dict[str, Dataset] | None) -> t
         split=recipe.data_split,
         max_rows=recipe.max_rows,
         min_rows=min_rows,
+        scored=uses_scores(recipe.loss),
     )
     check_teacher_scores(stage, data)
     return data, {name: SourceSpec.parse(spec).location for name, spec in zip(data, recipe.data)}
