@@ -10,8 +10,8 @@ scores are the BM25 + dense hybrid's on the model's cosine scale, :func:`gte_st.
 - ``titles.jsonl``: every corpus title -> its abstract, candidates from an index of abstracts without titles (so the
   title does not match itself), a weak in-domain stage;
 - ``claims.jsonl``: the train claims -> their cited abstracts (documents as BEIR embeds them, title + abstract);
-- ``stsb.jsonl``: STS-B *train* pairs scored >= ``--stsb-min-score`` as (anchor, positive), general-domain pairs
-  that keep STS quality while the model specialises (short texts: cheap steps);
+- ``stsb.jsonl``: the STS-B *train* pairs with their gold scores (``sentence1``, ``sentence2``, ``score`` on the
+  0-5 scale), for the recipe's short ``--loss cosent`` stage that gives back the STS quality the claims stage costs;
 - with ``--holdout N``: the last N train claims go to ``dev-claims/`` (a BEIR folder: corpus, queries, qrels/dev.tsv)
   instead, for choosing the recipe's settings on data the model did not train on.
 
@@ -38,15 +38,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def stsb_pairs(path: Path, min_score: float) -> list[dict]:
-    """(anchor, positive) rows of the STS-B train pairs whose gold score is at least ``min_score`` (0-5 scale)."""
+def stsb_pairs(path: Path) -> list[dict]:
+    """The STS-B train pairs as scored-pair rows (``sentence1``, ``sentence2``, ``score``, 0-5 scale)."""
     from gte_st.evaluation.readers import read_sts
 
     pairs = read_sts(path)
     return [
-        {"anchor": a, "positive": b}
+        {"sentence1": a, "sentence2": b, "score": score}
         for a, b, score in zip(pairs.sentences1, pairs.sentences2, pairs.scores)
-        if score >= min_score
     ]
 
 
@@ -63,7 +62,6 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=0, help="train claims held out as dev-claims/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stsb", default=str(STSB), help="STS-B train file")
-    parser.add_argument("--stsb-min-score", type=float, default=4.0)
     args = parser.parse_args()
 
     import csv
@@ -132,7 +130,7 @@ def main() -> None:
     )
     write_jsonl(out / "titles.jsonl", titles)
     write_jsonl(out / "claims.jsonl", claims)
-    stsb = stsb_pairs(Path(args.stsb), args.stsb_min_score)
+    stsb = stsb_pairs(Path(args.stsb))
     write_jsonl(out / "stsb.jsonl", stsb)
     if dev_ids:
         dev = out / "dev-claims"

@@ -216,8 +216,9 @@ def test_teacher_scores_reach_the_loss_through_the_pipeline(tiny_bert_dir, tmp_p
 
 def test_scifact_recipe_parses():
     path = Path(__file__).resolve().parent.parent / "scripts" / "recipes" / "scifact-hybrid.yaml"
-    (claims,) = parse_stages(["--config", str(path)])
+    claims, sts = parse_stages(["--config", str(path)])
     assert claims.recipe.loss == "mse" and claims.recipe.data == ["claims=scifact-hybrid/data/claims.jsonl"]
+    assert sts.recipe.loss == "cosent" and sts.args.max_steps == 45 and sts.recipe.max_seq_length == 128
 
 
 def test_cosent_stage_learns_the_order_of_gold_scores(tiny_bert_dir, tmp_path):

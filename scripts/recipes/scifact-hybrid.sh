@@ -6,7 +6,8 @@
 #
 # 1. build the training files: hard negatives mined with the BM25 + dense hybrid teacher (w = 0.4, chosen on the
 #    SciFact train queries), with its scores (scripts/build_scifact_distillation.py);
-# 2. train scripts/recipes/scifact-hybrid.yaml: 3 epochs on the claims with those negatives.
+# 2. train scripts/recipes/scifact-hybrid.yaml: 3 epochs on the claims with those negatives, then 45 CoSENT steps on
+#    the STS-B train scores.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 python scripts/build_scifact_distillation.py --out-dir scifact-hybrid/data "$@"
