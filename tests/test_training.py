@@ -245,3 +245,24 @@ def test_cosent_stage_learns_the_order_of_gold_scores(tiny_bert_dir, tmp_path):
     assert summary["stages"][0]["loss"]["name"] == "CoSENTLoss"
     assert summary["stages"][0]["data"][0]["columns"] == ["anchor", "positive", "label"]
     assert spearman(out) > spearman(tiny_bert_dir) + 0.2
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_a_loss_teacher_runs_in_the_run_precision(tiny_bert_dir, tmp_path, bf16):
+    """Self-distillation's frozen teacher inside the loss runs under the run's autocast like the student (accelerate
+    wraps only the student's forward), and hands the loss fp32 embeddings: the step trains without a dtype error."""
+    from datasets import Dataset
+
+    from gte_st.training import GTETrainer, GTETrainingArguments
+
+    model = gte_st.build_model(str(tiny_bert_dir), max_seq_length=32)
+    loss = build_loss(model, "mse", distillation_weight=1.0)
+    seen: list[torch.dtype] = []
+    linear = next(m for m in loss.teacher.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    rows = stsb_rows("train")[:16]
+    data = Dataset.from_dict({"anchor": [r[1] for r in rows], "positive": [r[2] for r in rows]})
+    args = GTETrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, bf16=bf16,
+                                use_cpu=True, save_strategy="no", report_to=[])  # fmt: skip
+    GTETrainer(model=model, args=args, train_dataset=data, loss=loss).train()
+    assert seen and set(seen) == {torch.bfloat16 if bf16 else torch.float32}

@@ -25,6 +25,26 @@ class GTETrainer(SentenceTransformerTrainer):
     def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any) -> None:
         self.alpha = alpha
         super().__init__(*args, **kwargs)
+        self._autocast_teacher()
+
+    def _autocast_teacher(self) -> None:
+        """Run a loss's frozen teacher (``loss.teacher``, e.g. self-distillation) in the run's mixed precision.
+
+        accelerate wraps only the prepared model's ``forward`` in autocast; a teacher inside the loss would otherwise
+        run in fp32 under bf16/fp16 training (about twice the cost of the student's forward on AMX CPUs). Its outputs
+        are returned in fp32, as accelerate does for the student."""
+        teacher = getattr(self.loss, "teacher", None)
+        if not isinstance(teacher, torch.nn.Module) or not self.accelerator.native_amp:
+            return
+        from accelerate.utils import convert_outputs_to_fp32
+
+        forward, accelerator = teacher.forward, self.accelerator
+
+        def autocast_forward(*args: Any, **kwargs: Any) -> Any:
+            with accelerator.autocast():
+                return forward(*args, **kwargs)
+
+        teacher.forward = convert_outputs_to_fp32(autocast_forward)
 
     def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):  # noqa: D102
         return AlphaSourceBatchSampler(
@@ -80,7 +100,6 @@ class HubCheckpointCallback(TrainerCallback):
             from gte_st.hub import push_checkpoint
 
             push_checkpoint(Path(args.output_dir) / f"checkpoint-{state.global_step}", self.repo_id, token=self.token)
-
 
 
 __all__ = ["GTETrainer", "HubCheckpointCallback", "NonFiniteLossError", "ThroughputCallback"]
