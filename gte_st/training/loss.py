@@ -39,6 +39,30 @@ def uses_scores(name: str) -> bool:
     return name in SCORED_LOSSES
 
 
+def check_scored_pair_options(
+    name: str,
+    *,
+    gather_across_devices: bool = False,
+    mine_hard_negatives: bool = False,
+    num_negatives: int | None = None,
+    where: str = "",
+) -> None:
+    """A loss on scored pairs (``cosent``) compares the pairs of each batch by their scores: options about negatives
+    (gathering them across ranks, mining them, keeping them) do not apply and are an error rather than ignored."""
+    if not uses_scores(name):
+        return
+    for option, value in (
+        ("--gather_across_devices", gather_across_devices),
+        ("--mine_hard_negatives", mine_hard_negatives),
+        ("--num_negatives", num_negatives),
+    ):
+        if value:
+            prefix = f"{where}: " if where else ""
+            raise ValueError(
+                f"{prefix}--loss {name} trains on scored pairs without negatives; {option} does not apply"
+            )
+
+
 def loss_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The keyword arguments of ``--loss name`` besides the pipeline's own: GTE's joint loss adds its four
     directions and the joint partition unless given."""
@@ -105,10 +129,7 @@ def build_loss(
     (sentence-transformers' CoSENTLoss on scored pairs); the GradCache variant when ``mini_batch_size`` is set."""
     options = loss_options(name, kwargs)
     if uses_scores(name):
-        if gather_across_devices:
-            raise ValueError(
-                f"--loss {name} compares the pairs of each batch by score: --gather_across_devices does not apply"
-            )
+        check_scored_pair_options(name, gather_across_devices=gather_across_devices)
         return loss_class(name)(model, **options)
     options["gather_across_devices"] = gather_across_devices
     if mini_batch_size is not None:
@@ -122,6 +143,7 @@ __all__ = [
     "SCORED_LOSSES",
     "build_loss",
     "check_loss",
+    "check_scored_pair_options",
     "loss_class",
     "parse_loss_kwargs",
     "uses_scores",

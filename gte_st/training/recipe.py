@@ -18,7 +18,7 @@ from transformers import HfArgumentParser
 
 from gte_st.errors import UsageError
 from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
-from gte_st.training.loss import check_loss, parse_loss_kwargs, uses_scores
+from gte_st.training.loss import check_loss, check_scored_pair_options, parse_loss_kwargs
 
 # The embedded default job's recipe (used when neither --config nor --data is given; command-line options still
 # override it): the default loss, NormalizedMSELoss, with self-distillation to the frozen base model so that the
@@ -90,16 +90,13 @@ def check_stage(stage: Stage, where: str) -> None:
     learning rate, lengths, mixture exponent."""
     recipe, args = stage.recipe, stage.args
     check_loss(recipe.loss, stage.loss_kwargs, cached=recipe.mini_batch_size is not None, where=where)
-    if uses_scores(recipe.loss):
-        for option, value in (
-            ("--gather_across_devices", recipe.gather_across_devices),
-            ("--mine_hard_negatives", recipe.mine_hard_negatives),
-            ("--num_negatives", recipe.num_negatives),
-        ):
-            if value:
-                raise ValueError(
-                    f"{where}: --loss {recipe.loss} trains on scored pairs without negatives; {option} does not apply"
-                )
+    check_scored_pair_options(
+        recipe.loss,
+        gather_across_devices=recipe.gather_across_devices,
+        mine_hard_negatives=recipe.mine_hard_negatives,
+        num_negatives=recipe.num_negatives,
+        where=where,
+    )
     if args.per_device_train_batch_size * (args.world_size if recipe.gather_across_devices else 1) < 2:
         raise ValueError(
             f"{where}: --per_device_train_batch_size {args.per_device_train_batch_size} leaves no in-batch negatives "

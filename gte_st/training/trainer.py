@@ -31,8 +31,7 @@ class GTETrainer(SentenceTransformerTrainer):
         """Run a loss's frozen teacher (``loss.teacher``, e.g. self-distillation) in the run's mixed precision.
 
         accelerate wraps only the prepared model's ``forward`` in autocast; a teacher inside the loss would otherwise
-        run in fp32 under bf16/fp16 training (about twice the cost of the student's forward on AMX CPUs). Its outputs
-        are returned in fp32, as accelerate does for the student."""
+        run in fp32 under bf16/fp16 training. Its outputs are returned in fp32, as accelerate does for the student."""
         teacher = getattr(self.loss, "teacher", None)
         if not isinstance(teacher, torch.nn.Module) or not self.accelerator.native_amp:
             return
