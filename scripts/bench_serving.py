@@ -16,6 +16,8 @@ Paths (``--paths``; each artifact is exported by ``gte_st.export.export`` into a
 stock-fp32                  ``model.encode(docs)``: sentence-transformers' default, torch fp32 (the baseline)
 stock-bf16-autocast         the same under ``torch.autocast("cpu", torch.bfloat16)``
 gte-bf16                    ``gte_st.encoding.encode(model, docs, precision="bf16")`` (``fp32`` under --isa)
+gte-bf16-compile            the same with ``compile=True`` (compiled during the warm-up, outside the timed rounds;
+                            its STS-B figure is the eager path's, its cosines are its own)
 onnx-fp32                   ``onnx/model.onnx`` on ONNX Runtime (plain graph)
 onnx-O2                     ``onnx/model_O2.onnx``: fused Attention / SkipLayerNorm / BiasGelu
 onnx-int8-dynamic-plain     dynamic int8 of the plain graph (what ``gte-st export --quantize int8`` wrote before)
@@ -61,7 +63,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
-STOCK = ["stock-fp32", "stock-bf16-autocast", "gte-bf16"]
+STOCK = ["stock-fp32", "stock-bf16-autocast", "gte-bf16", "gte-bf16-compile"]
 ARTIFACTS = {
     "onnx-fp32": ("onnx", "none", "onnx/model.onnx"),
     "onnx-O2": ("onnx", "none", "onnx/model_O2.onnx"),
@@ -241,6 +243,12 @@ def main() -> int:
             elif name == "gte-bf16":
                 row = "gte-bf16" if not limited else "gte-fp32"
                 fns[row] = lambda t: encode(torch_model, t, batch_size=args.batch_size, precision=gte_precision)
+                models[row] = (torch_model, gte_precision)
+            elif name == "gte-bf16-compile":
+                row = "gte-bf16-compile" if not limited else "gte-fp32-compile"
+                fns[row] = lambda t: encode(
+                    torch_model, t, batch_size=args.batch_size, precision=gte_precision, compile=True
+                )
                 models[row] = (torch_model, gte_precision)
             else:
                 fmt, _, rel = ARTIFACTS[name]

@@ -127,3 +127,25 @@ def test_encode_backend_errors(tiny_model, exported_tiny):
         encode(exported_tiny, ["a"], file_name="model.safetensors")
     torch_by_dir = encode(exported_tiny, ["a man plays a guitar"], precision="fp32")
     assert torch_by_dir.shape[0] == 1  # backend defaults to torch for a directory
+
+
+def test_compiled_encode_matches_eager_and_follows_weight_updates(tiny_model, exported_tiny, sentences):
+    texts = sentences[:40]
+    eager = encode(tiny_model, texts, batch_size=8, precision="fp32")
+    compiled = encode(tiny_model, texts, batch_size=8, precision="fp32", compile=True)
+    np.testing.assert_allclose(compiled, eager, atol=1e-4)
+    params = list(tiny_model.parameters())
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            for p in params:
+                p.mul_(1.1)  # an in-place update, as an optimizer step makes: the compiled copy must not be stale
+        updated = encode(tiny_model, texts[:8], precision="fp32")
+        assert not np.allclose(updated, eager[:8], atol=1e-3)
+        np.testing.assert_allclose(encode(tiny_model, texts[:8], precision="fp32", compile=True), updated, atol=1e-4)
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
+    with pytest.raises(ValueError, match="compile=True applies to torch models"):
+        encode(exported_tiny, ["a"], backend="onnx", compile=True)
