@@ -88,6 +88,10 @@ CASES = [
     Case("index-existing-index-without-overwrite", lambda w: ["index", str(w["corpus"]), "--model", str(w["model"]),
                                                               "--out", str(w["index"])],
          "already holds an index"),  # fmt: skip
+    Case("index-compile-with-an-exported-artifact", lambda w: ["index", str(w["corpus"]), "--model", str(w["model"]),
+                                                               "--out", str(w["tmp"] / "new-index"), "--backend",
+                                                               "onnx", "--compile"],
+         "--compile applies to the torch backend"),  # fmt: skip
     Case("search-not-an-index", lambda w: ["search", str(w["tmp"]), "a query"], "not an index directory"),
     Case("search-bm25-weight-without-rerank", lambda w: ["search", str(w["index"]), "q", "--bm25-weight", "0.5"],
          "--bm25-weight"),  # fmt: skip

@@ -23,6 +23,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--id-field")
     parser.add_argument("--text-field")
     parser.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"])
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="encode the corpus with a torch.compile'd model: about a minute to compile, then ~15%% faster on CPU",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     add_backend_arguments(parser)
@@ -33,7 +37,10 @@ def main(argv: list[str]) -> int:
     from gte_st.corpus import read_corpus
     from gte_st.search import build_index
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.compile and (args.backend != "torch" or args.file_name):
+        parser.error("--compile applies to the torch backend, not to an exported artifact (--backend/--file-name)")
     # Everything that can be checked without the model is checked before it is loaded.
     corpus = read_corpus(args.corpus, id_field=args.id_field, text_field=args.text_field)
     check_model_location(args.model)
@@ -53,6 +60,7 @@ def main(argv: list[str]) -> int:
         overwrite=args.overwrite,
         show_progress_bar=not args.no_progress,
         encode_precision=args.encode_precision,
+        compile=args.compile,
         corpus_name=str(args.corpus),
         model_name=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
     )

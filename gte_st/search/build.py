@@ -86,6 +86,7 @@ def build_index(
     overwrite: bool = False,
     show_progress_bar: bool = True,
     encode_precision: str = "auto",
+    compile: bool = False,
     embeddings: np.ndarray | None = None,
     seed: int = 0,
     corpus_name: str | None = None,
@@ -106,6 +107,8 @@ def build_index(
         overwrite: Replace an existing index at ``out``.
         encode_precision: ``"auto"`` (bf16 on CPUs with AMX / AVX512-BF16 and on GPUs), ``"fp32"`` or ``"bf16"``;
             queries are encoded the same way.
+        compile: Encode the corpus with a ``torch.compile``d copy of the model (see :func:`gte_st.encoding.encode`;
+            a one-off compile, worth it for large corpora). Torch models only.
         embeddings: Precomputed float32, L2-normalised embeddings of the corpus (by ``model``): no encoding.
         corpus_name: What ``meta.json`` records as the corpus (default: the path, or ``<in-memory>``).
         model_name: What ``meta.json`` records as the query model (default: the model's path or name); e.g. the
@@ -176,7 +179,7 @@ def build_index(
             if shard_path.is_file():
                 continue
             chunk = texts[s * shard_size : (s + 1) * shard_size]
-            embeddings = encode(st_model, chunk, batch_size=batch_size, precision=encode_precision)
+            embeddings = encode(st_model, chunk, batch_size=batch_size, precision=encode_precision, compile=compile)
             if embeddings.shape != (len(chunk), dim):
                 raise RuntimeError(
                     f"model returned embeddings of shape {embeddings.shape}, expected ({len(chunk)}, {dim})"
