@@ -5,8 +5,9 @@ rows in input order -- but
 
 * sorts the texts by their *token* length (stock ``encode`` sorts by character length), so every batch is padded to
   nearly the length of its own texts, and packs short texts into larger batches under the same token budget;
-* runs the model in bf16 on CPUs with AMX / AVX512-BF16 and on GPUs with bf16 support (``precision="auto"``): with
-  bf16 copies of the weights made for the call (``"bf16"``; the model is not modified), or under
+* runs the model in bf16 on CPUs with AMX / AVX512-BF16 and on GPUs with bf16 support (``precision="auto"``): on a
+  bf16 copy of the model (``"bf16"``; made on the first call and kept while the model's weights are unchanged, the
+  model itself is not modified, so threads may share it), or under
   ``torch.autocast`` (``"bf16-autocast"``); the final normalisation is done in float32. On an AMX CPU either is
   about 2x fp32 (docs/benchmarks.md); the bf16 matmuls are the gain, not the batching.
 
@@ -93,28 +94,36 @@ def _batches(lengths_sorted: np.ndarray, batch_size: int, token_budget: int) -> 
     return spans
 
 
-_COMPILED: weakref.WeakKeyDictionary[SentenceTransformer, tuple[tuple, SentenceTransformer]] = (
-    weakref.WeakKeyDictionary()
-)
+_SERVING_COPIES: weakref.WeakKeyDictionary[
+    SentenceTransformer, dict[tuple[str, bool], tuple[tuple, SentenceTransformer]]
+] = weakref.WeakKeyDictionary()
 
 
-def _compiled_copy(model: SentenceTransformer, resolved: str) -> SentenceTransformer:
-    """A copy of ``model`` (bf16 weights when ``resolved == "bf16"``) whose transformer runs under
-    ``torch.compile(dynamic=True)``; cached per model and reused while none of its weights has changed (a training
-    step or ``load_state_dict`` bumps the tensors' version counters, which are part of the key)."""
-    key = (resolved, tuple((p.data_ptr(), p._version) for p in model.parameters()))
-    cached = _COMPILED.get(model)
+def _serving_copy(model: SentenceTransformer, resolved: str, compile: bool) -> SentenceTransformer:
+    """The model :func:`encode` runs for ``model``: itself (fp32 / autocast, eager), or a copy with bf16 weights
+    (``resolved == "bf16"``) and/or a transformer under ``torch.compile(dynamic=True)`` (``compile``).
+
+    Copies are cached per model and reused while none of its weights has changed (a training step or
+    ``load_state_dict`` bumps the tensors' version counters, which are part of the key). Running a copy rather than
+    swapping bf16 tensors into ``model`` leaves ``model`` untouched, so concurrent ``encode`` calls (threads of a
+    server) are safe, and the weights are converted once rather than per call."""
+    if resolved != "bf16" and not compile:
+        return model
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    copies = _SERVING_COPIES.setdefault(model, {})
+    cached = copies.get((resolved, compile))
     if cached is not None and cached[0] == key:
         return cached[1]
-    compiled = copy.deepcopy(model)
+    serving = copy.deepcopy(model).eval()
     if resolved == "bf16":
-        compiled.to(torch.bfloat16)
-    transformer = compiled[0]
-    if not hasattr(transformer, "model") or not isinstance(transformer.model, torch.nn.Module):
-        raise ValueError(f"compile=True needs a transformer first module, got {type(transformer).__name__}")
-    transformer.model = torch.compile(transformer.model, dynamic=True)
-    _COMPILED[model] = (key, compiled)
-    return compiled
+        serving.to(torch.bfloat16)
+    if compile:
+        transformer = serving[0]
+        if not hasattr(transformer, "model") or not isinstance(transformer.model, torch.nn.Module):
+            raise ValueError(f"compile=True needs a transformer first module, got {type(transformer).__name__}")
+        transformer.model = torch.compile(transformer.model, dynamic=True)
+    copies[(resolved, compile)] = (key, serving)
+    return serving
 
 
 @functools.lru_cache(maxsize=4)
@@ -213,24 +222,18 @@ def encode(
     order = np.argsort(-lengths, kind="stable")
     spans = _batches(lengths[order], batch_size, token_budget=batch_size * 128)
 
-    was_training = model.training
-    model.eval()
-    # "bf16": run the model with bf16 copies of its floating-point weights (made per call, the model itself is
-    # left untouched), so every op -- matmuls, layer norms, GELU, attention -- runs in bf16. On the 2-core AMX CPU
-    # of docs/benchmarks.md this and autocast were equally fast (about 2x fp32, within run-to-run noise).
-    params = None
-    runner = model
+    # "bf16": a bf16 copy of the model (made once, cached while the weights are unchanged), so every op -- matmuls,
+    # layer norms, GELU, attention -- runs in bf16. On the 2-core AMX CPU of docs/benchmarks.md this and autocast
+    # were equally fast (about 2x fp32, within run-to-run noise).
+    runner = _serving_copy(model, resolved, compile) if is_torch else model
     freezing = contextlib.nullcontext()
     if compile:
         from torch._inductor import config as inductor_config
 
-        runner = _compiled_copy(model, resolved).eval()
         # Freezing: the weights become graph constants, which lets inductor pre-pack them for oneDNN.
         freezing = inductor_config.patch(freezing=True)
-    elif resolved == "bf16":
-        params = {
-            name: p.detach().to(torch.bfloat16) if p.is_floating_point() else p for name, p in model.named_parameters()
-        }
+    was_training = runner.training
+    runner.eval()
     out = np.empty((len(texts), 0), dtype=np.float32)
     try:
         with (
@@ -242,15 +245,12 @@ def encode(
                 idx = order[start:end]
                 features = model.preprocess([texts[i] for i in idx], prompt=prompt)
                 features = batch_to_device(features, device)
-                if params is None:
-                    features = runner(features)
-                else:
-                    features = torch.func.functional_call(model, params, (features,), strict=False)
+                features = runner(features)
                 emb = torch.nn.functional.normalize(features["sentence_embedding"].float(), p=2, dim=1)
                 emb = emb.cpu().numpy()
                 if out.shape[1] == 0:
                     out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
                 out[idx] = emb
     finally:
-        model.train(was_training)
+        runner.train(was_training)
     return out

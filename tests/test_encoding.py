@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,28 @@ def test_compiled_encode_matches_eager_and_follows_weight_updates(tiny_model, ex
                 p.copy_(value)
     with pytest.raises(ValueError, match="compile=True applies to torch models"):
         encode(exported_tiny, ["a"], backend="onnx", compile=True)
+
+
+def test_bf16_copy_is_shared_by_threads_and_follows_weight_updates(tiny_model, sentences):
+    texts = sentences[:32]
+    fp32 = encode(tiny_model, texts, batch_size=8, precision="fp32")
+    chunks = [texts[i::4] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:  # concurrent calls share one cached bf16 copy; the model is not touched
+        results = list(pool.map(lambda chunk: encode(tiny_model, chunk, batch_size=2, precision="bf16"), chunks * 2))
+    for i, result in enumerate(results):
+        assert (result * fp32[i % 4 :: 4]).sum(1).min() >= 0.999
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())
+    params = list(tiny_model.parameters())
+    saved = [p.detach().clone() for p in params]
+    try:
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in params:  # an optimizer step updates in place: the cached bf16 copy must not be stale
+                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+        updated = encode(tiny_model, texts, precision="fp32")
+        assert (updated * fp32).sum(1).min() < 0.99
+        assert (encode(tiny_model, texts, precision="bf16") * updated).sum(1).min() >= 0.999
+    finally:
+        with torch.no_grad():
+            for p, value in zip(params, saved):
+                p.copy_(value)
