@@ -7,7 +7,8 @@
 The transformer of the offline all-MiniLM-L6-v2 is exported with ``torch.export`` (dynamic batch and length),
 annotated by torchao's ``X86InductorQuantizer`` (every linear int8; the linear+GELU fusion annotation is skipped: it
 fails on this graph with an ``IndexError``, and inductor fuses the GELU into the int8 linear anyway), calibrated on
-200 SciFact abstracts after the first N (``static``) or not at all (``dynamic``), converted and compiled by inductor
+200 SciFact abstracts after the first N (``static``; ``CALIBRATION=builtin``: the 200 texts of the export's
+built-in calibration sample instead) or not at all (``dynamic``), converted and compiled by inductor
 with frozen weights under bf16 autocast (the non-quantised ops in bf16). Arms (``ARMS``):
 
 * ``static`` / ``dynamic``: every linear int8, static or dynamic activation scales;
@@ -117,6 +118,10 @@ def quantized(kind: str, calibration: list[str]) -> SentenceTransformer:
 def main() -> int:
     texts = _docs(Path("../shared/data/beir_scifact/corpus.jsonl.gz"), N + 200)
     docs, calibration = texts[:N], texts[N:]
+    if os.environ.get("CALIBRATION") == "builtin":  # the export's built-in sample: short, long, non-English texts
+        from gte_st.export.samples import calibration_sample
+
+        calibration = calibration_sample(200)
     model = load()
     paths = {
         "stock-fp32": lambda t: model.encode(t, batch_size=32, normalize_embeddings=True),
