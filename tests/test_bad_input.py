@@ -101,6 +101,9 @@ CASES = [
          "embeds the probe texts differently", before_model=False),  # fmt: skip
     # ---- dedup / cluster
     Case("dedup-empty-file", lambda w: ["dedup", str(w["empty_txt"]), "--model", str(w["model"])], "empty corpus"),
+    Case("dedup-compile-with-an-exported-artifact", lambda w: ["dedup", str(w["corpus"]), "--model", str(w["model"]),
+                                                               "--file-name", "onnx/model.onnx", "--compile"],
+         "--compile applies to the torch backend"),  # fmt: skip
     Case("dedup-threshold-out-of-range", lambda w: ["dedup", str(w["corpus"]), "--threshold", "2"], "--threshold"),
     Case("cluster-k-zero", lambda w: ["cluster", str(w["corpus"]), "--k", "0"], "--k"),
     Case("cluster-more-clusters-than-texts", lambda w: ["cluster", str(w["corpus"]), "--k", "50", "--model",

@@ -105,7 +105,8 @@ def test_cluster_cli_groups_newsgroup_subjects_by_topic(minilm_dir, shared_data,
     assert "## cluster" in capsys.readouterr().out
 
 
-def test_dedup_cli_finds_exact_and_near_duplicates(tiny_bert_dir, tmp_path, capsys):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+def test_dedup_cli_finds_exact_and_near_duplicates(tiny_bert_dir, tmp_path, capsys, compiled):
     import gte_st
     from gte_st.cli import main
 
@@ -116,6 +117,7 @@ def test_dedup_cli_finds_exact_and_near_duplicates(tiny_bert_dir, tmp_path, caps
     out = tmp_path / "pairs.jsonl"
     code = main(
         ["dedup", str(tmp_path / "texts.txt"), "--threshold", "0.9999", "--model", str(model), "--out", str(out)]
+        + ["--compile"] * compiled
     )
     assert code == 0
     pairs = [json.loads(line) for line in out.read_text().splitlines()]

@@ -54,6 +54,20 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--file-name", help="the artifact inside the model directory, e.g. onnx/model_O2.onnx")
 
 
+def add_compile_argument(parser: argparse.ArgumentParser, what: str = "the texts") -> None:
+    """``--compile``: encode with a ``torch.compile``'d copy of the model (see :func:`gte_st.encoding.encode`)."""
+    parser.add_argument(
+        "--compile", action="store_true",
+        help=f"encode {what} with a torch.compile'd model: about a minute to compile, then ~15%% faster on CPU",
+    )  # fmt: skip
+
+
+def check_compile(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--compile`` is for the torch backend: a one-line usage error with ``--backend`` / ``--file-name``."""
+    if args.compile and (args.backend != "torch" or args.file_name):
+        parser.error("--compile applies to the torch backend, not to an exported artifact (--backend/--file-name)")
+
+
 def load_model(
     name_or_path: str,
     *,

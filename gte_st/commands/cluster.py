@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gte_st.commands._args import ArgumentParser, positive_int
+from gte_st.commands._args import ArgumentParser, check_compile, positive_int
 from gte_st.commands.dedup import add_corpus_and_model_arguments, embed, read_texts, write_jsonl
 
 
@@ -21,7 +21,9 @@ def main(argv: list[str]) -> int:
     from gte_st.clusters import cluster
     from gte_st.errors import UsageError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_compile(parser, args)
     ids, texts = read_texts(args)
     if args.k > len(texts):
         raise UsageError(f"--k {args.k} is more than the {len(texts)} texts of {args.file}")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 import sys
 
-from gte_st.commands._args import ArgumentParser, add_backend_arguments, load_model, positive_int
+from gte_st.commands._args import (
+    ArgumentParser,
+    add_backend_arguments,
+    add_compile_argument,
+    check_compile,
+    load_model,
+    positive_int,
+)
 
 
 def add_corpus_and_model_arguments(parser: ArgumentParser) -> None:
@@ -18,6 +25,7 @@ def add_corpus_and_model_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--out", help="write the results as JSON lines to this file")
     parser.add_argument("--no-progress", action="store_true")
     add_backend_arguments(parser)
+    add_compile_argument(parser)
 
 
 def read_texts(args) -> tuple[list[str], list[str]]:
@@ -33,7 +41,9 @@ def embed(args, texts: list[str]):
     from gte_st.model import default_base_model
 
     model = load_model(args.model or default_base_model(), backend=args.backend, file_name=args.file_name)
-    return encode(model, texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress)
+    return encode(
+        model, texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress, compile=args.compile
+    )
 
 
 def write_jsonl(path: str, records: list[dict]) -> None:
@@ -54,7 +64,9 @@ def main(argv: list[str]) -> int:
     from gte_st.duplicates import duplicate_groups, mine_duplicates
     from gte_st.errors import UsageError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_compile(parser, args)
     if not -1.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold is a cosine similarity in [-1, 1], got {args.threshold}")
     ids, texts = read_texts(args)

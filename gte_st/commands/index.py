@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gte_st.commands._args import ArgumentParser, add_backend_arguments, check_model_location, load_model, positive_int
+from gte_st.commands._args import (
+    ArgumentParser,
+    add_backend_arguments,
+    add_compile_argument,
+    check_compile,
+    check_model_location,
+    load_model,
+    positive_int,
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -23,10 +31,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--id-field")
     parser.add_argument("--text-field")
     parser.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"])
-    parser.add_argument(
-        "--compile", action="store_true",
-        help="encode the corpus with a torch.compile'd model: about a minute to compile, then ~15%% faster on CPU",
-    )  # fmt: skip
+    add_compile_argument(parser, "the corpus")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     add_backend_arguments(parser)
@@ -39,8 +44,7 @@ def main(argv: list[str]) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.compile and (args.backend != "torch" or args.file_name):
-        parser.error("--compile applies to the torch backend, not to an exported artifact (--backend/--file-name)")
+    check_compile(parser, args)
     # Everything that can be checked without the model is checked before it is loaded.
     corpus = read_corpus(args.corpus, id_field=args.id_field, text_field=args.text_field)
     check_model_location(args.model)
