@@ -114,9 +114,16 @@ def _serving_copy(model: SentenceTransformer, resolved: str, compile: bool) -> S
     cached = copies.get((resolved, compile))
     if cached is not None and cached[0] == key:
         return cached[1]
-    serving = copy.deepcopy(model).eval()
+    memo: dict[int, object] = {}
+    if resolved == "bf16":  # copy each weight straight to bf16: no transient second fp32 copy of the model
+        memo = {
+            id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+            for p in model.parameters()
+            if p.is_floating_point()
+        }
+    serving = copy.deepcopy(model, memo).eval()
     if resolved == "bf16":
-        serving.to(torch.bfloat16)
+        serving.to(torch.bfloat16)  # floating-point buffers
     if compile:
         transformer = serving[0]
         if not hasattr(transformer, "model") or not isinstance(transformer.model, torch.nn.Module):
