@@ -99,17 +99,26 @@ _SERVING_COPIES: weakref.WeakKeyDictionary[
 ] = weakref.WeakKeyDictionary()
 
 
+def _weights_key(model: SentenceTransformer) -> tuple:
+    """What identifies the current weights of ``model``: each parameter's storage, version counter and the sum of 64
+    of its elements. The samples are needed because not every update bumps the version counter (fused AdamW, the
+    Trainer's default optimizer, does not); a dense training step changes every sampled element."""
+    params = list(model.parameters())
+    with torch.no_grad():
+        samples = torch.stack([p.detach().reshape(-1)[:: max(1, p.numel() // 64)].float().sum() for p in params])
+    return tuple((p.data_ptr(), p._version) for p in params), tuple(samples.tolist())
+
+
 def _serving_copy(model: SentenceTransformer, resolved: str, compile: bool) -> SentenceTransformer:
     """The model :func:`encode` runs for ``model``: itself (fp32 / autocast, eager), or a copy with bf16 weights
     (``resolved == "bf16"``) and/or a transformer under ``torch.compile(dynamic=True)`` (``compile``).
 
-    Copies are cached per model and reused while none of its weights has changed (a training step or
-    ``load_state_dict`` bumps the tensors' version counters, which are part of the key). Running a copy rather than
+    Copies are cached per model and reused while none of its weights has changed (:func:`_weights_key`). Running a copy rather than
     swapping bf16 tensors into ``model`` leaves ``model`` untouched, so concurrent ``encode`` calls (threads of a
     server) are safe, and the weights are converted once rather than per call."""
     if resolved != "bf16" and not compile:
         return model
-    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    key = _weights_key(model)
     copies = _SERVING_COPIES.setdefault(model, {})
     cached = copies.get((resolved, compile))
     if cached is not None and cached[0] == key:

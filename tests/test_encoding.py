@@ -166,9 +166,13 @@ def test_bf16_copy_is_shared_by_threads_and_follows_weight_updates(tiny_model, s
     saved = [p.detach().clone() for p in params]
     try:
         generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for p in params:  # an optimizer step updates in place: the cached bf16 copy must not be stale
-                p.add_(0.05 * torch.randn(p.shape, generator=generator))
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        # Fused AdamW (the Trainer's default) updates in place without bumping the version counters: the cached bf16
+        # copy must not be stale all the same.
+        torch.optim.AdamW(params, lr=0.05, fused=True).step()
+        for p in params:
+            p.grad = None
         updated = encode(tiny_model, texts, precision="fp32")
         assert (updated * fp32).sum(1).min() < 0.99
         assert (encode(tiny_model, texts, precision="bf16") * updated).sum(1).min() >= 0.999
