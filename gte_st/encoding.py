@@ -113,9 +113,9 @@ def _serving_copy(model: SentenceTransformer, resolved: str, compile: bool) -> S
     """The model :func:`encode` runs for ``model``: itself (fp32 / autocast, eager), or a copy with bf16 weights
     (``resolved == "bf16"``) and/or a transformer under ``torch.compile(dynamic=True)`` (``compile``).
 
-    Copies are cached per model and reused while none of its weights has changed (:func:`_weights_key`). Running a copy rather than
-    swapping bf16 tensors into ``model`` leaves ``model`` untouched, so concurrent ``encode`` calls (threads of a
-    server) are safe, and the weights are converted once rather than per call."""
+    Copies are cached per model and reused while none of its weights has changed (:func:`_weights_key`). Running a
+    copy rather than swapping bf16 tensors into ``model`` leaves ``model`` untouched, so concurrent ``encode`` calls
+    (threads of a server) are safe, and the weights are converted once rather than per call."""
     if resolved != "bf16" and not compile:
         return model
     key = _weights_key(model)
