@@ -25,6 +25,8 @@ onnx-int8-dynamic           dynamic int8 of the fused graph (QAttention; today's
 onnx-int8-static            static int8 (QDQ, calibrated on the built-in 200-text sample)
 openvino                    ``openvino/openvino_model.xml`` at OpenVINO's default precision (bf16 on AMX)
 openvino-int8-static        NNCF static int8 IR (same 200 calibration texts)
+openvino-int8-static-search the same with ``down_projections="search"``: the down-projections this model tolerates
+                            in int8 (chosen on the selection sample at the default 0.98) quantised too
 openvino-int8-weights       NNCF int8 weight compression (``--quantize int8-dynamic``; computed in bf16 / f32)
 ==========================  ================================================================================
 
@@ -72,6 +74,7 @@ ARTIFACTS = {
     "onnx-int8-static": ("onnx", "int8-static", "onnx/model_qint8_static.onnx"),
     "openvino": ("openvino", "none", "openvino/openvino_model.xml"),
     "openvino-int8-static": ("openvino", "int8-static", "openvino/openvino_model_qint8_quantized.xml"),
+    "openvino-int8-static-search": ("openvino-search", "int8-static", "openvino/openvino_model_qint8_quantized.xml"),
     "openvino-int8-weights": ("openvino", "int8-dynamic", "openvino/openvino_model_qint8_weights.xml"),
 }
 ISA_ENV = {"avx512_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "MKL_ENABLE_INSTRUCTIONS": "AVX512_E1"}}
@@ -142,7 +145,8 @@ def main() -> int:
 
     import gte_st
     from gte_st.encoding import cpu_supports_bf16, encode
-    from gte_st.export import PARITY_SAMPLE, PARITY_THRESHOLDS, export, load_exported
+    from gte_st.export import PARITY_SAMPLE, PARITY_THRESHOLDS, ExportParityError, export, load_exported
+    from gte_st.export.runtime import transformer_subdir
 
     limited = args.isa != "native"
     paths = [p for p in args.paths if not (limited and p in ("stock-bf16-autocast",))]
@@ -177,7 +181,7 @@ def main() -> int:
     docs = _docs(Path(args.corpus), args.max_docs)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     try:
-        model_dir, plain_dir = work / "model", work / "model-plain"
+        model_dir, plain_dir, search_dir = work / "model", work / "model-plain", work / "model-search"
         shutil.copytree(source, model_dir)
         torch_model = SentenceTransformer(str(model_dir), device="cpu")
         torch_model.max_seq_length = args.max_length
@@ -189,16 +193,23 @@ def main() -> int:
         # every export of a format also writes its unquantised files (onnx/model.onnx + model_O2.onnx, the fp32 IR)
         wanted -= {(fmt, "none") for fmt, q in list(wanted) if q != "none" and fmt != "onnx-plain"}
         for fmt, quantize in sorted(wanted):
-            target = model_dir
+            target, options = model_dir, {"thresholds": no_gate}
             if fmt == "onnx-plain":
                 if not plain_dir.exists():
                     shutil.copytree(source, plain_dir)
                 target, fmt = plain_dir, "onnx"
+            if fmt == "openvino-search":  # the search must choose at the real threshold; its gate is reported as is
+                shutil.copytree(source, search_dir)
+                target, fmt = search_dir, "openvino"
+                options = {"thresholds": {**no_gate, "int8": PARITY_THRESHOLDS["int8"]}, "down_projections": "search"}
             start = time.perf_counter()
-            report = export(
-                target, fmt, quantize, optimize=target is model_dir, thresholds=no_gate,
-                calibration_size=args.calibration_size,
-            )  # fmt: skip
+            try:
+                report = export(
+                    target, fmt, quantize, optimize=target is model_dir, calibration_size=args.calibration_size,
+                    **options,
+                )  # fmt: skip
+            except ExportParityError as exc:
+                report = exc.report
             for v in report.variants:
                 key = f"{target.name}:{v.file_name}"
                 exports[key] = {
@@ -208,24 +219,27 @@ def main() -> int:
                     "gate": "pass" if v.min_cosine >= PARITY_THRESHOLDS[v.precision] else "REFUSED by default",
                     "worst_text": v.worst_text,
                     "size_mb": v.size_mb,
-                    **{k: v.details[k] for k in ("fused_operators", "calibration_texts") if k in v.details},
+                    **{
+                        k: v.details[k]
+                        for k in ("fused_operators", "calibration_texts", "down_projection_search")
+                        if k in v.details
+                    },
                 }
             print(f"exported {fmt}/{quantize} in {time.perf_counter() - start:.0f}s", flush=True)
         header["exports"] = exports
 
         ov_precision = "fp32" if limited else None
-        if limited and any(ARTIFACTS.get(p, ("",))[0] == "openvino" for p in paths):
-            for rel in ("openvino/openvino_model.xml", "openvino/openvino_model_qint8_quantized.xml"):
-                if (model_dir / rel).is_file():
-                    header["isa_check"][f"openvino:{rel}"] = _verify_openvino_isa(model_dir / rel, "f32")
-        elif any(ARTIFACTS.get(p, ("",))[0] == "openvino" for p in paths):
-            for rel in ("openvino/openvino_model.xml", "openvino/openvino_model_qint8_quantized.xml"):
-                if (model_dir / rel).is_file():
-                    header["isa_check"][f"openvino:{rel}"] = _verify_openvino_isa(model_dir / rel, None)
+        if any(ARTIFACTS.get(p, ("",))[0].startswith("openvino") for p in paths):
+            for folder in (model_dir, search_dir):
+                for rel in ("openvino/openvino_model.xml", "openvino/openvino_model_qint8_quantized.xml"):
+                    if (folder / rel).is_file():
+                        key = f"openvino:{rel}" if folder is model_dir else f"openvino:{folder.name}/{rel}"
+                        header["isa_check"][key] = _verify_openvino_isa(folder / rel, "f32" if limited else None)
 
         # ---- the encode functions, one per row
         gte_precision = "fp32" if limited else "bf16"
         fns, models = {}, {}
+        failed: dict[str, str] = {}
 
         def stock(m, autocast=False):
             def fn(texts):
@@ -252,7 +266,10 @@ def main() -> int:
                 models[row] = (torch_model, gte_precision)
             else:
                 fmt, _, rel = ARTIFACTS[name]
-                target = plain_dir if fmt == "onnx-plain" else model_dir
+                target = {"onnx-plain": plain_dir, "openvino-search": search_dir}.get(fmt, model_dir)
+                if not (target / transformer_subdir(target) / rel).is_file():
+                    failed[name] = "not written (refused by its gate)"
+                    continue
                 kwargs = {"precision": ov_precision} if rel.endswith(".xml") else {}
                 m = load_exported(target, rel, **kwargs)
                 m.max_seq_length = args.max_length
@@ -260,7 +277,6 @@ def main() -> int:
                 if not args.no_gte_encode:
                     fns[f"{name}+gte"] = lambda t, m=m: encode(m, t, batch_size=args.batch_size)
                     models[f"{name}+gte"] = (m, "fp32")
-        failed: dict[str, str] = {}
         for name, fn in list(fns.items()):  # warm-up: kernels, allocators, OpenVINO's shape caches
             try:
                 fn(docs[:16])

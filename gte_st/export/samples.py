@@ -63,6 +63,19 @@ PARITY_SAMPLE: list[str] = [
     "older adults. " * 20,
 ]
 
+# Texts that choose, not judge: the search for int8-tolerant layers
+# (:func:`gte_st.export.quantize.search_int8_down_projections`) scores candidates on these, so the gate still judges
+# its result on the parity sample, which the search never sees. Mostly one- and two-word texts, where int8 breaks.
+SELECTION_SAMPLE: list[str] = [
+    "hello", "thank you", "yes", "no", "please", "sorry", "help", "refund", "password", "weather today",
+    "good morning", "bye", "cheers", "great", "why?", "!", "42", "2024", "N/A", "email", "pizza", "cancel order",
+    "merci", "danke", "gracias", "спасибо", "谢谢", "ありがとう", "شكرا", "hola", "bonjour", "ciao",
+    "lol", "idk", "test", "football", "cancer", "python", "bitcoin",
+    "The bridge was closed for repairs over the weekend.",
+    "Which vaccine is recommended for travellers to Kenya?",
+    "Der Zug hat zwanzig Minuten Verspätung.",
+]  # fmt: skip
+
 _CALIBRATION_BASE: list[str] = [
     "Mutations in the BRCA1 gene increase the lifetime risk of breast and ovarian cancer.",
     "The mitochondrial electron transport chain generates a proton gradient that drives ATP synthesis.",

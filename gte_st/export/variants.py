@@ -34,19 +34,20 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gte_st.export.parity import PARITY_THRESHOLDS, cosines, parity, quality
 from gte_st.export.runtime import load_onnx_model, load_openvino_model, transformer_subdir
-from gte_st.export.samples import PARITY_SAMPLE, calibration_sample, read_texts
+from gte_st.export.samples import PARITY_SAMPLE, SELECTION_SAMPLE, calibration_sample, read_texts
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "openvino")
 QUANTIZE = ("none", "int8-dynamic", "int8-static", "bf16")
+DOWN_PROJECTIONS = ("float", "search")
 # Older spellings: ``quantize="int8"`` (the dynamic variant, PR #1 of the CLI), None / "fp32" for none.
 QUANTIZE_ALIASES = {None: "none", "fp32": "none", "int8": "int8-dynamic"}
 ONNX_FILE_NAMES = {
@@ -178,7 +179,15 @@ def _files(path: Path) -> list[Path]:
     return [path.with_suffix(".bin"), path] if path.suffix == ".xml" else [path]
 
 
-def _build(step: _Step, tmp: Path, built: dict[str, Path], reference, calibration_texts: list[str], opset: int):
+def _build(
+    step: _Step,
+    tmp: Path,
+    built: dict[str, Path],
+    reference,
+    calibration_texts: list[str],
+    opset: int,
+    search: Callable[[Path, Path, list], dict[str, Any]] | None = None,
+):
     from gte_st.export.onnx import export_onnx_graph, optimize_onnx_graph
 
     path = tmp / step.path
@@ -199,7 +208,12 @@ def _build(step: _Step, tmp: Path, built: dict[str, Path], reference, calibratio
         input_names = _graph_inputs(built["onnx-fp32"])
         batches = calibration_batches(reference, calibration_texts, input_names)
         details["calibration_texts"] = len(calibration_texts)
-        (quantize_onnx_static if step.build == "ort-static" else quantize_openvino_static)(source, path, batches)
+        if step.build == "ort-static":
+            quantize_onnx_static(source, path, batches)
+        elif search is not None:
+            details["down_projection_search"] = search(source, path, batches)
+        else:
+            quantize_openvino_static(source, path, batches)
     elif step.build == "convert":
         from gte_st.export.openvino import convert_onnx_to_openvino
 
@@ -215,6 +229,17 @@ def _build(step: _Step, tmp: Path, built: dict[str, Path], reference, calibratio
         raise AssertionError(step.build)
     built[step.name] = path
     return path, details
+
+
+def _down_projection_search(model_dir: Path, step: _Step, reference, threshold: float):
+    """The search of :func:`~gte_st.export.quantize.search_int8_down_projections` for ``step``, scored as the gate
+    scores (the variant loaded with its runtime) but on :data:`~gte_st.export.samples.SELECTION_SAMPLE`."""
+    from gte_st.export.quantize import search_int8_down_projections
+
+    def score(path: Path) -> float:
+        return float(cosines(reference, _load(model_dir, step, path), SELECTION_SAMPLE).min())
+
+    return lambda source, path, batches: search_int8_down_projections(source, path, batches, score, threshold)
 
 
 def _graph_inputs(onnx_path: Path) -> list[str]:
@@ -243,6 +268,7 @@ def export(
     max_corpus: int | None = None,
     opset: int = 17,
     thresholds: dict[str, float] | None = None,
+    down_projections: str = "float",
 ) -> ExportReport:
     """Export ``model_dir`` to ONNX or OpenVINO IR (optionally quantised), each variant verified before it is written.
 
@@ -264,6 +290,11 @@ def export(
         opset: ONNX opset.
         thresholds: Minimum cosine per precision class (``fp32``, ``bf16``, ``int8``) or per variant name (e.g.
             ``{"onnx-int8-dynamic": 0.95}``), over :data:`gte_st.export.parity.PARITY_THRESHOLDS`.
+        down_projections: OpenVINO ``int8-static`` only: ``"float"`` keeps every feed-forward down-projection in
+            float; ``"search"`` quantises those this model tolerates in int8, chosen by measurement on
+            :data:`~gte_st.export.samples.SELECTION_SAMPLE` against the variant's threshold
+            (:func:`gte_st.export.quantize.search_int8_down_projections`: up to two NNCF runs per layer). Faster
+            on CPUs without AMX; the result is gated like any variant.
 
     Returns:
         An :class:`ExportReport`; variants that failed parity are reported with ``written=False``.
@@ -285,6 +316,13 @@ def export(
     quantize = QUANTIZE_ALIASES.get(quantize, quantize)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if down_projections not in DOWN_PROJECTIONS:
+        raise ValueError(f"down_projections must be one of {DOWN_PROJECTIONS}, got {down_projections!r}")
+    if down_projections == "search" and (format, quantize) != ("openvino", "int8-static"):
+        raise ValueError(
+            "down_projections='search' applies to format='openvino', quantize='int8-static' only "
+            f"(got format={format!r}, quantize={quantize!r})"
+        )
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
@@ -306,7 +344,10 @@ def export(
         tmp_dir = Path(tmp)
         for step in steps:
             start = time.perf_counter()
-            path, details = _build(step, tmp_dir, built, reference, calibration_texts, opset)
+            search = None
+            if down_projections == "search" and step.build == "nncf-static":
+                search = _down_projection_search(model_dir, step, reference, limits.get(step.name, limits["int8"]))
+            path, details = _build(step, tmp_dir, built, reference, calibration_texts, opset, search)
             export_s = time.perf_counter() - start
             if not step.publish:
                 continue
