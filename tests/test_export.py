@@ -155,6 +155,74 @@ def test_openvino_ir_in_the_layout_sentence_transformers_reads(tiny_gte_dir, tmp
     np.testing.assert_allclose(streams.encode(SENTENCES, batch_size=3), reference, atol=1e-5)
 
 
+def _int8_down_projections(xml: Path, source: Path) -> list[str]:
+    """The down-projections (named from the float IR ``source``) whose activation input in the IR ``xml`` is
+    int8-quantised, i.e. comes from a FakeQuantize."""
+    import openvino as ov
+
+    from gte_st.export.quantize import down_projections
+
+    downs = set(down_projections(ov.Core().read_model(str(source))))
+    return sorted(
+        op.get_friendly_name()
+        for op in ov.Core().read_model(str(xml)).get_ops()
+        if op.get_friendly_name() in downs and op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+    )
+
+
+@pytest.mark.parametrize(("threshold", "expected"), [(0.985, 1), (0.995, 0)])
+def test_down_projection_search_adds_int8_layers_while_the_score_allows(threshold, expected, tiny_gte_dir, tmp_path):
+    """The greedy search on a real IR and real NNCF runs, with a score that costs 0.01 per int8 down-projection:
+    each alone passes 0.985 but two together do not (one is kept); at 0.995 none passes and every one stays float."""
+    pytest.importorskip("nncf")
+    from sentence_transformers import SentenceTransformer
+
+    from gte_st.export import export
+    from gte_st.export.quantize import calibration_batches, search_int8_down_projections
+    from gte_st.export.samples import calibration_sample
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    export(model_dir, "openvino", "none")
+    source = model_dir / "openvino" / "openvino_model.xml"
+    batches = calibration_batches(
+        SentenceTransformer(str(model_dir), device="cpu"), calibration_sample(16), ["input_ids", "attention_mask",
+        "token_type_ids"]
+    )  # fmt: skip
+    scored: list[list[str]] = []
+
+    def score(xml: Path) -> float:
+        scored.append(_int8_down_projections(xml, source))
+        return 1.0 - 0.01 * len(scored[-1])
+
+    target = tmp_path / "q.xml"
+    result = search_int8_down_projections(source, target, batches, score, threshold)
+    assert [len(s) for s in scored] == ([1, 1, 2] if expected else [1, 1])  # two layers alone, then together
+    assert len(result["int8_down_projections"]) == expected
+    assert _int8_down_projections(target, source) == sorted(result["int8_down_projections"])
+    assert result["nncf_runs"] == 3  # two singles + one pair, or two singles + the all-float default
+    assert not (tmp_path / ".down-projection-search").exists()  # the trials are cleaned up
+
+
+def test_export_down_projection_search_is_gated_and_reported(tiny_gte_dir, tmp_path):
+    pytest.importorskip("nncf")
+    from gte_st.export import export
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    with pytest.raises(ValueError, match="down_projections='search' applies to format='openvino'"):
+        export(model_dir, "onnx", "int8-static", down_projections="search")
+    assert not (model_dir / "onnx").exists()  # refused before any work
+    # a threshold of 0 lets every down-projection into int8; the gate (also 0) still runs and reports
+    report = export(model_dir, "openvino", "int8-static", down_projections="search", thresholds={"int8": 0.0}, **FAST)
+    variant = report.variants[-1]
+    search = variant.details["down_projection_search"]
+    assert variant.written and len(search["int8_down_projections"]) == 2
+    ir = model_dir / "openvino"
+    assert _int8_down_projections(ir / "openvino_model_qint8_quantized.xml", ir / "openvino_model.xml") == sorted(
+        search["int8_down_projections"]
+    )
+    assert variant.min_cosine > 0.5  # a real, measured parity figure
+
+
 def test_openvino_bf16_is_gated_as_bf16_execution(tiny_gte_dir, tmp_path):
     pytest.importorskip("openvino")
     from gte_st.export import PARITY_THRESHOLDS, export
