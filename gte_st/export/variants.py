@@ -22,6 +22,9 @@ in bf16 on AMX CPUs). OpenVINO's CPU plugin has no run-time activation quantisat
 2026.4: the compiled kernels of an int8-weight IR are ``brgemm_avx512_amx_bf16``), so ``int8-dynamic`` there means
 int8 *weights* (``openvino-int8-weights``: a 4x smaller file, decompressed and computed in bf16 / f32), not int8
 compute; ``int8-static`` is OpenVINO's int8-compute variant.
+With ``down_projections="search"`` the OpenVINO ``int8-static`` variant also quantises the feed-forward
+down-projections the model tolerates, chosen by measurement on a selection sample the gate does not use
+(:func:`gte_st.export.quantize.search_int8_down_projections`).
 
 Every variant is built in a temporary folder inside the model directory, loaded back with its runtime, compared with
 the torch model on the parity sample (:mod:`gte_st.export.parity`: the **minimum** cosine is judged) and only then
