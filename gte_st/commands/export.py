@@ -107,8 +107,6 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.onnx and args.format not in (None, "onnx"):
         parser.error("--onnx contradicts --format openvino")
-    if args.down_projections == "search" and ((args.format or "onnx"), args.quantize) != ("openvino", "int8-static"):
-        parser.error("--down-projections search needs --format openvino --quantize int8-static")
     check_model_location(args.model_dir)
     sample = None
     if args.sample:

@@ -221,8 +221,8 @@ def search_int8_down_projections(
 ) -> dict[str, Any]:
     """Static int8 (:func:`quantize_openvino_static`) with as many down-projections in int8 as ``score`` allows.
 
-    Which down-projections tolerate int8 depends on the model (on all-MiniLM-L6-v2 the first three layers' do not,
-    the last three's cost nothing), so they are chosen by measurement, greedily:
+    Which down-projections tolerate int8 depends on the model (on all-MiniLM-L6-v2 the first three layers' cost
+    the most, the last three's almost nothing), so they are chosen by measurement, greedily:
 
     1. each down-projection is quantised alone (the others in float) and scored;
     2. those scoring at least ``threshold`` are added one at a time, best first, each addition re-quantised and
