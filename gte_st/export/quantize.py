@@ -260,8 +260,9 @@ def search_int8_down_projections(
         chosen: list[str] = []
         best: Path | None = None
         for name in candidates:
-            path = single[name] if not chosen else trial([*chosen, name], "+" + name)
-            if scores[name if not chosen else "+" + name] < threshold:
+            label = "+" + name if chosen else name  # the first candidate was already scored alone
+            path = trial([*chosen, name], label) if chosen else single[name]
+            if scores[label] < threshold:
                 break
             chosen, best = [*chosen, name], path
         if best is None:
