@@ -121,7 +121,9 @@ def read_corpus(
         if text is None or not isinstance(text, str):
             if text is None:
                 raise CorpusError(f"{path}: row {number}: missing text field {text_key!r} (fields: {sorted(record)})")
-            raise CorpusError(f"{path}: row {number}: text field {text_key!r} is a {type(text).__name__}, not a string")
+            raise CorpusError(
+                f"{path}: row {number}: text field {text_key!r} is a {type(text).__name__}, not a string"
+            )
         title = record.get(title_field) if title_field else None
         if isinstance(title, str) and title.strip():
             text = f"{title.strip()} {text}"

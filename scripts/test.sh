@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: set up, lint, then run the whole test suite offline on the CPU.
+# The README's test command: set up, lint and format-check, then run the whole test suite offline on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,4 +8,5 @@ GTE_ST_CONSUMERS_PYTHON="$(bash scripts/setup_consumers_env.sh | tail -n 1)"
 export GTE_ST_CONSUMERS_PYTHON
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 CUDA_VISIBLE_DEVICES=""
 .venv/bin/ruff check gte_st tests scripts
+.venv/bin/ruff format --check gte_st tests scripts
 exec .venv/bin/python -m pytest -q "$@"

@@ -29,6 +29,7 @@ def _train(w: dict[str, Path], *extra: str) -> list[str]:
     return ["train", "--data", str(w["pairs"]), "--output_dir", str(w["existing_out"]), "--max_steps", "1", *extra]
 
 
+# fmt: off
 CASES = [
     # ---- train
     Case("train-loss-option-typo", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margn": 0.2}'), "margn"),
@@ -36,90 +37,91 @@ CASES = [
          lambda w: _train(w, "--loss_kwargs", '{"score_distillation_weight": 5}'), "no source has teacher scores"),
     Case("train-cosent-without-scores", lambda w: _train(w, "--loss", "cosent"), "needs a score column"),
     Case("train-cosent-has-no-cached-variant", lambda w: _train(w, "--loss", "cosent", "--mini_batch_size", "4"),
-         "no cached (GradCache) variant"),  # fmt: skip
+         "no cached (GradCache) variant"),
     Case("train-cosent-with-mining", lambda w: _train(w, "--loss", "cosent", "--mine_hard_negatives", "true"),
-         "--mine_hard_negatives does not apply"),  # fmt: skip
+         "--mine_hard_negatives does not apply"),
     Case("train-loss-kwargs-not-json", lambda w: _train(w, "--loss_kwargs", "{margin: 0.2"), "not valid JSON"),
     Case("train-margin-out-of-range", lambda w: _train(w, "--loss", "mse", "--loss_kwargs", '{"margin": 5}'),
-         "margin"),  # fmt: skip
+         "margin"),
     Case("train-max-seq-length-beyond-positions", lambda w: _train(w, "--max_seq_length", "100000"),
-         "--max_seq_length 100000 exceeds the 512 positions"),  # fmt: skip
+         "--max_seq_length 100000 exceeds the 512 positions"),
     Case("train-batch-of-one-has-no-negatives", lambda w: _train(w, "--per_device_train_batch_size", "1"),
-         "--per_device_train_batch_size 1"),  # fmt: skip
+         "--per_device_train_batch_size 1"),
     Case("train-negative-learning-rate", lambda w: _train(w, "--learning_rate=-1e-5"), "--learning_rate must be >= 0"),
     Case("train-missing-data-file", lambda w: ["train", "--data", str(w["tmp"] / "nope.jsonl"),
-                                               "--output_dir", str(w["existing_out"])], "nope.jsonl"),  # fmt: skip
+                                               "--output_dir", str(w["existing_out"])], "nope.jsonl"),
     Case("train-empty-data-file", lambda w: ["train", "--data", str(w["empty_jsonl"]),
-                                             "--output_dir", str(w["existing_out"])], "empty"),  # fmt: skip
+                                             "--output_dir", str(w["existing_out"])], "empty"),
     Case("train-headerless-tab-separated-csv", lambda w: ["train", "--data", str(w["stsb_like_csv"]),
                                                           "--output_dir", str(w["existing_out"])],
-         "found tab-separated fields"),  # fmt: skip
+         "found tab-separated fields"),
     Case("train-not-utf8", lambda w: ["train", "--data", str(w["latin1_csv"]),
-                                      "--output_dir", str(w["existing_out"])], "not UTF-8"),  # fmt: skip
+                                      "--output_dir", str(w["existing_out"])], "not UTF-8"),
     Case("train-non-string-cell", lambda w: ["train", "--data", str(w["non_string_jsonl"]),
                                              "--output_dir", str(w["existing_out"])],
-         "column 'anchor', row 1: expected a string"),  # fmt: skip
+         "column 'anchor', row 1: expected a string"),
     Case("train-unknown-column", lambda w: _train(w, "--columns", "question", "answer"), "unknown column"),
     Case("train-invalid-yaml-recipe", lambda w: ["train", "--config", str(w["bad_yaml"])], "bad.yaml"),
     Case("train-unknown-recipe-option", lambda w: ["train", "--config", str(w["typo_yaml"])], "learning_rat"),
     Case("train-base-model-not-a-model", lambda w: _train(w, "--base_model", str(w["not_a_model"])),
-         "not a model directory"),  # fmt: skip
+         "not a model directory"),
     Case("train-resume-from-hub-without-revision", lambda w: _train(w, "--resume_from_hub", "me/gte@"),
-         "--resume_from_hub"),  # fmt: skip
+         "--resume_from_hub"),
     Case("train-unknown-option", lambda w: _train(w, "--lerning_rate", "1"), "--lerning_rate"),
     # ---- eval
     Case("eval-missing-data", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data", str(w["tmp"] / "x.csv")],
-         "x.csv does not exist"),  # fmt: skip
+         "x.csv does not exist"),
     Case("eval-model-dir-not-a-model", lambda w: ["eval", str(w["not_a_model"]), "--task", "sts", "--data",
-                                                  str(w["sts_csv"])], "not a model directory"),  # fmt: skip
+                                                  str(w["sts_csv"])], "not a model directory"),
     Case("eval-bm25-weight-out-of-range", lambda w: ["eval", str(w["model"]), "--task", "retrieval", "--data",
                                                      str(w["tmp"]), "--bm25-rerank", "10", "--bm25-weight", "2"],
-         "--bm25-weight"),  # fmt: skip
+         "--bm25-weight"),
     Case("eval-unrecognised-sts-row", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data",
-                                                 str(w["bad_sts"])], "bad_sts.tsv:1", before_model=False),  # fmt: skip
+                                                 str(w["bad_sts"])], "bad_sts.tsv:1", before_model=False),
     # ---- index / search
     Case("index-duplicate-ids", lambda w: ["index", str(w["dup_jsonl"]), "--model", str(w["model"]), "--out",
-                                           str(w["tmp"] / "new-index")], "duplicate id 'a' in rows 1 and 3"),  # fmt: skip
+                                           str(w["tmp"] / "new-index")], "duplicate id 'a' in rows 1 and 3"),
     Case("index-non-string-text", lambda w: ["index", str(w["non_string_text"]), "--model", str(w["model"]),
                                              "--out", str(w["tmp"] / "new-index")],
-         "row 2: text field 'text' is a int"),  # fmt: skip
+         "row 2: text field 'text' is a int"),
     Case("index-missing-model", lambda w: ["index", str(w["corpus"]), "--model", str(w["tmp"] / "no-model"),
-                                           "--out", str(w["tmp"] / "new-index")], "no-model does not exist"),  # fmt: skip
+                                           "--out", str(w["tmp"] / "new-index")], "no-model does not exist"),
     Case("index-existing-index-without-overwrite", lambda w: ["index", str(w["corpus"]), "--model", str(w["model"]),
                                                               "--out", str(w["index"])],
-         "already holds an index"),  # fmt: skip
+         "already holds an index"),
     Case("index-compile-with-an-exported-artifact", lambda w: ["index", str(w["corpus"]), "--model", str(w["model"]),
                                                                "--out", str(w["tmp"] / "new-index"), "--backend",
                                                                "onnx", "--compile"],
-         "--compile applies to the torch backend"),  # fmt: skip
+         "--compile applies to the torch backend"),
     Case("search-not-an-index", lambda w: ["search", str(w["tmp"]), "a query"], "not an index directory"),
     Case("search-bm25-weight-without-rerank", lambda w: ["search", str(w["index"]), "q", "--bm25-weight", "0.5"],
-         "--bm25-weight"),  # fmt: skip
+         "--bm25-weight"),
     Case("search-corrupted-index", lambda w: ["search", str(w["corrupt_index"]), "q"], "corrupted"),
     Case("search-index-built-by-another-model", lambda w: ["search", str(w["index"]), "q", "--model",
                                                            str(w["other_model"])],
-         "embeds the probe texts differently", before_model=False),  # fmt: skip
+         "embeds the probe texts differently", before_model=False),
     # ---- dedup / cluster
     Case("dedup-empty-file", lambda w: ["dedup", str(w["empty_txt"]), "--model", str(w["model"])], "empty corpus"),
     Case("dedup-compile-with-an-exported-artifact", lambda w: ["dedup", str(w["corpus"]), "--model", str(w["model"]),
                                                                "--file-name", "onnx/model.onnx", "--compile"],
-         "--compile applies to the torch backend"),  # fmt: skip
+         "--compile applies to the torch backend"),
     Case("dedup-threshold-out-of-range", lambda w: ["dedup", str(w["corpus"]), "--threshold", "2"], "--threshold"),
     Case("cluster-k-zero", lambda w: ["cluster", str(w["corpus"]), "--k", "0"], "--k"),
     Case("cluster-more-clusters-than-texts", lambda w: ["cluster", str(w["corpus"]), "--k", "50", "--model",
-                                                        str(w["model"])], "more than the 6 texts"),  # fmt: skip
+                                                        str(w["model"])], "more than the 6 texts"),
     # ---- export / push / pull
     Case("export-missing-model-dir", lambda w: ["export", str(w["tmp"] / "gone"), "--format", "onnx"], "gone"),
     Case("export-down-projection-search-on-onnx", lambda w: ["export", str(w["model"]), "--quantize", "int8-static",
-         "--down-projections", "search"], "down_projections='search' applies to format='openvino'"),  # fmt: skip
+         "--down-projections", "search"], "down_projections='search' applies to format='openvino'"),
     Case("push-missing-dir-before-token", lambda w: ["push", str(w["tmp"] / "gone"), "me/x"],
-         "gone does not exist"),  # fmt: skip
+         "gone does not exist"),
     Case("push-not-a-sentence-transformers-dir", lambda w: ["push", str(w["not_a_model"]), "me/x"],
-         "no modules.json"),  # fmt: skip
+         "no modules.json"),
     Case("pull-repo-with-empty-revision", lambda w: ["pull", "me/gte@"], "REPO_ID@REVISION"),
     Case("pull-revision-never-pulled-offline", lambda w: ["pull", "me/gte-never", "--revision", "nope"],
-         "me/gte-never@nope"),  # fmt: skip
+         "me/gte-never@nope"),
 ]
+# fmt: on
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +193,7 @@ def test_bad_input_is_one_line_error_before_work(case: Case, world, monkeypatch,
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(world["tmp"] / "hf-home"))
     if case.before_model:
+
         def refuse(*args, **kwargs):
             raise AssertionError(f"{case.id}: a model was loaded before the bad input was reported")
 

@@ -44,7 +44,9 @@ def build_parser() -> ArgumentParser:
         help="encode precision (fp32 reproduces published numbers; bf16/auto is faster on AMX CPUs and GPUs)",
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--max-seq-length", type=positive_int, default=None, help="override the model's truncation length")
+    parser.add_argument(
+        "--max-seq-length", type=positive_int, default=None, help="override the model's truncation length"
+    )
     parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only N pairs/texts/queries")
     parser.add_argument("--dataset", default=None, help="dataset name to report (default: the data folder's name)")
     parser.add_argument("--trust-remote-code", action="store_true")
@@ -55,7 +57,9 @@ def build_parser() -> ArgumentParser:
     group.add_argument("--max-corpus", type=positive_int, default=None, help="search relevant docs + others up to N")
     group.add_argument("--max-queries", type=positive_int, default=None, help="evaluate only the first N queries")
     group.add_argument("--retriever", default="dense", choices=("dense", "bm25"), help="first-stage retriever")
-    group.add_argument("--bm25-rerank", type=positive_int, default=None, metavar="K", help="re-score BM25's top K with MODEL")
+    group.add_argument(
+        "--bm25-rerank", type=positive_int, default=None, metavar="K", help="re-score BM25's top K with MODEL"
+    )
     group.add_argument(
         "--bm25-weight",
         type=float,
@@ -66,8 +70,12 @@ def build_parser() -> ArgumentParser:
 
     group = parser.add_argument_group("classification / clustering")
     group.add_argument("--train-data", default=None, metavar="PATH", help="fit the classifier on this file")
-    group.add_argument("--n-folds", type=positive_int, default=5, help="cross-validation folds when there is no train data")
-    group.add_argument("--n-clusters", type=positive_int, default=None, help="k for k-means (default: number of labels)")
+    group.add_argument(
+        "--n-folds", type=positive_int, default=5, help="cross-validation folds when there is no train data"
+    )
+    group.add_argument(
+        "--n-clusters", type=positive_int, default=None, help="k for k-means (default: number of labels)"
+    )
     group.add_argument("--seed", type=int, default=42)
 
     group = parser.add_argument_group("mteb (needs `pip install 'gte-st[mteb]'` and Hub access)")
@@ -178,5 +186,3 @@ def main(argv: list[str]) -> int:
         atomic_write_json(output, {"model": args.model, "results": [r.to_dict() for r in results]})
         print(f"results written to {output}")
     return 0
-
-

@@ -50,4 +50,3 @@ class BM25Retriever:
             docs, scores = self.retriever.retrieve([query_tokens], k=k, show_progress=False)
             results.append([(self.ids[int(doc)], float(score)) for doc, score in zip(docs[0], scores[0]) if score > 0])
         return results
-

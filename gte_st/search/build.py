@@ -69,7 +69,6 @@ def _write_faiss(index, path: Path) -> None:
     (faiss.write_index_binary if isinstance(index, faiss.IndexBinary) else faiss.write_index)(index, str(path))
 
 
-
 def build_index(
     corpus: str | Path | tuple[list[str], list[str]],
     model: str | SentenceTransformer,
@@ -243,4 +242,3 @@ def build_index(
     atomic_write_json(partial / "meta.json", meta)
     replace_directory(partial, out)
     return Index.load(out, model=st_model, verify=False)
-

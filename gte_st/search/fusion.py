@@ -35,4 +35,3 @@ def fuse_scores(bm25_scores: np.ndarray, dense_scores: np.ndarray, bm25_weight: 
         return (x - low) / (high - low) if high > low else np.ones_like(x)
 
     return bm25_weight * min_max(bm25_scores) + (1.0 - bm25_weight) * min_max(dense_scores)
-

@@ -70,12 +70,10 @@ class Hit:
         return asdict(self)
 
 
-
 def _read_faiss(path: Path, precision: str):
     import faiss
 
     return faiss.read_index_binary(str(path)) if precision == "ubinary" else faiss.read_index(str(path))
-
 
 
 def load_query_model(model: str | SentenceTransformer) -> tuple[SentenceTransformer, str]:
@@ -88,7 +86,6 @@ def load_query_model(model: str | SentenceTransformer) -> tuple[SentenceTransfor
 
     name = str(Path(model).resolve()) if Path(model).is_dir() else model
     return load(model), name
-
 
 
 # ---------------------------------------------------------------------------------------------------------- index
@@ -201,7 +198,9 @@ class Index:
         return self._bm25
 
     def encode_queries(self, queries: list[str], batch_size: int = 64) -> np.ndarray:
-        return encode(self.model, list(queries), batch_size=batch_size, precision=self.meta.get("encode_precision", "auto"))
+        return encode(
+            self.model, list(queries), batch_size=batch_size, precision=self.meta.get("encode_precision", "auto")
+        )
 
     def search_embeddings(
         self,
@@ -315,4 +314,3 @@ def retrieve(index: str | Path | Index, query: str, k: int = 5, **kwargs: Any) -
             _CACHE[key] = Index.load(index)
         index = _CACHE[key]
     return index.retrieve(query, k, **kwargs)
-

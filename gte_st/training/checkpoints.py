@@ -51,5 +51,4 @@ def save_atomically(
     replace_directory(tmp, final_dir)
 
 
-
 __all__ = ["discard_non_finite_checkpoints", "latest_checkpoint", "save_atomically"]

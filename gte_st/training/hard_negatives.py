@@ -32,5 +32,4 @@ def mine_negatives(data: DatasetDict, model: SentenceTransformer, recipe: Recipe
     return DatasetDict(mined)
 
 
-
 __all__ = ["mine_negatives"]

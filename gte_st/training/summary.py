@@ -45,5 +45,4 @@ def format_summary(summary: dict[str, Any], final_dir: str | os.PathLike) -> str
     return "\n".join(lines)
 
 
-
 __all__ = ["STAGE_DONE_FILE", "SUMMARY_FILE", "format_summary", "jsonable"]
