@@ -70,14 +70,36 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
     return "fp32"
 
 
+_COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, object] = weakref.WeakKeyDictionary()
+
+
+def _counting_tokenizer(tokenizer) -> object:
+    """A private copy of ``tokenizer``'s Rust backend with padding and truncation off, made once per tokenizer.
+
+    A copy, because transformers leaves the padding / truncation of the last call set on the shared backend (and
+    sets it again on every call, so changing it there would race with a concurrent ``preprocess``)."""
+    backend = _COUNTING_TOKENIZERS.get(tokenizer)
+    if backend is None:
+        backend = copy.deepcopy(tokenizer.backend_tokenizer)
+        backend.no_padding()
+        backend.no_truncation()
+        _COUNTING_TOKENIZERS[tokenizer] = backend
+    return backend
+
+
 def _token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
-    """Token counts (truncated to the model's max length) used to order the texts; falls back to characters."""
+    """Token counts (truncated to the model's max length) used to order the texts; falls back to characters.
+
+    Counted by the Rust tokenizer directly (``encode_batch_fast``: no offsets, no Python lists of ids), since this
+    pass comes on top of the batches' own tokenisation."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         return np.array([len(t) for t in texts])
     max_length = model.max_seq_length or tokenizer.model_max_length
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=False)["input_ids"]
-    return np.array([len(x) for x in ids])
+    backend = _counting_tokenizer(tokenizer)
+    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    encodings = encode_batch(list(texts), add_special_tokens=False)
+    return np.minimum(np.array([len(e) for e in encodings], dtype=np.int64), max_length)
 
 
 def _batches(lengths_sorted: np.ndarray, batch_size: int, token_budget: int) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import stsb_rows
 
-from gte_st.encoding import _batches, cpu_supports_bf16, encode, resolve_precision
+from gte_st.encoding import _batches, _token_lengths, cpu_supports_bf16, encode, resolve_precision
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,21 @@ def test_batches_cover_every_row_once_and_grow_for_short_texts():
     assert covered == list(range(len(lengths)))
     assert spans[0] == (0, 4)
     assert max(end - start for start, end in spans) == 16  # capped at 4x batch_size
+
+
+def test_token_lengths_ignore_the_padding_and_truncation_left_on_the_shared_tokenizer(tiny_model, sentences):
+    tokenizer = tiny_model.tokenizer
+    texts = [*sentences, " ".join(sentences)]  # one text beyond the model's max length
+    max_length = tiny_model.max_seq_length
+    expected = [
+        len(ids)
+        for ids in tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    ]
+    assert max(expected) == max_length
+    tokenizer(texts[:2], padding="max_length", truncation=True, max_length=5)  # leaves this state on the backend
+    state = (tokenizer.backend_tokenizer.padding, tokenizer.backend_tokenizer.truncation)
+    assert _token_lengths(tiny_model, texts).tolist() == expected
+    assert (tokenizer.backend_tokenizer.padding, tokenizer.backend_tokenizer.truncation) == state  # not touched
 
 
 @pytest.fixture(scope="module")
