@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import tokenizers
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
@@ -70,10 +71,10 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
     return "fp32"
 
 
-_COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, object] = weakref.WeakKeyDictionary()
+_COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, tokenizers.Tokenizer] = weakref.WeakKeyDictionary()
 
 
-def _counting_tokenizer(tokenizer) -> object:
+def _counting_tokenizer(tokenizer) -> tokenizers.Tokenizer:
     """A private copy of ``tokenizer``'s Rust backend with padding and truncation off, made once per tokenizer.
 
     A copy, because transformers leaves the padding / truncation of the last call set on the shared backend (and
@@ -96,9 +97,7 @@ def _token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarr
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
         return np.array([len(t) for t in texts])
     max_length = model.max_seq_length or tokenizer.model_max_length
-    backend = _counting_tokenizer(tokenizer)
-    encode_batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    encodings = encode_batch(list(texts), add_special_tokens=False)
+    encodings = _counting_tokenizer(tokenizer).encode_batch_fast(list(texts), add_special_tokens=False)
     return np.minimum(np.array([len(e) for e in encodings], dtype=np.int64), max_length)
 
 

@@ -184,10 +184,8 @@ def test_down_projection_search_adds_int8_layers_while_the_score_allows(threshol
     model_dir = _copy(tiny_gte_dir, tmp_path)
     export(model_dir, "openvino", "none")
     source = model_dir / "openvino" / "openvino_model.xml"
-    batches = calibration_batches(
-        SentenceTransformer(str(model_dir), device="cpu"), calibration_sample(16), ["input_ids", "attention_mask",
-        "token_type_ids"]
-    )  # fmt: skip
+    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+    batches = calibration_batches(SentenceTransformer(str(model_dir), device="cpu"), calibration_sample(16), inputs)
     scored: list[list[str]] = []
 
     def score(xml: Path) -> float:
