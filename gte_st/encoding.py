@@ -71,21 +71,24 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
     return "fp32"
 
 
-_COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, tokenizers.Tokenizer] = weakref.WeakKeyDictionary()
+_COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, tuple[int, tokenizers.Tokenizer]] = weakref.WeakKeyDictionary()
 
 
 def _counting_tokenizer(tokenizer) -> tokenizers.Tokenizer:
-    """A private copy of ``tokenizer``'s Rust backend with padding and truncation off, made once per tokenizer.
+    """A private copy of ``tokenizer``'s Rust backend with padding and truncation off, made once per tokenizer and
+    again when tokens are added to it (its vocabulary size, added tokens included, is the cache key's check).
 
     A copy, because transformers leaves the padding / truncation of the last call set on the shared backend (and
     sets it again on every call, so changing it there would race with a concurrent ``preprocess``)."""
-    backend = _COUNTING_TOKENIZERS.get(tokenizer)
-    if backend is None:
-        backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    shared = tokenizer.backend_tokenizer
+    size = shared.get_vocab_size(with_added_tokens=True)
+    size_and_backend = _COUNTING_TOKENIZERS.get(tokenizer)
+    if size_and_backend is None or size_and_backend[0] != size:
+        backend = copy.deepcopy(shared)
         backend.no_padding()
         backend.no_truncation()
-        _COUNTING_TOKENIZERS[tokenizer] = backend
-    return backend
+        size_and_backend = _COUNTING_TOKENIZERS[tokenizer] = (size, backend)
+    return size_and_backend[1]
 
 
 def _token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:

@@ -96,6 +96,18 @@ def test_token_lengths_ignore_the_padding_and_truncation_left_on_the_shared_toke
     assert (tokenizer.backend_tokenizer.padding, tokenizer.backend_tokenizer.truncation) == state  # not touched
 
 
+def test_token_lengths_see_tokens_added_to_the_tokenizer_after_a_first_count(tiny_gte_dir):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_gte_dir), device="cpu")  # a private tokenizer: tokens are added to it
+    text = "gtezzqxtoken gtezzqxtoken"
+    before = _token_lengths(model, [text]).tolist()
+    model.tokenizer.add_tokens(["gtezzqxtoken"])
+    expected = len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert expected < before[0]  # the new token replaces several word pieces
+    assert _token_lengths(model, [text]).tolist() == [expected]
+
+
 @pytest.fixture(scope="module")
 def exported_tiny(tiny_gte_dir, tmp_path_factory):
     """The tiny GTE model with its ONNX graph and (where openvino is installed) its OpenVINO IR."""
