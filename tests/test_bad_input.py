@@ -78,6 +78,11 @@ CASES = [
          "--bm25-weight"),
     Case("eval-unrecognised-sts-row", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data",
                                                  str(w["bad_sts"])], "bad_sts.tsv:1", before_model=False),
+    Case("eval-compile-with-an-exported-artifact", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data",
+                                                              str(w["sts_csv"]), "--backend", "openvino", "--compile"],
+         "--compile applies to the torch backend"),
+    Case("eval-compile-with-mteb", lambda w: ["eval", str(w["model"]), "--task", "mteb", "--compile"],
+         "--compile is not supported with --task mteb"),
     # ---- index / search
     Case("index-duplicate-ids", lambda w: ["index", str(w["dup_jsonl"]), "--model", str(w["model"]), "--out",
                                            str(w["tmp"] / "new-index")], "duplicate id 'a' in rows 1 and 3"),

@@ -39,6 +39,19 @@ def test_eval_writes_json_and_prints_a_table(tiny_model_dir, shared_data, tmp_pa
     assert "spearman" in table and "stsb" in table and "sick" in table and str(output) in table
 
 
+def test_eval_compile_gives_the_eager_scores(tiny_model_dir, shared_data, tmp_path):
+    data = str(shared_data / "stsb" / "sts-test.csv")
+    results = {}
+    for flags in ([], ["--compile"]):
+        output = tmp_path / f"sts{len(flags)}.json"
+        assert main([str(tiny_model_dir), "--task", "sts", "--data", data, "--max-samples", "60", *flags,
+                     "--output", str(output)]) == 0  # fmt: skip
+        results[bool(flags)] = json.loads(output.read_text())["results"][0]
+    assert [results[c]["details"]["encode_compile"] for c in (False, True)] == [False, True]
+    assert results[True]["metrics"]["spearman"] == pytest.approx(results[False]["metrics"]["spearman"], abs=1e-4)
+    assert results[True]["metrics"]["pearson"] == pytest.approx(results[False]["metrics"]["pearson"], abs=1e-4)
+
+
 def test_eval_retrieval_with_bm25_needs_no_model(shared_data, tmp_path):
     pytest.importorskip("bm25s")
     output = tmp_path / "bm25.json"

@@ -7,7 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gte_st.commands._args import ArgumentParser, add_backend_arguments, existing_path, load_model, positive_int
+from gte_st.commands._args import (
+    ArgumentParser,
+    add_backend_arguments,
+    add_compile_argument,
+    check_compile,
+    existing_path,
+    load_model,
+    positive_int,
+)
 from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_write_json
 
@@ -51,6 +59,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--dataset", default=None, help="dataset name to report (default: the data folder's name)")
     parser.add_argument("--trust-remote-code", action="store_true")
     add_backend_arguments(parser)
+    add_compile_argument(parser, "the evaluation texts")
 
     group = parser.add_argument_group("retrieval")
     group.add_argument("--cache-dir", default=None, help="cache corpus embeddings here (keyed by model and corpus)")
@@ -109,7 +118,9 @@ def format_table(results: list[EvalResult]) -> str:
 def _run_task(args: Any, model: Any, path: str) -> EvalResult:
     from gte_st import evaluation as ev
 
-    common: dict[str, Any] = {"batch_size": args.batch_size, "precision": args.precision, "dataset": args.dataset}
+    common: dict[str, Any] = {
+        "batch_size": args.batch_size, "precision": args.precision, "compile": args.compile, "dataset": args.dataset,
+    }  # fmt: skip
     if args.task == "retrieval":
         return ev.evaluate_retrieval(
             model, path, split=args.split or "test", cache_dir=args.cache_dir, max_corpus=args.max_corpus,
@@ -154,7 +165,10 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    check_compile(parser, args)
     if args.task == "mteb":
+        if args.compile:
+            parser.error("--compile is not supported with --task mteb (mteb encodes through the model itself)")
         return _run_mteb(args)
     if not args.data:
         parser.error(f"--data is required for --task {args.task}")

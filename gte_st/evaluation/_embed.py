@@ -18,9 +18,10 @@ from gte_st.encoding import encode
 
 class GteEncodingMixin:
     """Mixin for sentence-transformers evaluators: ``embed_inputs`` goes through :func:`gte_st.encoding.encode`
-    (token-length-sorted batches, the chosen precision), so the evaluators' own metric code runs unchanged."""
+    (token-length-sorted batches, the chosen precision, optionally compiled), so the evaluators' own metric code runs unchanged."""
 
     precision_mode: str = "fp32"
+    compile_mode: bool = False
     return_tensor: bool = False
     batch_size: int
 
@@ -31,8 +32,9 @@ class GteEncodingMixin:
         # that name when it has one, as model.encode_query / encode_document do.
         prompt_name = encode_fn_name if encode_fn_name and model.prompts.get(encode_fn_name) else None
         embeddings = encode(
-            model, list(sentences), batch_size=self.batch_size, precision=self.precision_mode, prompt_name=prompt_name
-        )
+            model, list(sentences), batch_size=self.batch_size, precision=self.precision_mode,
+            prompt_name=prompt_name, compile=self.compile_mode,
+        )  # fmt: skip
         return torch.from_numpy(embeddings) if self.return_tensor else embeddings
 
 
@@ -56,7 +58,8 @@ class RerankEvaluator(GteEncodingMixin, RerankingEvaluator):
     return_tensor = True
 
 
-def make_evaluator(cls: type, precision: str, **kwargs: Any) -> Any:
+def make_evaluator(cls: type, precision: str, compile: bool = False, **kwargs: Any) -> Any:
     evaluator = cls(**kwargs)
     evaluator.precision_mode = precision
+    evaluator.compile_mode = compile
     return evaluator
