@@ -18,7 +18,8 @@ from gte_st.encoding import encode
 
 class GteEncodingMixin:
     """Mixin for sentence-transformers evaluators: ``embed_inputs`` goes through :func:`gte_st.encoding.encode`
-    (token-length-sorted batches, the chosen precision, optionally compiled), so the evaluators' own metric code runs unchanged."""
+    (token-length-sorted batches, the chosen precision, optionally compiled), so the evaluators' own metric code
+    runs unchanged."""
 
     precision_mode: str = "fp32"
     compile_mode: bool = False
