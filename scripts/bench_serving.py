@@ -80,6 +80,33 @@ ARTIFACTS = {
 ISA_ENV = {"avx512_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "MKL_ENABLE_INSTRUCTIONS": "AVX512_E1"}}
 
 
+def cpu_details() -> dict:
+    """What the speed ratios depend on besides the code (they differ by 1.6x between two 2-core AMX hosts, see
+    docs/benchmarks.md): the CPU as the hypervisor names it, family / model / stepping, the cache sizes of cpu0 and
+    the ISA flags that decide the kernels. Empty fields where /proc or /sys is not readable (non-Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
+    except OSError:
+        pass
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = size
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+    return {
+        "model_name": fields.get("model name"),
+        "family_model_stepping": "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")),
+        "caches": caches,
+        "isa_flags": [flag for flag in wanted if flag in flags],
+    }
+
+
 def _docs(path: Path, n: int) -> list[str]:
     texts = []
     with gzip.open(path, "rt", encoding="utf8") as f:
@@ -165,6 +192,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16 matmul support (CPUID): {cpu_supports_bf16()}",
+        "cpu": cpu_details(),
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
         "command": " ".join(["python", *sys.argv]),

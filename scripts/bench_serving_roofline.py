@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import _docs  # noqa: E402
+from bench_serving import _docs, cpu_details  # noqa: E402
 
 import gte_st  # noqa: E402
 from gte_st.encoding import cpu_supports_bf16, encode  # noqa: E402
@@ -148,6 +148,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16 matmul support (CPUID): {cpu_supports_bf16()}",
+        "cpu": cpu_details(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
