@@ -37,10 +37,14 @@ def encode_corpus_cached(
     match the eager ones, so both share the cache) and written there. Returns (embeddings, hit)."""
     prompt_name = "document" if model.prompts.get("document") else None
     resolved = resolve_precision(precision, model.device)
-    if cache_dir is None:
+
+    def embed() -> np.ndarray:
         return encode(
             model, texts, batch_size=batch_size, precision=resolved, prompt_name=prompt_name, compile=compile
-        ), False
+        )
+
+    if cache_dir is None:
+        return embed(), False
     key = f"{name}-{model_fingerprint(model)[:20]}-{corpus_fingerprint(ids, texts)[:20]}-{resolved}"
     cache_file = Path(cache_dir) / f"{key}.npy"
     if cache_file.exists():
@@ -48,9 +52,7 @@ def encode_corpus_cached(
         if embeddings.shape[0] == len(ids):
             logger.info(f"corpus embeddings read from cache {cache_file}")
             return embeddings, True
-    embeddings = encode(
-        model, texts, batch_size=batch_size, precision=resolved, prompt_name=prompt_name, compile=compile
-    )
+    embeddings = embed()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_save_npy(cache_file, embeddings)
     return embeddings, False
