@@ -14,6 +14,8 @@ Paths (``--paths``; each artifact is exported by ``gte_st.export.export`` into a
 
 ==========================  ================================================================================
 stock-fp32                  ``model.encode(docs)``: sentence-transformers' default, torch fp32 (the baseline)
+stock-fp32-b8               the same with ``batch_size=8``: what stock torch gains from batches as small as the
+                            slices gte-st's OpenVINO encoder runs (not a baseline: ratios stay against stock-fp32)
 stock-bf16-autocast         the same under ``torch.autocast("cpu", torch.bfloat16)``
 gte-bf16                    ``gte_st.encoding.encode(model, docs, precision="bf16")`` (``fp32`` under --isa)
 gte-bf16-compile            the same with ``compile=True`` (compiled during the warm-up, outside the timed rounds;
@@ -31,7 +33,9 @@ openvino-int8-weights       NNCF int8 weight compression (``--quantize int8-dyna
 ==========================  ================================================================================
 
 Artifacts run through ``model.encode`` (what a sentence-transformers user gets) and, as ``<path>+gte``, through
-``gte_st.encoding.encode`` (token-length-sorted batches; what gte-st's index / search / dedup / eval use).
+``gte_st.encoding.encode`` (token-length-sorted batches; what gte-st's index / search / dedup / eval use). OpenVINO
+artifacts also run as ``<path>+whole``: ``model.encode`` on the encoder as it was before slices and static shapes
+(``encoder_options={"slice_rows": None, "static_shapes": 0}``: whole batches, the dynamic-shape compilation only).
 
 Parity: minimum / mean cosine of each path's document embeddings against stock-fp32, and the minimum over the export
 gate's parity sample (one-word, over-long and non-English texts; ``gate`` says whether the variant passes its default
@@ -65,7 +69,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
-STOCK = ["stock-fp32", "stock-bf16-autocast", "gte-bf16", "gte-bf16-compile"]
+STOCK = ["stock-fp32", "stock-fp32-b8", "stock-bf16-autocast", "gte-bf16", "gte-bf16-compile"]
 ARTIFACTS = {
     "onnx-fp32": ("onnx", "none", "onnx/model.onnx"),
     "onnx-O2": ("onnx", "none", "onnx/model_O2.onnx"),
@@ -269,10 +273,10 @@ def main() -> int:
         fns, models = {}, {}
         failed: dict[str, str] = {}
 
-        def stock(m, autocast=False):
+        def stock(m, autocast=False, batch_size=args.batch_size):
             def fn(texts):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                    out = m.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+                    out = m.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
                 return np.asarray(out, dtype=np.float32)
 
             return fn
@@ -280,6 +284,8 @@ def main() -> int:
         for name in paths:
             if name == "stock-fp32":
                 fns[name], models[name] = stock(torch_model), (torch_model, "fp32")
+            elif name == "stock-fp32-b8":
+                fns[name], models[name] = stock(torch_model, batch_size=8), (torch_model, "fp32")
             elif name == "stock-bf16-autocast":
                 fns[name], models[name] = stock(torch_model, autocast=True), (torch_model, "bf16-autocast")
             elif name == "gte-bf16":
@@ -305,6 +311,12 @@ def main() -> int:
                 if not args.no_gte_encode:
                     fns[f"{name}+gte"] = lambda t, m=m: encode(m, t, batch_size=args.batch_size)
                     models[f"{name}+gte"] = (m, "fp32")
+                if rel.endswith(".xml"):
+                    whole = load_exported(
+                        target, rel, **kwargs, encoder_options={"slice_rows": None, "static_shapes": 0}
+                    )
+                    whole.max_seq_length = args.max_length
+                    fns[f"{name}+whole"], models[f"{name}+whole"] = stock(whole), (whole, "fp32")
         for name, fn in list(fns.items()):  # warm-up: kernels, allocators, OpenVINO's shape caches
             try:
                 fn(docs[:16])
@@ -343,11 +355,12 @@ def main() -> int:
                 row.update(min_cos_docs=round(float(cos.min()), 5), mean_cos_docs=round(float(cos.mean()), 5))
                 sample_cos = (fns[name](PARITY_SAMPLE) * sample_reference).sum(1)
                 row["min_cos_parity_sample"] = round(float(sample_cos.min()), 5)
-            base = name.removesuffix("+gte")
+            base = name.removesuffix("+gte").removesuffix("+whole")
             if base in ARTIFACTS:
                 fmt, _, rel = ARTIFACTS[base]
                 row["file"] = rel
-                row["gate"] = exports.get(f"{'model-plain' if fmt == 'onnx-plain' else 'model'}:{rel}", {}).get("gate")
+                folder = {"onnx-plain": "model-plain", "openvino-search": "model-search"}.get(fmt, "model")
+                row["gate"] = exports.get(f"{folder}:{rel}", {}).get("gate")
             if args.sts:
                 model, precision = models[name]
                 row["stsb_test_spearman"] = round(

@@ -155,6 +155,34 @@ def test_openvino_ir_in_the_layout_sentence_transformers_reads(tiny_gte_dir, tmp
     np.testing.assert_allclose(streams.encode(SENTENCES, batch_size=3), reference, atol=1e-5)
 
 
+def test_openvino_encoder_runs_slices_and_compiles_recurring_shapes_static(tiny_gte_dir, tmp_path):
+    pytest.importorskip("openvino")
+    from gte_st.export import OpenVINOEncoder, export, load_openvino_model
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    export(model_dir, "openvino", "none")
+    texts = [f"sentence {i} about a dog running across a field" for i in range(10)]
+    reference = _reference(model_dir, texts)
+    whole = load_openvino_model(model_dir, precision="fp32", encoder_options={"slice_rows": None, "static_shapes": 0})
+    model = load_openvino_model(
+        model_dir, precision="fp32", encoder_options={"slice_rows": 4, "static_shapes": 1, "static_after": 2}
+    )
+    encoder = model[0].model
+    length = model.preprocess(texts)["input_ids"].shape[1]
+    # One batch of 10 rows: slices of 4, 4 and 2 rows. The second (4, length) slice is the shape's second run, so it
+    # is compiled static; (2, length) recurs on the second call but the one static slot is taken.
+    first = model.encode(texts, batch_size=10, normalize_embeddings=True)
+    assert list(encoder.static) == [(4, length)]
+    second = model.encode(texts, batch_size=10, normalize_embeddings=True)
+    assert list(encoder.static) == [(4, length)] and encoder.shape_counts[(2, length)] == 2
+    for embeddings in (first, second, whole.encode(texts, batch_size=10, normalize_embeddings=True)):
+        np.testing.assert_allclose(embeddings, reference, atol=1e-5)
+    xml = model_dir / "openvino" / "openvino_model.xml"
+    for bad in ({"slice_rows": 0}, {"static_shapes": -1}, {"static_after": 0}):
+        with pytest.raises(ValueError, match="slice_rows|static_"):
+            OpenVINOEncoder(xml, encoder.config, **bad)
+
+
 def _int8_down_projections(xml: Path, source: Path) -> list[str]:
     """The down-projections (named from the float IR ``source``) whose activation input in the IR ``xml`` is
     int8-quantised, i.e. comes from a FakeQuantize."""
