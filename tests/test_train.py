@@ -139,7 +139,9 @@ def test_two_process_ddp_batches_share_one_source_per_step(tiny_bert_dir, tmp_pa
     process = subprocess.run(
         command, env={**_env(), "RECORD_DIR": str(record)}, capture_output=True, text=True, timeout=400
     )
-    assert process.returncode == 0, process.stdout[-2000:] + process.stderr[-3000:]
+    # every rank's own traceback lines, then the tails: torchrun's summary alone hides which rank failed and why
+    rank_lines = "\n".join(line for line in process.stderr.splitlines() if line.startswith("[rank"))[-6000:]
+    assert process.returncode == 0, rank_lines + "\n" + process.stdout[-2000:] + process.stderr[-3000:]
 
     ranks = [json.loads((record / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert all(rank["world_size"] == 2 for rank in ranks)
