@@ -266,3 +266,24 @@ def test_a_loss_teacher_runs_in_the_run_precision(tiny_bert_dir, tmp_path, bf16)
                                 use_cpu=True, save_strategy="no", report_to=[])  # fmt: skip
     GTETrainer(model=model, args=args, train_dataset=data, loss=loss).train()
     assert seen and set(seen) == {torch.bfloat16 if bf16 else torch.float32}
+
+
+def test_only_the_writer_rank_saves_a_checkpoint(tiny_bert_dir, tmp_path, monkeypatch):
+    """transformers 5 calls ``_save`` on every rank; a rank that is not the writer (``should_save`` False, as rank 1
+    of a two-process run) writes nothing, the writer writes the whole model."""
+    from datasets import Dataset
+
+    from gte_st.training import GTETrainer, GTETrainingArguments
+
+    model = gte_st.build_model(str(tiny_bert_dir), max_seq_length=32)
+    rows = stsb_rows("train")[:8]
+    data = Dataset.from_dict({"anchor": [r[1] for r in rows], "positive": [r[2] for r in rows]})
+    args = GTETrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1,
+                                use_cpu=True, save_strategy="no", report_to=[])  # fmt: skip
+    trainer = GTETrainer(model=model, args=args, train_dataset=data, loss=gte_losses.NormalizedMSELoss(model))
+    monkeypatch.setattr(type(args), "should_save", property(lambda self: False))
+    trainer.save_model(str(tmp_path / "rank1"))
+    assert not (tmp_path / "rank1").exists()
+    monkeypatch.undo()
+    trainer.save_model(str(tmp_path / "rank0"))
+    assert (tmp_path / "rank0" / "modules.json").is_file()

@@ -45,6 +45,15 @@ class GTETrainer(SentenceTransformerTrainer):
 
         teacher.forward = convert_outputs_to_fp32(autocast_forward)
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save on the writer rank only. sentence-transformers' ``_save`` assumes it runs on process zero, but
+        transformers 5 calls ``_save`` on every rank and checks ``should_save`` inside its own ``_save``, so without
+        this every rank of a multi-process run writes the same checkpoint files at once (seen as a rank reading a
+        half-written ``config.json``)."""
+        if not self.args.should_save:
+            return
+        super()._save(output_dir, state_dict=state_dict)
+
     def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):  # noqa: D102
         return AlphaSourceBatchSampler(
             dataset, batch_samplers, generator=generator, seed=seed, alpha=self.alpha, world_size=self.args.world_size
