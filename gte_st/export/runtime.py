@@ -140,12 +140,12 @@ class OpenVINOEncoder(torch.nn.Module):
             self.properties["INFERENCE_PRECISION_HINT"] = OPENVINO_PRECISIONS[precision]
         self.ov_device = device
         self.core = ov.Core()
-        self.ov_model = self.core.read_model(self.xml_path)
-        self.input_names = [port.get_any_name() for port in self.ov_model.inputs]
-        outputs = [name for port in self.ov_model.outputs for name in port.get_names()]
+        ov_model = self.core.read_model(self.xml_path)
+        self.input_names = [port.get_any_name() for port in ov_model.inputs]
+        outputs = [name for port in ov_model.outputs for name in port.get_names()]
         if "last_hidden_state" not in outputs:
             raise ValueError(f"{self.xml_path}: the IR has outputs {outputs}, expected 'last_hidden_state'.")
-        self.compiled = self.core.compile_model(self.ov_model, device, self.properties)
+        self.compiled = self.core.compile_model(ov_model, device, self.properties)
         self.requests = self._requests(self.compiled)
         self.static: dict[tuple[int, int], list[Any]] = {}  # (rows, length) -> infer requests of its compilation
         self.shape_counts: dict[tuple[int, int], int] = {}
@@ -168,7 +168,7 @@ class OpenVINOEncoder(torch.nn.Module):
             return self.static[shape]
         count = self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         if count >= self.static_after and len(self.static) < self.static_shapes:
-            model = self.ov_model.clone()
+            model = self.core.read_model(self.xml_path)  # read again rather than hold the weights for this
             model.reshape({name: list(shape) for name in self.input_names})
             self.static[shape] = self._requests(self.core.compile_model(model, self.ov_device, self.properties))
             return self.static[shape]
