@@ -198,15 +198,21 @@ def _int8_down_projections(xml: Path, source: Path) -> list[str]:
     )
 
 
-@pytest.mark.parametrize(("threshold", "expected"), [(0.985, 1), (0.995, 0)])
-def test_down_projection_search_adds_int8_layers_while_the_score_allows(threshold, expected, tiny_gte_dir, tmp_path):
-    """The greedy search on a real IR and real NNCF runs, with a score that costs 0.01 per int8 down-projection:
-    each alone passes 0.985 but two together do not (one is kept); at 0.995 none passes and every one stays float."""
+@pytest.mark.parametrize(
+    ("threshold", "expected", "trials"),
+    [(0.975, 2, [2, 2, 2]), (0.985, 1, [2, 2, 2, 1, 1, 2]), (0.995, 0, [2, 2, 2, 1, 1])],
+)
+def test_down_projection_search_adds_int8_layers_while_the_score_allows(
+    threshold, expected, trials, tiny_gte_dir, tmp_path
+):
+    """The search on a real IR and real NNCF runs, with a score that costs 0.01 per int8 down-projection: first
+    both in int8 at each SmoothQuant strength (0.98: enough at 0.975); then greedily -- each alone passes 0.985 but
+    two together do not (one is kept); at 0.995 none passes and every one stays float."""
     pytest.importorskip("nncf")
     from sentence_transformers import SentenceTransformer
 
     from gte_st.export import export
-    from gte_st.export.quantize import calibration_batches, search_int8_down_projections
+    from gte_st.export.quantize import SMOOTH_QUANT_ALPHAS, calibration_batches, search_int8_down_projections
     from gte_st.export.samples import calibration_sample
 
     model_dir = _copy(tiny_gte_dir, tmp_path)
@@ -222,11 +228,57 @@ def test_down_projection_search_adds_int8_layers_while_the_score_allows(threshol
 
     target = tmp_path / "q.xml"
     result = search_int8_down_projections(source, target, batches, score, threshold)
-    assert [len(s) for s in scored] == ([1, 1, 2] if expected else [1, 1])  # two layers alone, then together
+    assert [len(s) for s in scored] == trials
     assert len(result["int8_down_projections"]) == expected
     assert _int8_down_projections(target, source) == sorted(result["int8_down_projections"])
-    assert result["nncf_runs"] == 3  # two singles + one pair, or two singles + the all-float default
+    assert [k for k in result["scores"] if k.startswith("all@")] == [f"all@{a}" for a in SMOOTH_QUANT_ALPHAS]
+    assert result["smooth_quant_alpha"] == (SMOOTH_QUANT_ALPHAS[0] if expected else None)
+    assert result["nncf_runs"] == (3 if expected == 2 else 6)  # + two singles + one pair, or + the all-float default
+    assert set(result["outlier_channels"]) >= {"not split"}
     assert not (tmp_path / ".down-projection-search").exists()  # the trials are cleaned up
+
+
+def test_split_outlier_channels_is_exact_and_bounds_the_down_projection_inputs(tiny_gte_dir, tmp_path):
+    """Outlier channel splitting on a real IR: every split channel's copies stay under the layer's threshold, the
+    down-projections' reduction dimension grows by the copies, and the IR computes what it did."""
+    pytest.importorskip("openvino")
+    import openvino as ov
+    from sentence_transformers import SentenceTransformer
+
+    from gte_st.export import export
+    from gte_st.export.outlier_channels import channel_maxima, split_outlier_channels
+    from gte_st.export.quantize import calibration_batches, down_projections
+    from gte_st.export.samples import calibration_sample
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    export(model_dir, "openvino", "none")
+    source, target = model_dir / "openvino" / "openvino_model.xml", tmp_path / "split.xml"
+    inputs = ["input_ids", "attention_mask", "token_type_ids"]
+    batches = calibration_batches(SentenceTransformer(str(model_dir), device="cpu"), calibration_sample(16), inputs)
+    with pytest.raises(ValueError, match="ratio"):
+        split_outlier_channels(source, target, batches, ratio=0)
+    report = split_outlier_channels(source, target, batches, ratio=0.5)  # low: many channels split on a tiny model
+    core = ov.Core()
+    before, after = core.read_model(str(source)), core.read_model(str(target))
+    downs = down_projections(before)
+    assert report["not split"] == {} and set(report) == {"not split", *downs}
+    by_name = {op.get_friendly_name(): op for op in after.get_ops()}
+    for name in downs:
+        entry, down = report[name], by_name[name]
+        assert entry["channels"] and all(copies >= 2 for _, _, copies in entry["channels"])
+        width = down.input_value(0).get_partial_shape()[-1].get_length()
+        assert width == _width(before, name) + sum(copies - 1 for _, _, copies in entry["channels"])
+        (peak,) = channel_maxima(after, [down.input_value(0).get_node()], batches)
+        assert peak.max() <= entry["threshold"] * (1 + 1e-4)  # every copy under the threshold
+    old = core.compile_model(before, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    new = core.compile_model(after, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    for batch in batches[:2]:
+        np.testing.assert_allclose(new(batch)[0], old(batch)[0], atol=1e-4)
+
+
+def _width(model, name: str) -> int:
+    op = next(op for op in model.get_ops() if op.get_friendly_name() == name)
+    return op.input_value(0).get_partial_shape()[-1].get_length()
 
 
 def test_export_down_projection_search_is_gated_and_reported(tiny_gte_dir, tmp_path):

@@ -55,8 +55,8 @@ def build_parser() -> ArgumentParser:
         choices=["float", "search"],
         default="float",
         help="OpenVINO int8-static: keep the feed-forward down-projections in float (default), or 'search': "
-        "quantise those the model tolerates, chosen by measurement (up to 2 NNCF runs per layer; faster on CPUs "
-        "without AMX)",
+        "split their inputs' outlier channels and quantise as many as the model tolerates, chosen by measurement "
+        "(3 NNCF runs, up to 2 more per layer if not all pass; faster on CPUs without AMX)",
     )
     parser.add_argument("--sample", help="text file (one text per line) for the parity check")
     parser.add_argument(

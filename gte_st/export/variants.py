@@ -23,7 +23,8 @@ in bf16 on AMX CPUs). OpenVINO's CPU plugin has no run-time activation quantisat
 int8 *weights* (``openvino-int8-weights``: a 4x smaller file, decompressed and computed in bf16 / f32), not int8
 compute; ``int8-static`` is OpenVINO's int8-compute variant.
 With ``down_projections="search"`` the OpenVINO ``int8-static`` variant also quantises the feed-forward
-down-projections the model tolerates, chosen by measurement on a selection sample the gate does not use
+down-projections the model tolerates, after splitting their inputs' outlier channels
+(:mod:`gte_st.export.outlier_channels`), chosen by measurement on a selection sample the gate does not use
 (:func:`gte_st.export.quantize.search_int8_down_projections`).
 
 Every variant is built in a temporary folder inside the model directory, loaded back with its runtime, compared with
@@ -294,10 +295,11 @@ def export(
         thresholds: Minimum cosine per precision class (``fp32``, ``bf16``, ``int8``) or per variant name (e.g.
             ``{"onnx-int8-dynamic": 0.95}``), over :data:`gte_st.export.parity.PARITY_THRESHOLDS`.
         down_projections: OpenVINO ``int8-static`` only: ``"float"`` keeps every feed-forward down-projection in
-            float; ``"search"`` quantises those this model tolerates in int8, chosen by measurement on
-            :data:`~gte_st.export.samples.SELECTION_SAMPLE` against the variant's threshold
-            (:func:`gte_st.export.quantize.search_int8_down_projections`: up to two NNCF runs per layer). Faster
-            on CPUs without AMX; the result is gated like any variant.
+            float; ``"search"`` splits the outlier channels of their inputs (exact) and quantises as many as this
+            model tolerates in int8, chosen by measurement on :data:`~gte_st.export.samples.SELECTION_SAMPLE`
+            against the variant's threshold (:func:`gte_st.export.quantize.search_int8_down_projections`: three
+            NNCF runs when all pass, as on MiniLM, else up to two more per layer). Faster on CPUs without AMX;
+            the result is gated like any variant.
 
     Returns:
         An :class:`ExportReport`; variants that failed parity are reported with ``written=False``.
