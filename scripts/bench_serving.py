@@ -27,8 +27,9 @@ onnx-int8-dynamic           dynamic int8 of the fused graph (QAttention; today's
 onnx-int8-static            static int8 (QDQ, calibrated on the built-in 200-text sample)
 openvino                    ``openvino/openvino_model.xml`` at OpenVINO's default precision (bf16 on AMX)
 openvino-int8-static        NNCF static int8 IR (same 200 calibration texts)
-openvino-int8-static-search the same with ``down_projections="search"``: the down-projections this model tolerates
-                            in int8 (chosen on the selection sample at the default 0.98) quantised too
+openvino-int8-static-search the same with ``down_projections="search"``: their outlier input channels split, and
+                            the down-projections this model tolerates in int8 (chosen on the selection sample at
+                            the default 0.98) quantised too
 openvino-int8-weights       NNCF int8 weight compression (``--quantize int8-dynamic``; computed in bf16 / f32)
 ==========================  ================================================================================
 

@@ -330,7 +330,7 @@ def test_openvino_bf16_is_gated_as_bf16_execution(tiny_gte_dir, tmp_path):
 def test_native_gte_and_modernbert_export_with_parity(base, request, tmp_path):
     """RoPE (native GteModel) and ModernBERT's local/global attention survive ONNX export, fusion, int8 and the
     OpenVINO conversion; the fp32 graphs reproduce torch (min cosine >= 0.999 on the parity sample)."""
-    pytest.importorskip("openvino")
+    ov = pytest.importorskip("openvino")
     import gte_st
     from gte_st.export import PARITY_SAMPLE, export, load_exported
 
@@ -346,6 +346,18 @@ def test_native_gte_and_modernbert_export_with_parity(base, request, tmp_path):
         kwargs = {"precision": "fp32"} if file_name.endswith(".xml") else {}
         cosines = (load_exported(model_dir, file_name, **kwargs).encode(PARITY_SAMPLE) * reference).sum(1)
         assert cosines.min() >= 0.999, (file_name, cosines.min())
+    # GLU feed-forwards: the down-projection's input is a product of two branches, which the split leaves alone
+    from sentence_transformers import SentenceTransformer
+
+    from gte_st.export.outlier_channels import split_outlier_channels
+    from gte_st.export.quantize import calibration_batches, down_projections
+
+    ir = model_dir / "openvino" / "openvino_model.xml"
+    inputs = [port.get_any_name() for port in ov.Core().read_model(str(ir)).inputs]
+    batches = calibration_batches(SentenceTransformer(str(model_dir), device="cpu"), PARITY_SAMPLE[:8], inputs)
+    report = split_outlier_channels(ir, tmp_path / "split.xml", batches)
+    downs = down_projections(ov.Core().read_model(str(ir)))
+    assert downs and report == {"not split": {name: "input is Multiply" for name in downs}}
 
 
 def test_parity_sample_has_short_long_and_non_english_texts(tiny_model):
