@@ -19,7 +19,7 @@ leaves the product unchanged:
 the int8 quantisation that follows: measured, no extra time), and the down-projection's weight column :math:`j` is
 repeated. Every weight keeps its values, so the weights' int8 scales are unchanged too -- unlike SmoothQuant, which
 moves the outlier into the weights. The rewrite is exact up to float reordering; the reduction dimension grows by
-:math:`\\sum_j (k_j - 1)` (20 of 1536 channels per layer at most on MiniLM).
+:math:`\\sum_j (k_j - 1)` (at most 6 of 1536 per layer on MiniLM).
 
 Only down-projections whose input is an elementwise activation of ``MatMul(x, W_up) [+ b]`` with constant weights
 are split (BERT-style feed-forwards: BERT, MiniLM, the original GTE models); others (e.g. GLU feed-forwards, whose
@@ -30,9 +30,13 @@ Channel Splitting", ICML 2019.
 
 Example::
 
-    from gte_st.export.outlier_channels import split_outlier_channels
+    import openvino as ov
 
-    report = split_outlier_channels("openvino/openvino_model.xml", "split.xml", calibration_batches)
+    from gte_st.export.outlier_channels import split_outlier_channels
+    from gte_st.export.quantize import down_projections
+
+    names = down_projections(ov.Core().read_model("openvino/openvino_model.xml"))
+    report = split_outlier_channels("openvino/openvino_model.xml", "split.xml", calibration_batches, names)
     # {"/inner/encoder/layer.0/output/dense/MatMul": {"channels": [[856, 24.8, 4]], "threshold": 7.0}, ...}
 """
 
@@ -43,8 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from gte_st.export.quantize import down_projections
 
 #: The unary elementwise activations a split may pass through.
 ACTIVATIONS = ("Gelu", "Relu", "Swish", "HSwish", "Mish", "Tanh", "Sigmoid", "Elu")
@@ -108,15 +110,17 @@ def split_outlier_channels(
     source_xml: str | Path,
     target_xml: str | Path,
     batches: Sequence[dict[str, np.ndarray]],
+    names: Sequence[str],
     ratio: float = 1.5,
 ) -> dict[str, Any]:
-    """Split the outlier input channels of every splittable down-projection of ``source_xml`` (see the module
-    docstring) and write the rewritten IR to ``target_xml`` (+ ``.bin``).
+    """Split the outlier input channels of the down-projections ``names`` of ``source_xml`` that have the
+    splittable form (see the module docstring) and write the rewritten IR to ``target_xml`` (+ ``.bin``).
 
     Args:
         source_xml: A float OpenVINO IR.
         target_xml: Where the rewritten IR is written.
         batches: Calibration batches (as :func:`gte_st.export.quantize.calibration_batches` makes them).
+        names: Friendly names of the down-projection MatMuls (:func:`gte_st.export.quantize.down_projections`).
         ratio: ``r``: a channel is split when its maximum exceeds ``r`` times the 98th percentile of the layer's
             channel maxima, into as many copies as bring each under that threshold.
 
@@ -133,7 +137,7 @@ def split_outlier_channels(
     by_name = {op.get_friendly_name(): op for op in model.get_ops()}
     report: dict[str, Any] = {"not split": {}}
     found = {}
-    for name in down_projections(model):
+    for name in names:
         nodes = _feed_forward(by_name[name])
         if nodes is None:
             report["not split"][name] = f"input is {by_name[name].input_value(0).get_node().get_type_name()}"
