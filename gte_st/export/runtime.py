@@ -10,6 +10,7 @@ ones it reads either way.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,8 @@ class OpenVINOEncoder(torch.nn.Module):
         self.requests = self._requests(self.compiled)
         self.static: dict[tuple[int, int], list[Any]] = {}  # (rows, length) -> infer requests of its compilation
         self.shape_counts: dict[tuple[int, int], int] = {}
+        # infer requests are not thread-safe, nor are the shape counts: one forward at a time (each uses every core)
+        self._lock = threading.Lock()
 
     @staticmethod
     def _requests(compiled: Any) -> list[Any]:
@@ -176,6 +179,10 @@ class OpenVINOEncoder(torch.nn.Module):
 
     def forward(self, **features: Any) -> dict[str, torch.Tensor]:
         feed = _feed(features, self.input_names, self.xml_path)
+        with self._lock:
+            return self._forward(feed)
+
+    def _forward(self, feed: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         rows, length = feed["input_ids"].shape
         streams = len(self.requests)
         size = rows if self.slice_rows is None else self.slice_rows
