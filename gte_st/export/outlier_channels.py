@@ -52,7 +52,7 @@ import numpy as np
 ACTIVATIONS = ("Gelu", "Relu", "Swish", "HSwish", "Mish", "Tanh", "Sigmoid", "Elu")
 
 
-def _constant(output: Any) -> Any | None:
+def constant_of(output: Any) -> Any | None:
     """The Constant node behind ``output`` (through Converts), or None."""
     node = output.get_node()
     while node.get_type_name() == "Convert":
@@ -64,19 +64,19 @@ def _feed_forward(down: Any) -> dict[str, Any] | None:
     """The nodes of ``act(MatMul(x, W_up) [+ b])`` feeding the down-projection ``down``, or None if its input has
     another form."""
     act = down.input_value(0).get_node()
-    if act.get_type_name() not in ACTIVATIONS or _constant(down.input_value(1)) is None:
+    if act.get_type_name() not in ACTIVATIONS or constant_of(down.input_value(1)) is None:
         return None
     pre = act.input_value(0).get_node()
     bias = bias_port = None
     if pre.get_type_name() == "Add":
-        consts = [port for port in (0, 1) if _constant(pre.input_value(port)) is not None]
+        consts = [port for port in (0, 1) if constant_of(pre.input_value(port)) is not None]
         if len(consts) != 1:
             return None
         bias_port = consts[0]
-        bias, up = _constant(pre.input_value(bias_port)), pre.input_value(1 - bias_port).get_node()
+        bias, up = constant_of(pre.input_value(bias_port)), pre.input_value(1 - bias_port).get_node()
     else:
         up = pre
-    if up.get_type_name() != "MatMul" or _constant(up.input_value(1)) is None:
+    if up.get_type_name() != "MatMul" or constant_of(up.input_value(1)) is None:
         return None
     if up.get_attributes().get("transpose_a") or down.get_attributes().get("transpose_a"):
         return None
@@ -156,7 +156,7 @@ def split_outlier_channels(
         repeat = np.concatenate([np.arange(len(copies)), np.repeat(np.arange(len(copies)), copies - 1)])
         scale = (1.0 / copies[repeat]).astype(np.float32)
         up, down = nodes["up"], by_name[name]
-        w_up = _constant(up.input_value(1)).get_data().astype(np.float32)
+        w_up = constant_of(up.input_value(1)).get_data().astype(np.float32)
         rows = 0 if up.get_attributes().get("transpose_b") else 1  # the axis of the up-projection's outputs
         up.input(1).replace_source_output(ops.constant(np.take(w_up, repeat, axis=rows)).output(0))
         if nodes["bias"] is not None:
@@ -170,7 +170,7 @@ def split_outlier_channels(
         multiply = ops.multiply(nodes["act"].output(0), ops.constant(scale))
         multiply.set_friendly_name(f"{name}/outlier_channel_split_scale")
         down.input(0).replace_source_output(multiply.output(0))
-        w_down = _constant(down.input_value(1)).get_data().astype(np.float32)
+        w_down = constant_of(down.input_value(1)).get_data().astype(np.float32)
         columns = 1 if down.get_attributes().get("transpose_b") else 0  # the axis of the down-projection's inputs
         down.input(1).replace_source_output(ops.constant(np.take(w_down, repeat, axis=columns)).output(0))
     model.validate_nodes_and_infer_types()

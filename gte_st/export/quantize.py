@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from gte_st.export.outlier_channels import split_outlier_channels
+from gte_st.export.outlier_channels import constant_of, split_outlier_channels
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +114,8 @@ def down_projections(model) -> list[str]:
     for op in model.get_ops():
         if op.get_type_name() != "MatMul":
             continue
-        weight = op.input_value(1).get_node()
-        while weight.get_type_name() == "Convert":
-            weight = weight.input_value(0).get_node()
-        if weight.get_type_name() != "Constant":
+        weight = constant_of(op.input_value(1))
+        if weight is None:
             continue
         shape = list(weight.get_output_shape(0))
         if len(shape) != 2:
@@ -279,10 +277,8 @@ def search_int8_down_projections(
 
     try:
         split = trial_dir / "split.xml"
-        outliers = split_outlier_channels(
-            source_xml, split, batches, down_projections(ov.Core().read_model(str(source_xml)))
-        )
-        downs = down_projections(ov.Core().read_model(str(split)))
+        downs = down_projections(ov.Core().read_model(str(source_xml)))  # the split keeps their names
+        outliers = split_outlier_channels(source_xml, split, batches, downs)
         every = {alpha: trial(downs, f"all@{alpha}", alpha) for alpha in alphas}
         alpha = max(alphas, key=lambda a: scores[f"all@{a}"])
         chosen: list[str] = []
