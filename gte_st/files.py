@@ -48,6 +48,18 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def atomic_link(target: str | os.PathLike, alias: str | os.PathLike) -> None:
+    """Make ``alias`` a second name of the file ``target``: a hard link (its bytes stored once), or a copy where the
+    file system has no hard links. An existing ``alias`` is replaced atomically."""
+    tmp = _temporary_sibling(Path(alias))
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:
+        shutil.copy2(target, tmp)
+    os.replace(tmp, alias)
+
+
 def atomic_save_npy(path: str | os.PathLike, array: Any) -> None:
     """``numpy.save`` atomically (the file name is kept exactly: no ``.npy`` is appended)."""
     import numpy as np
@@ -70,6 +82,7 @@ def replace_directory(new: str | os.PathLike, target: str | os.PathLike) -> None
 
 
 __all__ = [
+    "atomic_link",
     "atomic_save_npy",
     "atomic_write_bytes",
     "atomic_write_json",

@@ -14,7 +14,11 @@ openvino   ``int8-dynamic``  ``openvino/openvino_model_qint8_weights.xml``   int
 =========  ================  ==============================================  ============  =====================
 
 The names are the ones sentence-transformers uses for its own exports (``model_O2.onnx``,
-``openvino_model_qint8_quantized.xml``), so ``model_kwargs={"file_name": ...}`` reads them. The ONNX quantised
+``openvino_model_qint8_quantized.xml``), so ``model_kwargs={"file_name": ...}`` reads them. transformers.js picks its
+file by ``dtype`` instead: ``onnx/model.onnx`` for ``fp32`` (the same name) and ``onnx/model_quantized.onnx`` for
+``q8``, its dynamically quantised int8 graph, so ``onnx/model_qint8.onnx`` is also written under that name
+(:data:`TRANSFORMERS_JS_NAMES`): a hard link, one copy of the weights on disk (a copy where the file system has no
+hard links; the Hub stores identical files once). The ONNX quantised
 variants are built from the fused ``model_O2`` graph when ``optimize`` is on (static quantisation always is: on the
 unfused all-MiniLM-L6-v2 graph its QKV projections lost too much, minimum cosine 0.66). OpenVINO's IR is converted
 from the verified fp32 ONNX graph; its int8 variants are gated as OpenVINO runs them by default (non-quantised layers
@@ -46,6 +50,7 @@ from typing import Any
 from gte_st.export.parity import PARITY_THRESHOLDS, cosines, parity, quality
 from gte_st.export.runtime import load_onnx_model, load_openvino_model, transformer_subdir
 from gte_st.export.samples import PARITY_SAMPLE, SELECTION_SAMPLE, calibration_sample, read_texts
+from gte_st.files import atomic_link
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,8 @@ ONNX_FILE_NAMES = {
     "int8-dynamic": "model_qint8.onnx",
     "int8-static": "model_qint8_static.onnx",
 }
+# Second names of written variants, for transformers.js (``dtype: "q8"`` loads ``onnx/model_quantized.onnx``).
+TRANSFORMERS_JS_NAMES = {"onnx-int8-dynamic": "model_quantized.onnx"}
 OPENVINO_FILE_NAMES = {
     "fp32": "openvino_model.xml",
     "int8-static": "openvino_model_qint8_quantized.xml",
@@ -400,6 +407,10 @@ def export(
                     if file.exists():
                         (target_root / report.file_name).parent.mkdir(parents=True, exist_ok=True)
                         os.replace(file, target_root / Path(report.file_name).parent / file.name)
+                if alias := TRANSFORMERS_JS_NAMES.get(report.variant):
+                    written = target_root / report.file_name
+                    atomic_link(written, written.with_name(alias))
+                    report.details["transformers_js_name"] = str(Path(report.file_name).with_name(alias))
     result = ExportReport(model_dir=str(model_dir), variants=reports, parity_texts=len(texts))
     if not result.ok:
         raise ExportParityError("\n".join(r.message for r in reports if not r.written), result)
@@ -425,6 +436,7 @@ __all__ = [
     "ONNX_FILE_NAMES",
     "OPENVINO_FILE_NAMES",
     "QUANTIZE",
+    "TRANSFORMERS_JS_NAMES",
     "VariantReport",
     "export",
     "export_onnx",
