@@ -58,7 +58,7 @@ def encode_corpus_cached(
     return embeddings, False
 
 
-def _limit_queries(data: BEIRData, max_queries: int | None) -> None:
+def limit_queries(data: BEIRData, max_queries: int | None) -> None:
     """Keep only the first ``max_queries`` queries that have relevant documents (in place)."""
     if max_queries is not None:
         kept = [qid for qid in data.queries if data.qrels.get(qid)][:max_queries]
@@ -127,7 +127,7 @@ def evaluate_retrieval(
     check_bm25_weight(bm25_weight, bm25_rerank, "bm25_rerank")
     start = time.perf_counter()
     data = read_beir(beir_dir, split)
-    _limit_queries(data, max_queries)
+    limit_queries(data, max_queries)
     corpus_ids = limit_corpus(data, max_corpus)
     corpus_texts = [data.corpus[doc] for doc in corpus_ids]
     evaluator = InformationRetrievalEvaluator(
