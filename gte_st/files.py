@@ -79,17 +79,20 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def remove_leftovers(directory: str | os.PathLike, *, also: tuple[str, ...] = ()) -> list[Path]:
+def remove_leftovers(directory: str | os.PathLike, *, of: str | None = None, also: tuple[str, ...] = ()) -> list[Path]:
     """Remove the temporary files and folders that a process which no longer runs left in ``directory``
-    (``.NAME.tmp-PID``, ``.NAME.old-PID``, ``.NAME.partial-PID`` whose PID is gone), plus every entry matching one of
-    the glob patterns ``also`` -- for callers that hold ``directory``'s lock, so no live process can own them.
-    Returns what was removed."""
+    (``.NAME.tmp-PID``, ``.NAME.old-PID``, ``.NAME.partial-PID`` whose PID is gone; only those of ``NAME == of``
+    when ``of`` is given, for a folder the command does not own, such as the parent of its output), plus every entry
+    matching one of the glob patterns ``also`` -- for callers that hold ``directory``'s lock, so no live process can
+    own them. Returns what was removed."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
     removed = []
     for entry in directory.iterdir():
         match = _LEFTOVER_RE.fullmatch(entry.name)
+        if match is not None and of is not None and not entry.name.startswith(f".{of}."):
+            match = None
         dead = match is not None and int(match.group(1)) != os.getpid() and not process_alive(int(match.group(1)))
         if dead or any(entry.match(pattern) for pattern in also):
             if entry.is_dir() and not entry.is_symlink():
