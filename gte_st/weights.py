@@ -32,8 +32,10 @@ def _safetensors_error() -> type[BaseException]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's refusals run to a paragraph)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first.split(". ")[0].rstrip(".")
 
 
 def check_safetensors(folder: str | os.PathLike) -> None:

@@ -52,10 +52,12 @@ def _cli(*argv: str, **popen) -> subprocess.Popen:
 
 
 def _error_line(stderr: str, command: str) -> str:
+    """The one error line of a failed command, asserting there is no traceback. Progress bars may precede it on the
+    same terminal line (tqdm leaves an unfinished bar without a newline), so the line is taken from its prefix on."""
     assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("gte-st")]
-    assert len(lines) == 1 and lines[0].startswith(f"gte-st {command}: error: "), stderr
-    return lines[0]
+    prefix = f"gte-st {command}: error: "
+    assert stderr.count(prefix) == 1, stderr
+    return prefix + stderr.split(prefix, 1)[1].splitlines()[0]
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +328,52 @@ def test_the_hub_token_is_never_written(hub, hub_env, tiny_bert_dir, tmp_path, m
     leaks = [str(p) for p in written if HUB_TOKEN.encode() in p.read_bytes()]
     assert leaks == []
     assert "checkpoint-2/training_args.bin" in hub.files(extra[1], "checkpoints")
+
+
+class _RunsCode:
+    """Pickles into a call of a function: what ``torch.load(weights_only=True)`` refuses to unpickle."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def test_a_checkpoint_file_torch_refuses_to_unpickle_is_named_on_resume(tiny_bert_dir, tmp_path, capsys):
+    """#26 item 18: an rng_state.pth (or any pickle) that weights_only loading refuses ends the resume with one line
+    naming the file, not an UnpicklingError traceback. The refusal itself stays."""
+    import shutil
+
+    import torch
+
+    from gte_st.commands.train import main as train
+
+    out = tmp_path / "out"
+    args = _train_args(tiny_bert_dir, _pairs(tmp_path), out, "--keep_checkpoints", "true")
+    assert train(args) == 0
+    stage = out / "checkpoints" / "train"
+    shutil.rmtree(stage / "final")  # as if the run had been killed after checkpoint-2
+    evil = stage / "checkpoint-2" / "rng_state.pth"
+    torch.save({"state": _RunsCode()}, evil)
+    capsys.readouterr()
+    resumed = [*args, "--resume", "true"]
+    resumed[resumed.index("--max_steps") + 1] = "4"
+    assert main(["train", *resumed]) == 1
+    assert f"{evil}: refused by torch.load(weights_only=True)" in _error_line(capsys.readouterr().err, "train")
+
+
+def test_pickled_weights_torch_refuses_are_named(tiny_gte_dir, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    model = tmp_path / "pickled"
+    shutil.copytree(tiny_gte_dir, model)
+    weights = load_file(model / "model.safetensors")
+    (model / "model.safetensors").unlink()
+    torch.save({**weights, "extra": _RunsCode()}, model / "pytorch_model.bin")
+    sts = tmp_path / "sts.jsonl"
+    sts.write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n"
+                           for s, a, b in stsb_rows("dev")[:8]))  # fmt: skip
+    assert main(["eval", str(model), "--task", "sts", "--data", str(sts)]) == 1
+    line = _error_line(capsys.readouterr().err, "eval")
+    assert f"{model / 'pytorch_model.bin'}: refused by torch.load(weights_only=True)" in line
