@@ -29,6 +29,45 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "pytorch_model*.bin", "*.txt", "*.model"]
 
 
+# A tokenizer is one of these files (fast tokenizers, WordPiece, SentencePiece, byte-level BPE).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _transformer_folder(model_dir: Path) -> Path:
+    """The folder of a model directory's transformer module (``modules.json``'s first entry; the directory itself for
+    a bare Hugging Face encoder)."""
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+            return model_dir / (entries[0].get("path") or "")
+        except (ValueError, IndexError, AttributeError, TypeError):
+            raise ValueError(f"{modules}: not a readable modules.json") from None
+    return model_dir
+
+
+def check_model_location(name_or_path: str | os.PathLike, *, option: str = "model") -> None:
+    """Fail early, before anything is loaded, when ``name_or_path`` cannot be a model: a path that does not exist, a
+    folder without ``modules.json`` / ``config.json``, or a model folder without tokenizer files (a model loaded
+    without its tokenizer maps every word to [UNK] and scores nonsense without a word). Hub ids pass (they are
+    checked when they load)."""
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not local.is_dir() or not ((local / "modules.json").is_file() or (local / "config.json").is_file()):
+            raise FileNotFoundError(f"{option} {name} is not a model directory (no modules.json or config.json)")
+        folder = _transformer_folder(local)
+        has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+        if not has_bpe and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{option} {name} has no tokenizer files in {folder} ({', '.join(TOKENIZER_FILES)} or "
+                "vocab.json + merges.txt); save the model with its tokenizer (model.save / tokenizer.save_pretrained)"
+            )
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{option} directory {name} does not exist")
+
+
 def converted_cache_dir() -> Path:
     """Where converted checkpoints are kept: ``$GTE_ST_CACHE``, else ``$HF_HOME/gte_st/converted``."""
     from huggingface_hub import constants
@@ -140,4 +179,4 @@ def load(
     return SentenceTransformer(str(entry), **kwargs)
 
 
-__all__ = ["SNAPSHOT_PATTERNS", "converted_cache_dir", "load"]
+__all__ = ["SNAPSHOT_PATTERNS", "TOKENIZER_FILES", "check_model_location", "converted_cache_dir", "load"]

