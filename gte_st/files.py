@@ -107,11 +107,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temporary sibling, fsync it, then rename it onto ``path``."""
     path = Path(path)
     tmp = _temporary_sibling(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full, interrupted) leaves nothing behind
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -217,13 +221,16 @@ def _lock_holder(lock_file: Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive_lock(target: str | os.PathLike, *, doing: str = "written") -> Iterator[Path]:
-    """Hold an exclusive OS lock (``flock``) on ``target`` for the duration of the block, through the lock file
-    ``.NAME.lock`` beside it (which records the holder's process id and is removed on exit). A second process gets a
+def exclusive_lock(
+    target: str | os.PathLike, *, doing: str = "written", lock_file: str | os.PathLike | None = None
+) -> Iterator[Path]:
+    """Hold an exclusive OS lock (``flock``) on ``target`` for the duration of the block, through a lock file --
+    ``.NAME.lock`` beside it unless ``lock_file`` names another (e.g. one inside a folder the command writes into) --
+    that records the holder's process id and is removed on exit. A second process gets a
     :class:`ConcurrentWriteError`: ``"<target> is being <doing> by process <pid>"``. The lock dies with its process,
     so a killed writer never blocks the next run."""
     target = Path(target)
-    lock_file = target.with_name(f".{target.name}.lock")
+    lock_file = Path(lock_file) if lock_file is not None else target.with_name(f".{target.name}.lock")
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)

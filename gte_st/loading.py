@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gte_st.convert import convert_checkpoint, is_original_layout
+from gte_st.weights import check_safetensors, naming_weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def check_model_location(name_or_path: str | os.PathLike, *, option: str = "mode
         if not local.is_dir() or not ((local / "modules.json").is_file() or (local / "config.json").is_file()):
             raise FileNotFoundError(f"{option} {name} is not a model directory (no modules.json or config.json)")
         folder = _transformer_folder(local)
+        check_safetensors(local)
         has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
         if not has_bpe and not any((folder / f).is_file() for f in TOKENIZER_FILES):
             raise FileNotFoundError(
@@ -167,7 +169,8 @@ def load(
         if config.is_file() and is_original_layout(json.loads(config.read_text(encoding="utf-8"))):
             entry = _convert_into(converted_cache_dir() / "local" / _local_key(local), local)
             return SentenceTransformer(str(entry), **kwargs)
-        return SentenceTransformer(str(local), **kwargs)
+        with naming_weight_files(local):
+            return SentenceTransformer(str(local), **kwargs)
     if local.exists() or str(name_or_path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"model directory {name_or_path} does not exist")
     repo_id = str(name_or_path)

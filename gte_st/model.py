@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -14,6 +15,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Transfor
 from sentence_transformers.util import is_sentence_transformer_model
 
 from gte_st.pooling import GTEMeanPooling
+from gte_st.weights import naming_weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +135,8 @@ class GTEModel(SentenceTransformer):
         # its name "0" because the replacement happens after it.
         object.__setattr__(self, "_modules", self._portable_modules())
         try:
-            super().save(path, *args, **kwargs)
+            with naming_weight_files(path, doing="saving"):
+                super().save(path, *args, **kwargs)
             write_portable_configs(self, path)
         finally:
             object.__setattr__(self, "_modules", original)
@@ -227,7 +230,8 @@ def build_model(
     if pooling not in POOLING_CHOICES:
         raise ValueError(f"pooling must be one of {', '.join(POOLING_CHOICES)}; got {pooling!r}")
     name = base_model_name_or_path or default_base_model()
-    base = SentenceTransformer(name, **kwargs)
+    with naming_weight_files(name) if Path(name).is_dir() else contextlib.nullcontext():
+        base = SentenceTransformer(name, **kwargs)
     transformer = base[0]
     if not isinstance(transformer, Transformer):
         raise ValueError(

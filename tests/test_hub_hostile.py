@@ -8,6 +8,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from conftest import HUB_TOKEN
 
 from gte_st import build_model
 from gte_st.cli import main as cli_main
@@ -37,11 +38,12 @@ def _tree(root: Path) -> dict[str, str]:
 
 
 def _error_line(stderr: str, command: str) -> str:
-    """The one error line of a failed command (progress bars aside), asserting there is no traceback."""
+    """The one error line of a failed command, asserting there is no traceback. Progress bars may precede it on the
+    same terminal line (tqdm leaves an unfinished bar without a newline), so the line is taken from its prefix on."""
     assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("gte-st")]
-    assert len(lines) == 1 and lines[0].startswith(f"gte-st {command}: error: "), stderr
-    return lines[0]
+    prefix = f"gte-st {command}: error: "
+    assert stderr.count(prefix) == 1, stderr
+    return prefix + stderr.split(prefix, 1)[1].splitlines()[0]
 
 
 def _add_after_first(entry: dict):
@@ -134,3 +136,47 @@ def test_a_body_that_ends_early_is_an_error_and_the_next_pull_completes(hub, hub
     _error_line(capsys.readouterr().err, "pull")
     path = pull_model("me/hostile-truncated", local_dir=tmp_path / "pulled")
     assert (path / "model.safetensors").read_bytes() == (model_dir / "model.safetensors").read_bytes()
+
+
+def test_load_of_an_original_layout_hub_model_refuses_a_hostile_listing(
+    hub, hub_env, tiny_gte_original_dir, tmp_path, monkeypatch
+):
+    """``gte_st.load(<hub id>)`` downloads original-layout checkpoints itself (to convert them): same rule."""
+    import gte_st
+    from gte_st.hub import _api
+
+    monkeypatch.setenv("GTE_ST_CACHE", str(tmp_path / "converted"))
+    api = _api(HUB_TOKEN)
+    api.create_repo("me/original", exist_ok=True)
+    api.upload_folder(repo_id="me/original", folder_path=str(tiny_gte_original_dir))
+    victim = tmp_path / "victim.json"
+    victim.write_text("{}")
+    cache_depth = len((tmp_path / "hf-cache" / "models--me--original" / "snapshots" / "x").relative_to(tmp_path).parts)
+    entry = {"type": "file", "path": "../" * cache_depth + "victim.json", "size": 1, "oid": "0" * 40}
+    # Listings: gte-st's own check of config.json (1), snapshot_download's of the checkpoint (2), gte-st's (3).
+    _tamper(hub, lambda call, entries: [*entries, entry] if call == 3 else entries)
+    try:
+        with pytest.raises(UnsafePathError, match="victim.json"):
+            gte_st.load("me/original")
+    finally:
+        hub.tamper_tree = None
+    assert victim.read_text() == "{}"
+
+
+def test_resume_from_hub_refuses_a_hostile_listing(hub, hub_env, tmp_path):
+    from gte_st.hub import pull_latest_checkpoint, push_checkpoint
+
+    checkpoint = tmp_path / "run" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    push_checkpoint(checkpoint, "me/hostile-resume")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    entry = {"type": "file", "path": "checkpoint-4/../../victim.txt", "size": 1, "oid": "0" * 40}
+    _tamper(hub, lambda call, entries: [*entries, entry] if call >= 3 else entries)
+    try:
+        with pytest.raises(UnsafePathError, match=r"checkpoint-4/\.\./\.\./victim\.txt"):
+            pull_latest_checkpoint("me/hostile-resume", local_dir=tmp_path / "local")
+    finally:
+        hub.tamper_tree = None
+    assert victim.read_text() == "keep"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gte_st.errors import UsageError
+from gte_st.errors import GteStError, UsageError
 from gte_st.files import check_output_path
 from gte_st.loading import check_model_location
 
@@ -103,6 +103,8 @@ def load_model(
             model = SentenceTransformer(source, device=device, trust_remote_code=True)
         else:
             model = load(source, device=device)
+    except GteStError:
+        raise  # already names the file at fault
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set)" if offline else ""

@@ -3,6 +3,7 @@ after, the final model written atomically with its summary, and the optional Hub
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -32,6 +33,7 @@ from gte_st.training.loss import build_loss, uses_scores
 from gte_st.training.recipe import Stage
 from gte_st.training.summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
+from gte_st.weights import naming_weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +228,8 @@ def _run_stage(
         resume_from = str(found) if found is not None else None
         logger.info(f"stage {stage.name}: resuming from {resume_from or 'the start (no checkpoint found)'}")
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        with naming_weight_files(resume_from) if resume_from else contextlib.nullcontext():
+            trainer.train(resume_from_checkpoint=resume_from)
     except NonFiniteLossError as exc:
         good = discard_non_finite_checkpoints(checkpoint_dir) if _is_main_process() else None
         where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
