@@ -52,7 +52,7 @@ elif consumer == "fastembed":
         pooling=PoolingType.MEAN,
         normalization=(Path(model_dir) / "2_Normalize").is_dir(),
         sources=ModelSource(hf="local/gte-st-export"),
-        dim=pooling["embedding_dimension"],
+        dim=pooling["word_embedding_dimension"],
         model_file=file_name,
     )
     model = TextEmbedding(model_name="local/gte-st-export", specific_model_path=model_dir)
