@@ -44,8 +44,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON (with a final newline) atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Write ``data`` as indented, standard JSON (with a final newline) atomically. A NaN or infinity, which JSON
+    cannot represent (Python would write the non-standard ``NaN``), is a ``ValueError`` naming the file."""
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not written: {exc} (a NaN or infinity has no JSON form)") from None
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_save_npy(path: str | os.PathLike, array: Any) -> None:
