@@ -28,6 +28,7 @@ import csv
 import gzip
 import json
 import os
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -179,73 +180,101 @@ def _json_object(value: Any, path: str | os.PathLike, line: int) -> dict[str, An
     return value
 
 
+# A \u escape of a UTF-16 surrogate: valid JSON, but alone (not as half of a pair) it is no character.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _check_text(value: Any, raw: str, path: str | os.PathLike, line: int) -> Any:
+    """``value`` parsed from ``raw``, refused if an escape in ``raw`` left a lone surrogate in one of its strings
+    (which no UTF-8 file, tokenizer or Arrow table can hold)."""
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise FileFormatError(
+                f"{path}:{line}: a \\u escape encodes a lone surrogate, which is not a character; fix the text"
+            ) from None
+    return value
+
+
+def _loads(text: str, path: str | os.PathLike, line: int) -> Any:
+    """``json.loads`` of ``text`` (which starts on ``line``), with errors naming the file and line."""
+    try:
+        return _check_text(json.loads(text), text, path, line)
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(
+            f"{path}:{line + exc.lineno - 1}: not valid JSON ({exc.msg}, column {exc.colno})"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits, nesting deeper than the stack
+        raise FileFormatError(f"{path}:{line}: not readable JSON ({exc})") from None
+
+
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
 def json_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, object) of a JSON Lines file; a ``.json`` file may instead hold one array of objects or one object."""
     path = Path(path)
+    whole_file = path.name.lower().removesuffix(".gz").endswith(".json")
     lines = text_lines(path)
     for number, line in lines:
         if not line.strip():
             continue
-        if path.name.lower().removesuffix(".gz").endswith(".json") and line.lstrip().startswith("["):
-            yield from _json_document(path)
+        if whole_file and (line.lstrip().startswith("[") or not _parses(line)):
+            yield from _json_document(path)  # an array, or one object over several lines
             return
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if path.name.lower().removesuffix(".gz").endswith(".json") and line.lstrip().startswith("{"):
-                yield from _json_document(path)  # one object over several lines
-                return
-            raise FileFormatError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-        yield number, _json_object(value, path, number)
+        yield number, _json_object(_loads(line, path, number), path, number)
         break
     for number, line in lines:
         if line.strip():
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise FileFormatError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-            yield number, _json_object(value, path, number)
+            yield number, _json_object(_loads(line, path, number), path, number)
 
 
 def _json_document(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """The records of a whole-file JSON value: the objects of an array (each numbered by its first line), or one
     object."""
     text = "".join(_decoded_lines(path))
-    decoder = json.JSONDecoder()
     position = len(text) - len(text.lstrip())
-    try:
-        if not text[position:].startswith("["):
-            value = json.loads(text)
-            yield text.count("\n", 0, position) + 1, _json_object(value, path, text.count("\n", 0, position) + 1)
-            return
-        position += 1
-        line, counted = 1, 0
-        records = 0
-        while True:
-            position = _skip_space(text, position)
-            if text.startswith("]", position) and records == 0:
-                position += 1
-                break
+    if not text.startswith("[", position):
+        line = text.count("\n", 0, position) + 1
+        yield line, _json_object(_loads(text[position:], path, line), path, line)
+        return
+    decoder = json.JSONDecoder()
+    position += 1
+    line, counted, records = 1, 0, 0
+    while True:
+        position = _skip_space(text, position)
+        line += text.count("\n", counted, position)
+        counted = position
+        if text.startswith("]", position) and records == 0:
+            position += 1
+            break
+        try:
+            value, end = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise FileFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        except (ValueError, RecursionError) as exc:
+            raise FileFormatError(f"{path}:{line}: not readable JSON ({exc})") from None
+        records += 1
+        yield line, _json_object(_check_text(value, text[position:end], path, line), path, line)
+        position = _skip_space(text, end)
+        if text.startswith(",", position):
+            position += 1
+        elif text.startswith("]", position):
+            position += 1
+            break
+        else:
             line += text.count("\n", counted, position)
-            counted = position
-            value, position = decoder.raw_decode(text, position)
-            records += 1
-            yield line, _json_object(value, path, line)
-            position = _skip_space(text, position)
-            if text.startswith(",", position):
-                position += 1
-            elif text.startswith("]", position):
-                position += 1
-                break
-            else:
-                line += text.count("\n", counted, position)
-                counted = position
-                raise FileFormatError(f"{path}:{line}: expected ',' or ']' after an array element")
-        if text[position:].strip():
-            line += text.count("\n", counted, position)
-            raise FileFormatError(f"{path}:{line}: extra data after the JSON array")
-    except json.JSONDecodeError as exc:
-        raise FileFormatError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+            raise FileFormatError(f"{path}:{line}: expected ',' or ']' after an element of the JSON array")
+    position = _skip_space(text, position)
+    if position < len(text):
+        line += text.count("\n", counted, position)
+        raise FileFormatError(f"{path}:{line}: more data after the JSON array")
 
 
 def _skip_space(text: str, position: int) -> int:

@@ -100,13 +100,13 @@ def _binary_label(value: Any, file: Path, number: int) -> int:
     raise ValueError(f"{where(file, number)}: label: expected 0 or 1, got {value!r:.40}")
 
 
-def _field(fields: list[str], index: int, file: Path, number: int, layout: str) -> str:
-    """Field ``index`` of a tab-separated row, or an error naming the line and the layout that was expected."""
-    if index >= len(fields):
+def _fields(fields: list[str], indices: tuple[int, ...], file: Path, number: int, layout: str) -> list[str]:
+    """Fields ``indices`` of a tab-separated row, or an error naming the line and the layout that was expected."""
+    if max(indices) >= len(fields):
         raise ValueError(
-            f"{file}:{number}: {len(fields)} tab-separated fields, expected at least {index + 1} ({layout})"
+            f"{file}:{number}: {len(fields)} tab-separated fields, expected at least {max(indices) + 1} ({layout})"
         )
-    return fields[index]
+    return [fields[i] for i in indices]
 
 
 def _records(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -158,9 +158,12 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
         iset = lowered.index("semeval_set") if "semeval_set" in lowered else None
         layout = f"the SICK header on line {first_number} names {len(first)} columns"
         for number, fields in rows:
-            if iset is not None and split and not _split_matches(_field(fields, iset, file, number, layout), split):
+            a, b, score, *rest = _fields(
+                fields, (ia, ib, isc) + (() if iset is None else (iset,)), file, number, layout
+            )
+            if rest and split and not _split_matches(rest[0], split):
                 continue
-            add(*(_field(fields, i, file, number, layout) for i in (ia, ib, isc)), number)
+            add(a, b, score, number)
         return ScoredPairs(s1, s2, scores, split or _inferred_split(name) or "test")
     if "sentence1" in lowered and "score" in lowered:  # header layout, e.g. stsbenchmark.tsv.gz
         ia, ib, isc = lowered.index("sentence1"), lowered.index("sentence2"), lowered.index("score")
@@ -168,10 +171,12 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
         wanted = split or ("test" if isplit is not None else None)
         layout = f"the header on line {first_number} names {len(first)} columns"
         for number, fields in rows:
-            if isplit is not None and wanted:
-                if not _split_matches(_field(fields, isplit, file, number, layout), wanted):
-                    continue
-            add(*(_field(fields, i, file, number, layout) for i in (ia, ib, isc)), number)
+            a, b, score, *rest = _fields(
+                fields, (ia, ib, isc) + (() if isplit is None else (isplit,)), file, number, layout
+            )
+            if rest and wanted and not _split_matches(rest[0], wanted):
+                continue
+            add(a, b, score, number)
         return ScoredPairs(s1, s2, scores, wanted or "test")
 
     for number, fields in [(first_number, first), *rows] if first else []:
