@@ -9,6 +9,7 @@ import csv
 import gzip
 import io
 import json
+import os
 import string
 from pathlib import Path
 
@@ -125,38 +126,91 @@ def test_json_results_are_standard_json(tmp_path):
 
 # ------------------------------------------------------------------------------- the property-based pass
 
-KEYS = ["anchor", "positive", "negative", "text", "title", "_id", "id", "sentence1", "sentence2", "score", "label",
-        "query", "split", "pos", "neg", "pos_scores", "neg_scores"]  # fmt: skip
+# The columns each reader looks for, and what a good value of each is; rows mostly follow one of these, with a
+# value of any JSON type (or a missing key) now and then.
+SCHEMAS = [
+    {"sentence1": "text", "sentence2": "text", "score": "number", "split": "split"},
+    {"sentence1": "text", "sentence2": "text", "label": "binary"},
+    {"anchor": "text", "positive": "text", "negative": "text"},
+    {"query": "text", "pos": "texts", "neg": "texts", "pos_scores": "numbers", "neg_scores": "numbers"},
+    {"_id": "id", "title": "text", "text": "text"},
+    {"query": "text", "positive": "texts", "negative": "texts"},
+    {"text": "text", "label": "text", "split": "split"},
+]
+KEYS = sorted({key for schema in SCHEMAS for key in schema})
 SUFFIXES = [".jsonl", ".json", ".csv", ".tsv", ".txt", ".jsonl.gz"]
+SUFFIX_OF = {"jsonl": ".jsonl", "json-array": ".json", "csv": ".csv", "naive-csv": ".csv", "tsv": ".tsv"}
 USER_ERRORS = (GteStError, ValueError, OSError)
+# GTE_ST_PROPERTY_SCALE=20 runs 20x the examples (a deeper search than the suite's few seconds).
+SCALE = int(os.environ.get("GTE_ST_PROPERTY_SCALE", "1"))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS), inner, max_size=4),
     max_leaves=8,
 )
-records = st.dictionaries(st.sampled_from(KEYS), json_values, max_size=6)
-cell = st.text(alphabet=string.ascii_letters + string.digits + ' ,"\t\n\r.-\u00e9\u4e2d', max_size=10)
+words = st.text(alphabet=string.ascii_letters + " \u00e9\u4e2d", min_size=1, max_size=10)
+GOOD = {
+    "text": words,
+    "number": st.integers(0, 5) | st.floats(0, 5),
+    "binary": st.sampled_from([0, 1]),
+    "texts": st.lists(words, max_size=3),
+    "numbers": st.lists(st.floats(0, 1), max_size=3),
+    "id": st.integers(0, 9) | st.integers(0, 9).map(str),
+    "split": st.sampled_from(["train", "test", "dev", "other"]),
+}
+cell = st.text(
+    alphabet=string.ascii_letters + string.digits + ' ,"\t\n\r.-\u00e9\u4e2d', max_size=10
+) | st.sampled_from(['"open', 'a"b"', '"q"x', '""', "1990", "NA", "nan", "1e999", "", " ", "\ufeff"])
 
 
 @st.composite
-def file_bytes(draw) -> bytes:
+def record(draw, schema: dict[str, str]) -> object:
+    """A row of ``schema``: one in 20 is not an object; a key is missing one time in 10, of any JSON type three in 10."""
+    if draw(st.integers(0, 19)) == 0:
+        return draw(json_values)
+    row = {}
+    for key, kind in schema.items():
+        roll = draw(st.integers(0, 9))
+        if roll:
+            row[key] = draw(json_values) if roll <= 3 else draw(GOOD[kind])
+    return row
+
+
+KINDS = ["bytes", "text", "jsonl", "json-array", "csv", "tsv", "naive-csv"]
+
+
+@st.composite
+def named_file(draw, schema: dict[str, str] | None = None, kinds: list[str] = KINDS) -> tuple[str, bytes]:
+    """A file suffix and content: mostly the suffix the content is written for, sometimes any other."""
+    kind = draw(st.sampled_from(kinds))
+    content = draw(file_bytes(kind, schema))
+    suffix = SUFFIX_OF.get(kind, ".txt")
+    if draw(st.integers(0, 3)) == 0:
+        suffix = draw(st.sampled_from(SUFFIXES))
+    return suffix, content
+
+
+@st.composite
+def file_bytes(draw, kind: str | None = None, schema: dict[str, str] | None = None) -> bytes:
     """Random bytes, text in several encodings, JSON lines / arrays, CSV / TSV tables (well or badly quoted)."""
-    kind = draw(st.sampled_from(["bytes", "text", "jsonl", "json-array", "csv", "tsv", "naive-csv"]))
+    kind = kind or draw(st.sampled_from(KINDS))
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     if kind == "text":
         encoding = draw(st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1", "cp1252", "gb18030"]))
         return draw(st.text(max_size=80)).encode(encoding, errors="replace")
-    if kind == "jsonl":
-        lines = draw(st.lists(records | json_values, max_size=6))
+    schema = schema or draw(st.sampled_from(SCHEMAS))
+    if kind in ("jsonl", "json-array"):
+        rows = draw(st.lists(record(schema), max_size=6))
+        if kind == "json-array":
+            return json.dumps(rows, indent=draw(st.sampled_from([None, 2]))).encode()
         newline = draw(st.sampled_from(["\n", "\r\n", "\r"]))
-        return "".join(json.dumps(line) + newline for line in lines).encode()
-    if kind == "json-array":
-        return json.dumps(draw(st.lists(records | json_values, max_size=6)), indent=draw(st.sampled_from([None, 2])))\
-            .encode()  # fmt: skip
-    header = draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=4))
-    rows = draw(st.lists(st.lists(cell, min_size=0, max_size=5), max_size=6))
+        return "".join(json.dumps(row) + newline for row in rows).encode()
+    header = draw(st.lists(st.sampled_from(list(schema)), min_size=1, max_size=len(schema), unique=True))
+    if draw(st.integers(0, 5)) == 0:
+        header.append(draw(st.sampled_from(KEYS)))  # perhaps twice
+    rows = draw(st.lists(st.lists(cell, min_size=len(header) - 1, max_size=len(header) + 1), max_size=6))
     if kind == "csv":
         buffer = io.StringIO()
         csv.writer(buffer).writerows([header, *rows])
@@ -184,9 +238,10 @@ def _write(folder: Path, name: str, data: bytes) -> Path:
     return path
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=file_bytes(), suffix=st.sampled_from(SUFFIXES))
-def test_every_reader_parses_or_names_the_file(scratch, data, suffix):
+@settings(max_examples=100 * SCALE, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(file=named_file())
+def test_every_reader_parses_or_names_the_file(scratch, file):
+    suffix, data = file
     path = _write(scratch, f"data{suffix}", data)
     _check(lambda: list(read_records(path)), path)
     _check(lambda: read_corpus(path), path)
@@ -199,8 +254,48 @@ def test_every_reader_parses_or_names_the_file(scratch, data, suffix):
     _check(lambda: load_source(str(path)), path)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(corpus=file_bytes(), queries=file_bytes(), qrels=file_bytes(), gz=st.booleans())
+# Each reader on files of its own layout, where a bad value reaches the code that reads that column.
+OWN_LAYOUT = {
+    "sts": (read_sts, SCHEMAS[0]),
+    "pairs": (read_pairs, SCHEMAS[1]),
+    "training-pairs": (lambda path: load_training_data([str(path)]), SCHEMAS[2]),
+    "training-scored-pairs": (lambda path: load_training_data([str(path)], scored=True), SCHEMAS[0]),
+    "training-flagembedding": (lambda path: load_training_data([str(path)]), SCHEMAS[3]),
+    "corpus": (read_corpus, SCHEMAS[4]),
+    "reranking": (read_reranking, SCHEMAS[5]),
+    "labelled-texts": (read_labelled_texts, SCHEMAS[6]),
+}
+
+
+@pytest.mark.parametrize("reader", OWN_LAYOUT)
+def test_each_reader_on_its_own_layout_parses_or_names_the_file(scratch, reader):
+    read, schema = OWN_LAYOUT[reader]
+
+    @settings(max_examples=80 * SCALE, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(file=named_file(schema, kinds=["jsonl", "json-array", "csv", "tsv", "naive-csv"]))
+    def run(file):
+        suffix, data = file
+        path = _write(scratch, f"{reader}{suffix}", data)
+        _check(lambda: read(path), path)
+
+    run()
+
+
+beir_kinds = st.sampled_from(["jsonl", "jsonl", "jsonl", "bytes", "text", "tsv"])
+qrels_cell = (
+    st.integers(0, 9).map(str) | st.sampled_from(["1", "0", "-1", "2.5", "high", "nan", "", "query-id"]) | cell
+)
+
+
+@settings(max_examples=60 * SCALE, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    corpus=beir_kinds.flatmap(lambda kind: file_bytes(kind, {"_id": "id", "title": "text", "text": "text"})),
+    queries=beir_kinds.flatmap(lambda kind: file_bytes(kind, {"_id": "id", "text": "text"})),
+    qrels=st.lists(st.lists(qrels_cell, min_size=2, max_size=4), max_size=6).map(
+        lambda rows: "".join("\t".join(row) + "\n" for row in rows).encode()
+    ),
+    gz=st.booleans(),
+)
 def test_the_beir_reader_parses_or_names_the_file(scratch, corpus, queries, qrels, gz):
     folder = scratch / "beir"
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
