@@ -28,6 +28,7 @@ import contextlib
 import copy
 import functools
 import logging
+import re
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,12 +106,15 @@ def _counting_tokenizer(tokenizer) -> tuple[tokenizers.Tokenizer, int]:
     return cached[1], cached[2]
 
 
+_SPACE_BEFORE_NON_SPACE = re.compile(r" \S")  # searched in the reversed window: a space that follows a non-space
+
+
 def _cut(text: str, cap: int) -> int | None:
-    """The last position in ``text[cap // 2 : cap]`` holding a space that follows a non-space, or None."""
-    position = text.rfind(" ", cap // 2, cap + 1)
-    while position > cap // 2 and text[position - 1].isspace():
-        position = text.rfind(" ", cap // 2, position)
-    return position if position > cap // 2 else None
+    """The last position in ``text[cap // 2 : cap + 1]`` holding a space that follows a non-space, or None (searched
+    from the end of the window, in C: a window of spaces costs no Python loop)."""
+    low, high = cap // 2, min(cap, len(text) - 1)
+    match = _SPACE_BEFORE_NON_SPACE.search(text[low : high + 1][::-1])
+    return None if match is None else high - match.start()
 
 
 def cap_texts(
