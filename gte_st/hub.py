@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gte_st.checkpoints import CHECKPOINT_RE, latest_checkpoint_name
+from gte_st.files import path_inside
 from gte_st.fingerprint import file_digest
 
 logger = logging.getLogger(__name__)
@@ -300,13 +301,17 @@ def _remote_listing(api: Any, repo_id: str, commit: str, local_dir: Path | None,
     return {path: (e.size, e.blob_id, e.lfs_sha256) for path, e in entries.items()}
 
 
-def _discard(local_file: Path, local_dir: Path | None, relative: str) -> None:
+def _discard(local_file: Path, root: Path, local_dir: Path | None, relative: str) -> None:
     """Remove a bad download (and its cache blob / local_dir metadata) so that the next pull fetches it again."""
     if local_file.is_symlink():
-        local_file.resolve().unlink(missing_ok=True)
+        # A cache snapshot links to its repository's blobs/ folder; a link pointing anywhere else is only unlinked.
+        target = local_file.resolve()
+        if local_dir is None and target.parent == root.parent.parent.resolve() / "blobs":
+            target.unlink(missing_ok=True)
     local_file.unlink(missing_ok=True)
     if local_dir is not None:
-        (local_dir / ".cache" / "huggingface" / "download" / f"{relative}.metadata").unlink(missing_ok=True)
+        metadata = path_inside(local_dir / ".cache" / "huggingface" / "download", f"{relative}.metadata")
+        metadata.unlink(missing_ok=True)
 
 
 def verify_snapshot(
@@ -316,23 +321,38 @@ def verify_snapshot(
     otherwise). A bad file is removed and :class:`CorruptDownloadError` raised. Returns the number of files checked."""
     root = Path(root)
     local_dir = root if not (root.parent.name == "snapshots") else None
+    # Every path of the listing must name a file inside the snapshot before any file is read or removed: the listing
+    # comes from the network, where huggingface_hub's own checks of the paths it downloads do not apply.
+    selected = {
+        relative: (path_inside(root, relative, where=f"{where} listing" if where else "Hub listing"), entry)
+        for relative, entry in sorted(listing.items())
+        if relative.startswith(prefix)
+    }
     checked = 0
-    for relative, (size, blob_id, lfs_sha256) in sorted(listing.items()):
-        if not relative.startswith(prefix):
-            continue
-        local_file = root / relative
+    for relative, (local_file, (size, blob_id, lfs_sha256)) in selected.items():
         if not local_file.is_file():
             raise CorruptDownloadError(f"{relative} of {where} is listed on the Hub but missing from {root}")
         algorithm, expected = ("sha256", lfs_sha256) if lfs_sha256 else ("git-sha1", blob_id)
         actual, actual_size = file_digest(local_file, algorithm), local_file.stat().st_size
         if (size is not None and actual_size != size) or expected != actual:
-            _discard(local_file, local_dir, relative)
+            _discard(local_file, root, local_dir, relative)
             raise CorruptDownloadError(
                 f"{relative} of {where} is corrupted: got {actual_size} bytes with {algorithm} {actual}, the Hub "
                 f"lists {size} bytes with {expected}. The bad copy was removed from the cache; pull again."
             )
         checked += 1
     return checked
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The network errors of the HTTP client huggingface_hub uses (httpx, or httpx2 in huggingface_hub 2.x)."""
+    errors: list[type[BaseException]] = []
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
 
 
 def _download(
@@ -370,6 +390,10 @@ def _download(
                 "HF_HUB_OFFLINE=1 forbids downloading it: pull it once while online, or unset HF_HUB_OFFLINE."
             ) from exc
         raise
+    except _transport_errors() as exc:  # the connection dropped, a body ended early, a timeout, ...
+        raise ConnectionError(
+            f"download of {where} failed ({type(exc).__name__}: {exc}); what was already complete is kept, pull again"
+        ) from exc
     commit = resolved.resolved
     listing = _remote_listing(api, repo_id, commit, Path(local_dir) if local_dir else None, cache_dir)
     if allow_patterns is not None:

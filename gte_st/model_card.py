@@ -181,7 +181,7 @@ def _stage_rows(stage: dict) -> list[tuple[str, str]]:
             batch += f" (gradient-cached mini-batches of {stage['mini_batch_size']})"
         rows.append(("Batch size", batch))
     if stage.get("max_seq_length"):
-        rows.append(("Max sequence length", str(stage["max_seq_length"])))
+        rows.append(("Training sequence length", f"{stage['max_seq_length']} tokens (training only)"))
     if stage.get("learning_rate") is not None:
         rows.append(("Learning rate", str(stage["learning_rate"])))
     if stage.get("steps") is not None:

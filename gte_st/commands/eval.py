@@ -12,6 +12,7 @@ from gte_st.commands._args import (
     add_backend_arguments,
     add_compile_argument,
     check_compile,
+    check_outputs,
     existing_path,
     load_model,
     positive_int,
@@ -166,6 +167,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     check_compile(parser, args)
+    check_outputs(
+        {"--output": args.output, "--cache-dir": args.cache_dir, "--output-folder": args.output_folder},
+        {"model": args.model, "data": args.data, "--train-data": args.train_data},
+    )
     if args.task == "mteb":
         if args.compile:
             parser.error("--compile is not supported with --task mteb (mteb encodes through the model itself)")

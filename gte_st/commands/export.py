@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from gte_st.commands._args import ArgumentParser, check_model_location, positive_int
+from gte_st.commands._args import ArgumentParser, check_outputs, positive_int
+from gte_st.loading import check_model_location
 
 
 def _threshold(value: str) -> tuple[str, float]:
@@ -108,6 +109,11 @@ def main(argv: list[str]) -> int:
     if args.onnx and args.format not in (None, "onnx"):
         parser.error("--onnx contradicts --format openvino")
     check_model_location(args.model_dir)
+    check_outputs(
+        {"--report": args.report},
+        {"model directory": args.model_dir, "--sample": args.sample, "--calibration": args.calibration,
+         "--sts": args.sts, "--retrieval": args.retrieval},
+    )  # fmt: skip
     sample = None
     if args.sample:
         from gte_st.export import read_texts

@@ -9,10 +9,11 @@ from gte_st.commands._args import (
     add_backend_arguments,
     add_compile_argument,
     check_compile,
-    check_model_location,
+    check_outputs,
     load_model,
     positive_int,
 )
+from gte_st.loading import check_model_location
 
 
 def build_parser() -> ArgumentParser:
@@ -45,6 +46,7 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_compile(parser, args)
+    check_outputs({"--out": args.out}, {"corpus": args.corpus, "model": args.model})
     # Everything that can be checked without the model is checked before it is loaded.
     corpus = read_corpus(args.corpus, id_field=args.id_field, text_field=args.text_field)
     check_model_location(args.model)

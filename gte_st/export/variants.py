@@ -46,10 +46,15 @@ from typing import Any
 from gte_st.export.parity import PARITY_THRESHOLDS, cosines, parity, quality
 from gte_st.export.runtime import load_onnx_model, load_openvino_model, transformer_subdir
 from gte_st.export.samples import PARITY_SAMPLE, SELECTION_SAMPLE, calibration_sample, read_texts
+from gte_st.files import exclusive_lock, remove_leftovers
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "openvino")
+# Inside the model folder: the lock file of a running export and the prefix of its work folders (removed by the next
+# export when their process was killed).
+EXPORT_LOCK = ".gte-st-export.lock"
+EXPORT_WORK_PREFIX = ".gte-st-export-"
 QUANTIZE = ("none", "int8-dynamic", "int8-static", "bf16")
 DOWN_PROJECTIONS = ("float", "search")
 # Older spellings: ``quantize="int8"`` (the dynamic variant, PR #1 of the CLI), None / "fp32" for none.
@@ -314,8 +319,6 @@ def export(
         export("my-gte", format="openvino", quantize="int8-static", calibration="my_texts.txt")
         model = load_exported("my-gte", "openvino/openvino_model_qint8_quantized.xml")
     """
-    from sentence_transformers import SentenceTransformer
-
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     quantize = QUANTIZE_ALIASES.get(quantize, quantize)
@@ -339,13 +342,40 @@ def export(
         calibration_texts = (
             calibration_sample(calibration_size) if calibration is None else read_texts(calibration, calibration_size)
         )
-    target_root = model_dir / transformer_subdir(model_dir)
 
+    # One export per model folder at a time; under the lock, every export work folder left there is a dead one's.
+    with exclusive_lock(model_dir, doing="exported", lock_file=model_dir / EXPORT_LOCK):
+        remove_leftovers(model_dir, also=(f"{EXPORT_WORK_PREFIX}*",))
+        reports = _export_locked(
+            model_dir, steps, texts, calibration_texts, limits, opset, sts, retrieval, max_corpus, down_projections
+        )
+    result = ExportReport(model_dir=str(model_dir), variants=reports, parity_texts=len(texts))
+    if not result.ok:
+        raise ExportParityError("\n".join(r.message for r in reports if not r.written), result)
+    return result
+
+
+def _export_locked(
+    model_dir: Path,
+    steps: list[_Step],
+    texts: list[str],
+    calibration_texts: list[str],
+    limits: dict[str, float],
+    opset: int,
+    sts: str | Path | None,
+    retrieval: str | Path | None,
+    max_corpus: int | None,
+    down_projections: str,
+) -> list[VariantReport]:
+    """Build, gate and move into place every variant of ``steps`` (the caller holds the model folder's lock)."""
+    from sentence_transformers import SentenceTransformer
+
+    target_root = model_dir / transformer_subdir(model_dir)
     reference = SentenceTransformer(str(model_dir), device="cpu")
     reference_quality = quality(reference, sts, retrieval, max_corpus)
     reports: list[VariantReport] = []
     built: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix=".gte-st-export-", dir=model_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=EXPORT_WORK_PREFIX, dir=model_dir) as tmp:
         tmp_dir = Path(tmp)
         for step in steps:
             start = time.perf_counter()
@@ -400,10 +430,7 @@ def export(
                     if file.exists():
                         (target_root / report.file_name).parent.mkdir(parents=True, exist_ok=True)
                         os.replace(file, target_root / Path(report.file_name).parent / file.name)
-    result = ExportReport(model_dir=str(model_dir), variants=reports, parity_texts=len(texts))
-    if not result.ok:
-        raise ExportParityError("\n".join(r.message for r in reports if not r.written), result)
-    return result
+    return reports
 
 
 def export_onnx(
