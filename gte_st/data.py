@@ -23,11 +23,9 @@ from datasets import Dataset, DatasetDict
 from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
 from torch.utils.data import BatchSampler, ConcatDataset
 
-from gte_st.readers import FORMATS, FileFormatError, file_format, read_records, where
+from gte_st.readers import FORMATS, FileFormatError, as_number, as_text, file_format, read_records, where
 
 logger = logging.getLogger(__name__)
-
-FILE_FORMATS = FORMATS
 
 # Default column names, tried in order: sentence-transformers, FlagEmbedding, then common pair layouts.
 ANCHOR_COLUMNS = ("anchor", "query", "question", "sentence1", "sentence_A", "text1", "title")
@@ -87,7 +85,7 @@ def _load_table(location: str, *, split: str = "train", max_rows: int | None = N
         if len(formats) > 1:
             raise DataValidationError(f"{location}: directory mixes file formats {sorted(formats)}; use one format.")
         return _load_files(files, max_rows)
-    if path.is_file() or path.suffix.lower() in FILE_FORMATS or path.suffix == ".gz":
+    if path.is_file() or path.suffix.lower() in FORMATS or path.suffix == ".gz":
         if not path.is_file():
             raise DataValidationError(f"{location}: file not found.")
         if file_format(path) is None:
@@ -131,9 +129,9 @@ class _Table:
         try:
             return Dataset.from_dict(self.columns)
         except Exception as exc:  # pyarrow cannot unify nested values (e.g. lists of texts and of numbers)
-            where = ", ".join(str(file) for file in dict.fromkeys(file for file, _ in self.rows))
+            files = ", ".join(str(file) for file in dict.fromkeys(file for file, _ in self.rows))
             raise DataValidationError(
-                f"{where}: could not be stored as a table: {type(exc).__name__}: {exc}"
+                f"{files}: could not be stored as a table: {type(exc).__name__}: {exc}"
             ) from None
 
 
@@ -315,29 +313,17 @@ def _teacher_scores(dataset: Dataset | _Table, source: str, num_negatives: int) 
 
 
 def _finite_number(value: object, source: str, column: str, row: int) -> float:
-    """A number, or the text of one (CSV / TSV values are text), that is finite."""
-    number = math.nan
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-    if not math.isfinite(number):
-        raise DataValidationError(
-            f"{source}: column {column!r}, row {row}: expected a finite number, got {value!r:.60}."
-        )
-    return number
+    try:
+        return as_number(value, f"{source}: column {column!r}, row {row}")
+    except FileFormatError as exc:
+        raise DataValidationError(f"{exc}.") from None
 
 
 def _check_string(value: object, source: str, column: str, row: int) -> None:
-    if not isinstance(value, str):
-        raise DataValidationError(
-            f"{source}: column {column!r}, row {row}: expected a string, got {type(value).__name__} ({value!r:.60})."
-        )
-    if not value.strip():
-        raise DataValidationError(f"{source}: column {column!r}, row {row}: empty text.")
+    try:
+        as_text(value, f"{source}: column {column!r}, row {row}")
+    except FileFormatError as exc:
+        raise DataValidationError(f"{exc}.") from None
 
 
 def _string_column(values: list[object], source: str, column: str, *, first_only: bool) -> list[str]:

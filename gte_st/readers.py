@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 import os
 import re
 import sys
@@ -296,6 +297,32 @@ def parquet_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, An
     yield from enumerate(table.to_pylist(), 1)
 
 
+def as_text(value: Any, where: str) -> str:
+    """``value`` as a text to embed: a non-empty string, the rule for every text gte-st embeds or trains on (a number,
+    a null or a blank string is refused, never turned into a text). ``where`` starts the error message."""
+    if not isinstance(value, str):
+        raise FileFormatError(f"{where}: expected a string, got {type(value).__name__} ({value!r:.60})")
+    if not value.strip():
+        raise FileFormatError(f"{where}: empty text")
+    return value
+
+
+def as_number(value: Any, where: str) -> float:
+    """``value`` as a finite number: a number, or the text of one (CSV / TSV values are text); not a boolean, NaN or
+    infinity. ``where`` starts the error message."""
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if not math.isfinite(number):
+        raise FileFormatError(f"{where}: expected a finite number, got {value!r:.60}")
+    return number
+
+
 def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line, record) of a ``.jsonl`` / ``.json`` / ``.csv`` / ``.tsv`` / ``.parquet`` file (``.gz`` allowed), by
     the rules of this module; a record is a dict (column -> value)."""
@@ -314,6 +341,8 @@ def read_records(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]
 __all__ = [
     "FORMATS",
     "FileFormatError",
+    "as_number",
+    "as_text",
     "csv_rows",
     "file_format",
     "json_records",

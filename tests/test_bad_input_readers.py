@@ -54,7 +54,7 @@ CASES = [
          before_model=False),
     Case("eval-sts-json-nan-score", lambda w: _eval(w, "sts", "sts_json_nan"),
          "sts_json_nan.jsonl:2: score: expected a finite number, got nan", before_model=False),
-    Case("eval-sts-empty-sentence", lambda w: _eval(w, "sts", "sts_empty"), "sts_empty.jsonl:2: sentence2 is empty",
+    Case("eval-sts-empty-sentence", lambda w: _eval(w, "sts", "sts_empty"), "sts_empty.jsonl:2: sentence2: empty text",
          before_model=False),
     Case("eval-sts-equal-gold-scores", lambda w: _eval(w, "sts", "sts_constant"),
          "all 3 gold scores are 2.5; a correlation needs scores that differ", before_model=False),
@@ -75,15 +75,18 @@ CASES = [
     # ---- 17: eval rows
     Case("eval-sick-short-row", lambda w: _eval(w, "sts", "sick_short"),
          "SICK_short.txt:3: 2 tab-separated fields, expected at least 4 (the SICK header on line 1 names 5 columns)", before_model=False),
+    Case("eval-sts-header-without-a-column", lambda w: _eval(w, "sts", "sts_header"),
+         "sts_header.tsv:1: the header names no 'sentence2' column (it needs sentence1, sentence2, score)",
+         before_model=False),
     Case("eval-classification-csv-first-row-extra-field", lambda w: _eval(w, "classification", "cls_extra"),
          "cls.csv:2: 3 fields, but the header (line 1) names 2 columns", before_model=False),
     Case("eval-sts-null-sentence", lambda w: _eval(w, "sts", "sts_null"),
-         "sts_null.jsonl:1: sentence1 is null, expected a non-empty string", before_model=False),
+         "sts_null.jsonl:1: sentence1: expected a string, got NoneType (None)", before_model=False),
     Case("eval-qrels-score-not-a-number", lambda w: _bm25(w, "beir_high"),
-         "test.tsv:3: score: expected a number, got 'high'"),
+         "test.tsv:3: score: expected a finite number, got 'high'"),
     Case("eval-corpus-row-without-id", lambda w: _bm25(w, "beir_no_id"), "corpus.jsonl: row 2: missing id field '_id'"),
     Case("eval-query-without-text", lambda w: _bm25(w, "beir_query_no_text"),
-         "queries.jsonl:1: text is null, expected a non-empty string"),
+         "queries.jsonl:1: text: expected a string, got NoneType (None)"),
     Case("eval-pairs-label-not-binary", lambda w: _eval(w, "pair-classification", "pairs_label"),
          "pairs.jsonl:2: label: expected 0 or 1, got 2", before_model=False),
     Case("eval-reranking-positive-not-a-list", lambda w: _eval(w, "reranking", "rerank_bad"),
@@ -174,6 +177,8 @@ def world(tmp_path_factory, tiny_gte_dir) -> dict[str, Path]:
     w["sick_short"] = tmp / "SICK_short.txt"
     w["sick_short"].write_text("pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n"
                                "1\ta b\tc d\t4.5\tNEUTRAL\n2\tonly a sentence\n")  # fmt: skip
+    w["sts_header"] = tmp / "sts_header.tsv"
+    w["sts_header"].write_text("sentence1\tscore\nA text.\t3.5\n")
     w["cls_extra"] = tmp / "cls.csv"
     w["cls_extra"].write_text("text,label\nfirst text,a,extra\nsecond,b\n")
     w["pairs_label"] = _jsonl(tmp / "pairs.jsonl", [{"sentence1": "a", "sentence2": "b", "label": 1},

@@ -21,14 +21,13 @@ non-empty string (training refuses those too), a score that is not a finite numb
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gte_st.corpus import read_corpus
-from gte_st.readers import file_format, json_records, read_records, tab_rows, table_records, where
+from gte_st.readers import as_number, as_text, file_format, json_records, read_records, tab_rows, table_records, where
 
 logger = logging.getLogger(__name__)
 
@@ -69,26 +68,11 @@ def _resolve_file(path: Path, split: str | None, patterns: tuple[str, ...]) -> P
 
 
 def _text(value: Any, file: Path, number: int, name: str) -> str:
-    """``value`` as a text to embed: a non-empty string (the rule training applies to its texts)."""
-    if not isinstance(value, str):
-        got = "null" if value is None else f"a {type(value).__name__} ({value!r:.40})"
-        raise ValueError(f"{where(file, number)}: {name} is {got}, expected a non-empty string")
-    if not value.strip():
-        raise ValueError(f"{where(file, number)}: {name} is empty")
-    return value
+    return as_text(value, f"{where(file, number)}: {name}")
 
 
 def _float(value: Any, file: Path, number: int, name: str = "score") -> float:
-    """``value`` as a finite number (a JSON number or a numeric string; not a boolean, NaN or infinity)."""
-    try:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError
-        number_value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where(file, number)}: {name}: expected a number, got {value!r:.40}") from None
-    if not math.isfinite(number_value):
-        raise ValueError(f"{where(file, number)}: {name}: expected a finite number, got {value!r:.40}")
-    return number_value
+    return as_number(value, f"{where(file, number)}: {name}")
 
 
 def _binary_label(value: Any, file: Path, number: int) -> int:
@@ -98,6 +82,11 @@ def _binary_label(value: Any, file: Path, number: int) -> int:
     if value in (0, 1, "0", "1") and not isinstance(value, bool):
         return int(value)
     raise ValueError(f"{where(file, number)}: label: expected 0 or 1, got {value!r:.40}")
+
+
+def _header_has(header: list[str], names: tuple[str, ...], file: Path, number: int) -> None:
+    if missing := [name for name in names if name not in header]:
+        raise ValueError(f"{file}:{number}: the header names no {missing[0]!r} column (it needs {', '.join(names)})")
 
 
 def _fields(fields: list[str], indices: tuple[int, ...], file: Path, number: int, layout: str) -> list[str]:
@@ -154,6 +143,7 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
     first_number, first = next(rows, (0, []))
     lowered = [field.strip().lower() for field in first]
     if "sentence_a" in lowered and "relatedness_score" in lowered:  # SICK
+        _header_has(lowered, ("sentence_a", "sentence_b", "relatedness_score"), file, first_number)
         ia, ib, isc = lowered.index("sentence_a"), lowered.index("sentence_b"), lowered.index("relatedness_score")
         iset = lowered.index("semeval_set") if "semeval_set" in lowered else None
         layout = f"the SICK header on line {first_number} names {len(first)} columns"
@@ -166,6 +156,7 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
             add(a, b, score, number)
         return ScoredPairs(s1, s2, scores, split or _inferred_split(name) or "test")
     if "sentence1" in lowered and "score" in lowered:  # header layout, e.g. stsbenchmark.tsv.gz
+        _header_has(lowered, ("sentence1", "sentence2", "score"), file, first_number)
         ia, ib, isc = lowered.index("sentence1"), lowered.index("sentence2"), lowered.index("score")
         isplit = lowered.index("split") if "split" in lowered else None
         wanted = split or ("test" if isplit is not None else None)
