@@ -355,7 +355,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _download(
+def download_snapshot(
     repo_id: str,
     revision: str | None,
     *,
@@ -364,7 +364,9 @@ def _download(
     allow_patterns: list[str] | None = None,
     cache_dir: str | None = None,
 ) -> tuple[Path, str, dict]:
-    """Resolve ``revision``, download (or find in the cache when offline) and verify. Returns (path, commit, listing)."""
+    """Resolve ``revision``, download (or find in the cache when offline) and verify every file against the Hub's
+    listing (:func:`verify_snapshot`). Returns (path, commit, listing). What :func:`pull_model`,
+    :func:`pull_latest_checkpoint` and :func:`gte_st.load` download goes through here."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RevisionResolutionError
 
@@ -413,7 +415,7 @@ def pull_model(
     Hub's listing (size + git blob sha1 / LFS sha256). With ``HF_HUB_OFFLINE=1`` the cached snapshot of
     ``revision`` is used (a clear ``FileNotFoundError`` when it was never pulled). Returns the snapshot folder,
     loadable with ``SentenceTransformer(path)``."""
-    path, commit, _ = _download(repo_id, revision, local_dir=local_dir, token=token)
+    path, commit, _ = download_snapshot(repo_id, revision, local_dir=local_dir, token=token)
     logger.info(f"Pulled {repo_id}@{revision or 'main'} ({commit}) to {path}")
     return path
 
@@ -440,12 +442,15 @@ def pull_latest_checkpoint(
     name = latest_checkpoint_name(folders)
     if name is None:
         raise FileNotFoundError(f"{repo_id}@{revision} has no checkpoint-<step>/ folder (found: {folders})")
-    path, _, _ = _download(repo_id, resolved.resolved, local_dir=local_dir, token=token, allow_patterns=[f"{name}/*"])
+    path, _, _ = download_snapshot(
+        repo_id, resolved.resolved, local_dir=local_dir, token=token, allow_patterns=[f"{name}/*"]
+    )
     return path / name
 
 
 __all__ = [
     "CorruptDownloadError",
+    "download_snapshot",
     "model_files",
     "pull_latest_checkpoint",
     "pull_model",

@@ -110,12 +110,14 @@ def _hub_entry(repo_id: str, revision: str | None, token: str | bool | None) -> 
     """
     from huggingface_hub import constants
 
-    from gte_st.hub import _download
+    from gte_st.hub import download_snapshot
 
     root = converted_cache_dir() / repo_id.replace("/", "--")
     ref = root / "refs" / (revision or "main")
     try:
-        path, commit, _ = _download(repo_id, revision, local_dir=None, token=token, allow_patterns=["config.json"])
+        path, commit, _ = download_snapshot(
+            repo_id, revision, local_dir=None, token=token, allow_patterns=["config.json"]
+        )
     except FileNotFoundError:
         if constants.is_offline_mode() and ref.is_file() and (root / ref.read_text().strip()).is_dir():
             return root / ref.read_text().strip(), None
@@ -128,7 +130,7 @@ def _hub_entry(repo_id: str, revision: str | None, token: str | bool | None) -> 
     entry = root / commit
     if entry.is_dir():
         return entry, None
-    snapshot, _, _ = _download(repo_id, commit, local_dir=None, token=token, allow_patterns=SNAPSHOT_PATTERNS)
+    snapshot, _, _ = download_snapshot(repo_id, commit, local_dir=None, token=token, allow_patterns=SNAPSHOT_PATTERNS)
     return entry, snapshot
 
 

@@ -50,11 +50,24 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` / ``--file-name``: run the model's exported artifact (see ``gte-st export``) instead of torch."""
+    from gte_st.registry import BACKENDS
+
     parser.add_argument(
-        "--backend", default="torch", choices=("torch", "onnx", "openvino"),
-        help="run the model on torch, or on its exported ONNX / OpenVINO artifact (create it with `gte-st export`)",
+        "--backend", default="torch", choices=BACKENDS.names(),
+        help=f"what runs the model: {BACKENDS.help_table()} (create artifacts with `gte-st export`)",
     )  # fmt: skip
     parser.add_argument("--file-name", help="the artifact inside the model directory, e.g. onnx/model_O2.onnx")
+
+
+def add_precision_argument(
+    parser: argparse.ArgumentParser, option: str = "--precision", default: str = "auto"
+) -> None:
+    """The encode precision of torch models (``gte_st.registry.PRECISIONS``)."""
+    from gte_st.registry import PRECISIONS
+
+    parser.add_argument(
+        option, default=default, choices=PRECISIONS.names(), help=f"encode precision: {PRECISIONS.help_table()}"
+    )
 
 
 def add_compile_argument(parser: argparse.ArgumentParser, what: str = "the texts") -> None:
@@ -87,11 +100,11 @@ def load_model(
     check_model_location(name_or_path)
     local = Path(name_or_path).expanduser()
     if backend != "torch" or file_name:
-        from gte_st.export import load_exported
+        from gte_st.export import load_model_dir
 
         if not local.is_dir():
             raise FileNotFoundError(f"--backend {backend}: {name_or_path} is not a local model directory")
-        model = load_exported(local, file_name, backend=None if backend == "torch" else backend)
+        model = load_model_dir(local, backend, file_name)
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
         return model

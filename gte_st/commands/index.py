@@ -8,6 +8,7 @@ from gte_st.commands._args import (
     ArgumentParser,
     add_backend_arguments,
     add_compile_argument,
+    add_precision_argument,
     check_compile,
     check_outputs,
     load_model,
@@ -31,7 +32,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--shard-size", type=positive_int, default=4096, help="documents per resumable shard")
     parser.add_argument("--id-field")
     parser.add_argument("--text-field")
-    parser.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"])
+    add_precision_argument(parser, "--encode-precision")
     add_compile_argument(parser, "the corpus")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")

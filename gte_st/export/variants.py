@@ -57,12 +57,9 @@ EXPORT_LOCK = ".gte-st-export.lock"
 EXPORT_WORK_PREFIX = ".gte-st-export-"
 QUANTIZE = ("none", "int8-dynamic", "int8-static", "bf16")
 DOWN_PROJECTIONS = ("float", "search")
-# Older spellings: ``quantize="int8"`` (the dynamic variant, PR #1 of the CLI), None / "fp32" for none.
-QUANTIZE_ALIASES = {None: "none", "fp32": "none", "int8": "int8-dynamic"}
 ONNX_FILE_NAMES = {
     "fp32": "model.onnx",
     "O2": "model_O2.onnx",
-    "int8": "model_qint8.onnx",
     "int8-dynamic": "model_qint8.onnx",
     "int8-static": "model_qint8_static.onnx",
 }
@@ -156,7 +153,9 @@ def _plan(format: str, quantize: str, optimize: bool) -> list[_Step]:
         base = "onnx-O2" if needs_o2 else "onnx-fp32"
         if quantize == "int8-dynamic":
             steps.append(
-                _Step("onnx-int8-dynamic", f"onnx/{ONNX_FILE_NAMES['int8']}", "ort-dynamic", base, True, "int8")
+                _Step(
+                    "onnx-int8-dynamic", f"onnx/{ONNX_FILE_NAMES['int8-dynamic']}", "ort-dynamic", base, True, "int8"
+                )
             )
         elif quantize == "int8-static":
             steps.append(
@@ -266,7 +265,7 @@ def _load(model_dir: Path, step: _Step, path: Path):
 def export(
     model_dir: str | Path,
     format: str = "onnx",
-    quantize: str | None = "none",
+    quantize: str = "none",
     *,
     optimize: bool = True,
     calibration: str | Path | Sequence[str] | None = None,
@@ -285,8 +284,7 @@ def export(
         model_dir: A saved sentence-transformers model directory (e.g. a GTE model) or a plain HF encoder directory.
         format: ``"onnx"`` or ``"openvino"``.
         quantize: ``"none"``, ``"int8-dynamic"``, ``"int8-static"`` or ``"bf16"`` (OpenVINO only); see the table in
-            :mod:`gte_st.export.variants` for the files each writes. ``"int8"`` is the older name of
-            ``"int8-dynamic"``.
+            :mod:`gte_st.export.variants` for the files each writes.
         optimize: ONNX only: also write the fused ``onnx/model_O2.onnx`` (ORT's transformer optimizer) and build the
             dynamic int8 variant from it.
         calibration: Static int8 only: texts to calibrate on -- a list, a text file (one per line) or a jsonl /
@@ -321,7 +319,6 @@ def export(
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    quantize = QUANTIZE_ALIASES.get(quantize, quantize)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
     if down_projections not in DOWN_PROJECTIONS:
@@ -433,18 +430,6 @@ def _export_locked(
     return reports
 
 
-def export_onnx(
-    model_dir: str | Path,
-    *,
-    quantize: str | None = None,
-    optimize: bool = False,
-    **kwargs: Any,
-) -> ExportReport:
-    """``export(model_dir, format="onnx", ...)`` with the earlier defaults: ``onnx/model.onnx`` and, with
-    ``quantize="int8"``, the dynamically quantised ``onnx/model_qint8.onnx``, no fused graph unless asked for."""
-    return export(model_dir, "onnx", quantize, optimize=optimize, **kwargs)
-
-
 __all__ = [
     "ExportParityError",
     "ExportReport",
@@ -454,6 +439,5 @@ __all__ = [
     "QUANTIZE",
     "VariantReport",
     "export",
-    "export_onnx",
     "parity",
 ]

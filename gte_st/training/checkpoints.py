@@ -61,4 +61,4 @@ def save_atomically(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["discard_non_finite_checkpoints", "latest_checkpoint", "save_atomically"]
+__all__ = ["discard_non_finite_checkpoints", "save_atomically"]

@@ -28,7 +28,7 @@ from gte_st.training.loss import check_loss, check_scored_pair_options, parse_lo
 # The embedded default job's recipe (used when neither --config nor --data is given; command-line options still
 # override it): the default loss, NormalizedMSELoss, with self-distillation to the frozen base model so that the
 # docstring pairs do not cost general STS quality. Chosen on dev data (held-out docstrings, STS-B dev, SICK trial);
-# see docs/benchmarks.md ("The embedded default job"). Its loss_kwargs apply only while the loss is its own.
+# see docs/benchmarks.md ("Default job"). Its loss_kwargs apply only while the loss is its own.
 DEFAULT_JOB: dict[str, Any] = {
     "loss": "mse",
     "loss_kwargs": {"distillation_weight": 30.0},

@@ -31,8 +31,8 @@ from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
 from gte_st.training.loss import build_loss, uses_scores
 from gte_st.training.recipe import Stage
-from gte_st.training.summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
+from gte_st.training_summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.weights import naming_weight_files
 
 logger = logging.getLogger(__name__)
