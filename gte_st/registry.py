@@ -114,5 +114,46 @@ PRECISIONS.register("fp32", "fp32", help="float32 weights and activations (repro
 PRECISIONS.register("bf16", "bf16", help="a bf16 copy of the model: every op in bf16, normalisation in float32")
 PRECISIONS.register("bf16-autocast", "bf16-autocast", help="float32 weights under torch.autocast(bf16)")
 
+# --------------------------------------------------------------------------------------------- evaluation tasks
+# name -> the evaluator ``fn(model, path, **options) -> EvalResult``. ``options`` maps each evaluator keyword to the
+# ``gte-st eval`` option (argparse dest) that feeds it, beside the ones every task takes (batch size, precision,
+# compile, dataset name); ``data`` is what --data holds.
+# ``mteb`` runs mteb's own evaluators (gte_st.evaluation.mteb_runner) instead of one file evaluator.
+EVAL_TASKS = Registry("evaluation task", option="--task")
+_SPLIT_AND_SAMPLES = {"split": "split", "max_samples": "max_samples"}
+EVAL_TASKS.register(
+    "sts", "gte_st.evaluation.sts:evaluate_sts", help="Spearman of cosine against gold scores",
+    data="STS-B / SICK / jsonl (sentence1, sentence2, score)", options=_SPLIT_AND_SAMPLES,
+)  # fmt: skip
+EVAL_TASKS.register(
+    "retrieval", "gte_st.evaluation.retrieval:evaluate_retrieval", help="nDCG@10, MRR@10, recall, MAP, accuracy@1",
+    data="BEIR folder",
+    options={"split": "split", "max_queries": "max_queries", "cache_dir": "cache_dir", "max_corpus": "max_corpus",
+             "retriever": "retriever", "bm25_rerank": "bm25_rerank", "bm25_weight": "bm25_weight"},
+)  # fmt: skip
+EVAL_TASKS.register(
+    "pair-classification", "gte_st.evaluation.pair_classification:evaluate_pair_classification",
+    help="average precision of cosine for paraphrase / duplicate pairs", data="MRPC / LCQMC / jsonl (0/1 labels)",
+    options=_SPLIT_AND_SAMPLES,
+)  # fmt: skip
+EVAL_TASKS.register(
+    "classification", "gte_st.evaluation.classification:evaluate_classification",
+    help="accuracy of a logistic regression on the embeddings", data="labelled csv / tsv / jsonl",
+    options={**_SPLIT_AND_SAMPLES, "train_path": "train_data", "n_folds": "n_folds", "seed": "seed"},
+)  # fmt: skip
+EVAL_TASKS.register(
+    "clustering", "gte_st.evaluation.clustering:evaluate_clustering", help="V-measure of k-means on the embeddings",
+    data="labelled csv / tsv / jsonl",
+    options={**_SPLIT_AND_SAMPLES, "n_clusters": "n_clusters", "seed": "seed"},
+)  # fmt: skip
+EVAL_TASKS.register(
+    "reranking", "gte_st.evaluation.reranking:evaluate_reranking", help="MAP / MRR@10 of candidates by cosine",
+    data="WikiQA / jsonl (query, positive, negative)", options=_SPLIT_AND_SAMPLES,
+)  # fmt: skip
+EVAL_TASKS.register(
+    "mteb", "gte_st.evaluation.mteb_runner:run_mteb", help="mteb's own evaluators (Hub data, or --mteb-data)",
+    data="with --mteb-data: one file or folder per --mteb-tasks name", options={},
+)  # fmt: skip
 
-__all__ = ["BACKENDS", "PRECISIONS", "Entry", "Registry"]
+
+__all__ = ["BACKENDS", "EVAL_TASKS", "PRECISIONS", "Entry", "Registry"]

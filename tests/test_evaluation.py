@@ -79,8 +79,9 @@ def test_eval_result_round_trip_and_validation():
     result = EvalResult("STS", "stsb", "test", {"spearman": 0.82, "pearson": 0.83}, "spearman", {"pairs": 3})
     again = EvalResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again == result and again.score == 0.82
+    assert EvalResult("Bitext", "x", "test", {"f1": 0.5}, "f1").task_type == "Bitext"  # a registered task's own
     with pytest.raises(ValueError, match="task_type"):
-        EvalResult("Bitext", "x", "test", {"f1": 0.5}, "f1")
+        EvalResult("", "x", "test", {"f1": 0.5}, "f1")
     with pytest.raises(ValueError, match="main_score 'ndcg_at_10'"):
         EvalResult("Retrieval", "x", "test", {"map": 0.5}, "ndcg_at_10")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,6 @@ from gte_st.errors import UsageError
 from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_write_json
 
-TASKS = ("sts", "retrieval", "pair-classification", "classification", "clustering", "reranking", "mteb")
-
 
 def build_parser() -> ArgumentParser:
     import argparse
@@ -35,16 +32,16 @@ def build_parser() -> ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", help="model directory or Hugging Face Hub id")
-    parser.add_argument("--task", required=True, choices=TASKS, help="task type")
+    from gte_st.registry import EVAL_TASKS
+
     parser.add_argument(
-        "--data",
-        nargs="+",
-        type=existing_path,
-        default=[],
-        metavar="PATH",
-        help="data file(s) or folder(s): STS-B/SICK/jsonl (sts), BEIR folder (retrieval), MRPC/LCQMC/jsonl "
-        "(pair-classification), labelled csv/tsv/jsonl (classification, clustering), WikiQA/jsonl (reranking)",
+        "--task", required=True, choices=EVAL_TASKS.names(), help=f"task type: {EVAL_TASKS.help_table()}"
     )
+    formats = "; ".join(f"{name}: {EVAL_TASKS.entry(name).metadata['data']}" for name in EVAL_TASKS)
+    parser.add_argument(
+        "--data", nargs="+", type=existing_path, default=[], metavar="PATH",
+        help=f"data file(s) or folder(s) -- {formats}",
+    )  # fmt: skip
     parser.add_argument("--split", default=None, help="split to evaluate (default: test, or what the file holds)")
     parser.add_argument("--output", default=None, metavar="JSON", help='write {"model", "results": [...]} here')
     parser.add_argument("--batch-size", type=positive_int, default=64)
@@ -126,30 +123,13 @@ def format_table(results: list[EvalResult]) -> str:
 
 
 def _run_task(args: Any, model: Any, path: str) -> EvalResult:
-    from gte_st import evaluation as ev
+    """One evaluator of :data:`gte_st.registry.EVAL_TASKS` on one data path, with the options its entry names."""
+    from gte_st.registry import EVAL_TASKS
 
-    common: dict[str, Any] = {
-        "batch_size": args.batch_size, "precision": args.precision, "compile": args.compile, "dataset": args.dataset,
-    }  # fmt: skip
-    if args.task == "retrieval":
-        return ev.evaluate_retrieval(
-            model, path, split=args.split or "test", cache_dir=args.cache_dir, max_corpus=args.max_corpus,
-            max_queries=args.max_queries or args.max_samples, retriever=args.retriever,
-            bm25_rerank=args.bm25_rerank, bm25_weight=args.bm25_weight, **common,
-        )  # fmt: skip
-    common.update({"split": args.split, "max_samples": args.max_samples})
-    if args.task == "classification":
-        return ev.evaluate_classification(
-            model, path, train_path=args.train_data, n_folds=args.n_folds, seed=args.seed, **common
-        )
-    if args.task == "clustering":
-        return ev.evaluate_clustering(model, path, n_clusters=args.n_clusters, seed=args.seed, **common)
-    functions: dict[str, Callable[..., EvalResult]] = {
-        "sts": ev.evaluate_sts,
-        "pair-classification": ev.evaluate_pair_classification,
-        "reranking": ev.evaluate_reranking,
-    }
-    return functions[args.task](model, path, **common)
+    entry = EVAL_TASKS.entry(args.task)
+    options = {keyword: getattr(args, dest) for keyword, dest in entry.metadata["options"].items()}
+    common = {"batch_size": args.batch_size, "precision": args.precision, "compile": args.compile}
+    return entry.load()(model, path, dataset=args.dataset, **common, **options)
 
 
 def _run_mteb(args: Any) -> int:
@@ -173,7 +153,7 @@ def _run_mteb(args: Any) -> int:
         tasks = [
             mteb_runner.load_local_data(
                 mteb_runner.get_tasks([name])[0], path, split=args.split, train_path=args.train_data,
-                max_samples=args.max_queries or args.max_samples, max_corpus=args.max_corpus,
+                max_samples=args.max_queries, max_corpus=args.max_corpus,
             )
             for name, path in zip(args.mteb_tasks, args.mteb_data)
         ]  # fmt: skip
@@ -201,6 +181,8 @@ def main(argv: list[str]) -> int:
         {"--output": args.output, "--cache-dir": args.cache_dir, "--output-folder": args.output_folder},
         {"model": args.model, "data": args.data, "--train-data": args.train_data},
     )
+    if args.max_queries is None:
+        args.max_queries = args.max_samples  # retrieval's --max-samples counts queries
     if args.task == "mteb":
         if args.compile:
             parser.error("--compile is not supported with --task mteb (mteb encodes through the model itself)")

@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Every task type, with the model-index (task type, task name) the Hub's model cards use for it.
+# The model-index (task type, task name) the Hub's model cards use for each task type gte-st's evaluators report; a
+# task type registered later (gte_st.registry.EVAL_TASKS) is reported under its own name.
 TASK_TYPES: dict[str, tuple[str, str]] = {
     "STS": ("semantic-similarity", "Semantic Similarity"),
     "Retrieval": ("information-retrieval", "Information Retrieval"),
@@ -22,8 +23,8 @@ class EvalResult:
     """One model evaluated on one dataset split.
 
     Args:
-        task_type: One of ``"STS"``, ``"Retrieval"``, ``"PairClassification"``, ``"Classification"``,
-            ``"Clustering"``, ``"Reranking"``.
+        task_type: The kind of task: ``"STS"``, ``"Retrieval"``, ``"PairClassification"``, ``"Classification"``,
+            ``"Clustering"``, ``"Reranking"`` (:data:`TASK_TYPES`), or another evaluator's own.
         dataset: Dataset name (derived from the data path unless given).
         split: The split that was evaluated.
         metrics: Metric name -> value as a fraction in [0, 1] (e.g. ``{"spearman": 0.8203}``).
@@ -39,8 +40,8 @@ class EvalResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {list(TASK_TYPES)}, got {self.task_type!r}")
+        if not isinstance(self.task_type, str) or not self.task_type:
+            raise ValueError(f"task_type must be a non-empty string, got {self.task_type!r}")
         if self.main_score not in self.metrics:
             raise ValueError(f"main_score {self.main_score!r} is not one of its metrics {sorted(self.metrics)}")
         self.metrics = {key: float(value) for key, value in self.metrics.items()}

@@ -111,7 +111,7 @@ def evaluate_retrieval(
     model: SentenceTransformer,
     beir_dir: str | Path,
     *,
-    split: str = "test",
+    split: str | None = "test",
     batch_size: int = 64,
     cache_dir: str | Path | None = None,
     max_corpus: int | None = None,
@@ -132,7 +132,7 @@ def evaluate_retrieval(
     Args:
         model: Any SentenceTransformer; its ``"query"`` / ``"document"`` prompts are used when set.
         beir_dir: Folder with ``corpus.jsonl[.gz]``, ``queries.jsonl`` and ``qrels/<split>.tsv``.
-        split: The qrels split.
+        split: The qrels split (None: ``"test"``).
         batch_size: Encoding batch size.
         cache_dir: Where corpus embeddings are cached, keyed by model weights and corpus hash; ``None`` disables it.
         max_corpus: Search only the relevant documents plus the first other ones up to this many (quick checks).
@@ -153,6 +153,7 @@ def evaluate_retrieval(
     if retriever not in ("dense", "bm25"):
         raise ValueError(f"retriever must be 'dense' or 'bm25', got {retriever!r}")
     check_bm25_weight(bm25_weight, bm25_rerank, "bm25_rerank")
+    split = split or "test"
     start = time.perf_counter()
     data = read_beir(beir_dir, split)
     limit_queries(data, max_queries)
