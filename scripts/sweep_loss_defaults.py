@@ -33,6 +33,7 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 
 import gte_st
 from gte_st.losses import NormalizedMSELoss
+from gte_st.training.loss import build_loss
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DATA = DEFAULT_DATA
@@ -123,7 +124,7 @@ def main() -> None:
             loss, label = MultipleNegativesRankingLoss(base), "MultipleNegativesRankingLoss(scale=20)"
         elif "=" in setting:
             label, kwargs = setting.split("=", 1)
-            loss = NormalizedMSELoss(base, **json.loads(kwargs))
+            loss = build_loss(base, "mse", **json.loads(kwargs))
             label = f"mse {label} {kwargs}"
         else:
             margin, weight = (float(x) for x in setting.split(":"))

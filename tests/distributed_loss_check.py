@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from conftest import stsb_rows
 
 import gte_st
-from gte_st.losses import CachedNormalizedMSELoss, NormalizedMSELoss
+from gte_st.training.loss import build_loss
 
 
 def run_loss(model, loss, columns, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,11 +63,11 @@ def main() -> None:
     makers = {}
     for option_name, kwargs in options.items():
         extra = {"teacher": teacher} if kwargs.get("distillation_weight") else {}
-        makers[f"plain-{option_name}"] = lambda gather, kw={**kwargs, **extra}: NormalizedMSELoss(
-            model, symmetric=True, gather_across_devices=gather, **kw
+        makers[f"plain-{option_name}"] = lambda gather, kw={**kwargs, **extra}: build_loss(
+            model, "mse", symmetric=True, gather_across_devices=gather, **kw
         )
-        makers[f"cached-{option_name}"] = lambda gather, kw={**kwargs, **extra}: CachedNormalizedMSELoss(
-            model, symmetric=True, gather_across_devices=gather, mini_batch_size=4, **kw
+        makers[f"cached-{option_name}"] = lambda gather, kw={**kwargs, **extra}: build_loss(
+            model, "mse", symmetric=True, gather_across_devices=gather, mini_batch_size=4, **kw
         )
     for name, make in makers.items():
         labels, local_labels = (scores, local_scores) if name.endswith("-scores") else (None, None)

@@ -17,6 +17,7 @@ from gte_st.cli import main as cli_main
 from gte_st.training import (
     GTE_DIRECTIONS,
     build_loss,
+    describe_loss,
     latest_checkpoint,
     mixed_precision_flags,
     parse_stages,
@@ -101,7 +102,7 @@ def test_precision_auto_follows_hardware():
     ("name", "mini_batch_size", "expected"),
     [
         ("mse", None, gte_losses.NormalizedMSELoss),
-        ("mse", 4, gte_losses.CachedNormalizedMSELoss),
+        ("mse", 4, gte_losses.CachedLoss),
         ("gte", None, st_losses.MultipleNegativesRankingLoss),
         ("gte", 4, st_losses.CachedMultipleNegativesRankingLoss),
         ("mnrl", None, st_losses.MultipleNegativesRankingLoss),
@@ -112,7 +113,7 @@ def test_loss_factory(tiny_bert_dir, name, mini_batch_size, expected):
     model = gte_st.build_model(str(tiny_bert_dir))
     loss = build_loss(model, name, mini_batch_size=mini_batch_size, gather_across_devices=True)
     assert type(loss) is expected
-    config = loss.get_config_dict()
+    config = describe_loss(loss)["config"]
     assert config["gather_across_devices"] is True
     if mini_batch_size:
         assert config["mini_batch_size"] == 4

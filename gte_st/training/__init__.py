@@ -25,7 +25,9 @@ _LAZY = {
     "parse_stages": "recipe",
     "GTE_DIRECTIONS": "loss",
     "LOSSES": "loss",
+    "LOSS_PIECES": "loss",
     "build_loss": "loss",
+    "describe_loss": "loss",
     "GTETrainer": "trainer",
     "NonFiniteLossError": "trainer",
     "latest_checkpoint": "checkpoints",
@@ -37,7 +39,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
     from gte_st.training.checkpoints import latest_checkpoint
-    from gte_st.training.loss import GTE_DIRECTIONS, LOSSES, build_loss
+    from gte_st.training.loss import GTE_DIRECTIONS, LOSS_PIECES, LOSSES, build_loss, describe_loss
     from gte_st.training.recipe import DEFAULT_JOB, Stage, parse_stages
     from gte_st.training.run import run
     from gte_st.training.summary import SUMMARY_FILE, format_summary
@@ -56,11 +58,13 @@ __all__ = [
     "GTETrainingArguments",
     "GTE_DIRECTIONS",
     "LOSSES",
+    "LOSS_PIECES",
     "NonFiniteLossError",
     "RecipeArguments",
     "SUMMARY_FILE",
     "Stage",
     "build_loss",
+    "describe_loss",
     "format_summary",
     "latest_checkpoint",
     "mixed_precision_flags",

@@ -10,6 +10,7 @@ import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
 from gte_st.encoding import cpu_supports_bf16
+from gte_st.training.loss import LOSSES, loss_help, loss_kwargs_help
 
 
 @dataclass
@@ -54,21 +55,8 @@ class RecipeArguments:
         },
     )
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length (tokens) of this stage."})
-    loss: Literal["mse", "gte", "mnrl", "cosent"] = field(
-        default="mse",
-        metadata={
-            "help": "mse: gte_st NormalizedMSELoss; gte: MultipleNegativesRankingLoss with the four GTE "
-            "directions, joint partition; mnrl: plain MultipleNegativesRankingLoss; cosent: CoSENTLoss on scored "
-            "pairs (a score column, e.g. STS-B's 0-5 gold scores)."
-        },
-    )
-    loss_kwargs: str | None = field(
-        default=None,
-        metadata={
-            "help": "Extra loss arguments: a mapping in YAML/JSON recipes, a JSON object on the command line, e.g. "
-            "'{\"margin\": 0.2}' or '{\"scale\": 50}'. Checked against the loss's signature before any data is read."
-        },
-    )
+    loss: str = field(default="mse", metadata={"help": loss_help(), "choices": list(LOSSES)})
+    loss_kwargs: str | None = field(default=None, metadata={"help": loss_kwargs_help()})
     mini_batch_size: int | None = field(
         default=None,
         metadata={

@@ -28,7 +28,7 @@ from gte_st.files import atomic_write_json, replace_directory
 from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
 from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
-from gte_st.training.loss import build_loss, uses_scores
+from gte_st.training.loss import build_loss, describe_loss, uses_scores
 from gte_st.training.recipe import Stage
 from gte_st.training.summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
@@ -212,7 +212,7 @@ def _run_stage(
     probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha)
     summary = {
         "name": stage.name,
-        "loss": {"name": type(loss).__name__, "config": jsonable(loss.get_config_dict())},
+        "loss": jsonable(describe_loss(loss)),
         "per_device_batch_size": args.per_device_train_batch_size,
         "global_batch_size": global_batch,
         "mini_batch_size": recipe.mini_batch_size,
