@@ -471,6 +471,8 @@ OPTION_SETS = [
      "positive_margin": 0.9},
     {"uniformity_weight": 0.5, "distillation_weight": 5.0, "margin": 0.0},
     {"distillation_weight": 5.0, "distillation_target": "embeddings", "weighting": "infonce"},
+    {"false_negative_margin": 0.05, "false_negative_strategy": "relative", "uniformity_weight": 0.5},
+    {"false_negative_margin": 0.0, "guide": "initial", "margin": 0.0},
 ]  # fmt: skip
 
 
@@ -482,11 +484,13 @@ def test_cached_loss_equals_uncached_for_every_option(tiny_bert_dir, symmetric, 
     rows = stsb_rows("train")[:13]
     columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[5:] + rows[:5]]]
     columns[0][7] = columns[0][2]
+    if options.get("guide") == "initial":  # a guide sharing the tokenizer: the initial model, frozen
+        options = {**options, "guide": gte_st.build_model(str(tiny_bert_dir))}
     plain = compose(model, symmetric=symmetric, **options)
     teacher = getattr(plain, "teacher", None)
     extra = {} if teacher is None else {"teacher": teacher}
     cached = compose(model, symmetric=symmetric, mini_batch_size=4, **options, **extra)
-    if teacher is not None:  # move the student away from its teacher so the distillation term has a gradient
+    if teacher is not None or "guide" in options:  # away from the teacher / guide, so they judge differently
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
@@ -562,3 +566,143 @@ def test_cached_loss_equals_uncached_with_teacher_scores(tiny_bert_dir, symmetri
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     assert_cached_equals_plain(model, plain, cached, columns, scores)
+
+
+def reference_filtered_loss(q, d, negs, judge, margin, strategy, weight=1.0):
+    """Mean weighting, squared hinge at margin -1, written out in float64: row i's negatives are the other positives
+    and every hard negative except those the judge's cosines put too close to its positive (absolute: above
+    s_ii - m; relative: above s_ii - |s_ii| m)."""
+    q, d = F.normalize(q.double(), dim=-1), F.normalize(d.double(), dim=-1)
+    negs = [F.normalize(n.double(), dim=-1) for n in negs]
+    jq, jd, *jn = [F.normalize(x.double(), dim=-1) for x in judge]
+    batch = q.size(0)
+    candidates = [(d[j], jd[j], j) for j in range(batch)] + [
+        (n[j], judge_n[j], None) for n, judge_n in zip(negs, jn) for j in range(batch)
+    ]
+    positive = sum(((q[i] - d[i]) ** 2).sum() for i in range(batch)) / batch
+    terms = []
+    for i in range(batch):
+        own = jq[i] @ jd[i]
+        threshold = own - margin if strategy == "absolute" else own - own.abs() * margin
+        for vector, judged, row in candidates:
+            if row == i or jq[i] @ judged > threshold:
+                continue
+            terms.append((q[i] @ vector + 1.0) ** 2)
+    return positive + weight * sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("strategy,margin", [("absolute", 0.1), ("relative", 0.3), ("absolute", 0.5)])
+@pytest.mark.parametrize("guided", [False, True])
+def test_false_negative_filter_matches_formula(strategy, margin, guided):
+    from gte_st.losses import FalseNegativeFilterLoss
+    from gte_st.losses.false_negatives import GUIDE_CONTEXT
+
+    torch.manual_seed(7)
+    base = torch.randn(6, 16)
+    q, d = base + 0.4 * torch.randn(6, 16), base + 0.4 * torch.randn(6, 16)
+    negs = [base.roll(1, 0) + 0.6 * torch.randn(6, 16)]
+    core = NormalizedMSELoss(
+        None, weighting="mean", negative_penalty="squared_hinge", margin=-1.0, negative_weight=1.0
+    )
+    guide = [base + 0.5 * torch.randn(6, 16) for _ in range(3)] if guided else None
+    loss = FalseNegativeFilterLoss(
+        None, core, false_negative_margin=margin, false_negative_strategy=strategy,
+        guide=torch.nn.Identity() if guided else None,
+    )  # fmt: skip
+    context = {GUIDE_CONTEXT: guide} if guided else {}
+    value = loss.compute_loss_from_embeddings([q, d, *negs], context=context)
+    expected = reference_filtered_loss(q, d, negs, guide or [q, d, *negs], margin, strategy)
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+    # the filter removed something: the unfiltered loss differs (so the check can fail)
+    assert core.compute_loss_from_embeddings([q, d, *negs]).item() != pytest.approx(value.item(), abs=1e-4)
+
+
+def test_false_negative_filter_needs_a_gte_loss_and_the_same_tokenizer(tiny_bert_dir, minilm_dir):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from gte_st.losses import FalseNegativeFilterConfig, FalseNegativeFilterLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    with pytest.raises(ValueError, match="GISTEmbedLoss"):
+        FalseNegativeFilterLoss(model, MultipleNegativesRankingLoss(model), false_negative_margin=0.1)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        FalseNegativeFilterLoss(model, NormalizedMSELoss(model), guide=str(minilm_dir))
+    for bad in ({"false_negative_strategy": "cosine"}, {"false_negative_margin": 3.0},
+                {"false_negative_margin": 1.5, "false_negative_strategy": "relative"}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FalseNegativeFilterConfig(**bad).validate()
+
+
+def test_matryoshka_loss_wraps_the_composition(tiny_bert_dir):
+    """sentence-transformers' MatryoshkaLoss around gte-st's composition computes, per dimension, the composition
+    on the truncated, re-normalised embeddings (same value, same gradients as writing the sum out)."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    model.eval()
+    rows = stsb_rows("train")[:9]
+    columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[4:] + rows[:4]]]
+    options = {"false_negative_margin": 0.05, "false_negative_strategy": "relative", "uniformity_weight": 0.2,
+               "symmetric": True}  # fmt: skip
+    inner = compose(model, **options)
+    wrapped = MatryoshkaLoss(model, inner, [32, 16, 8], matryoshka_weights=[1.0, 0.5, 2.0])
+    model.zero_grad()
+    value = wrapped(features(model, columns), None)
+    value.backward()
+    grads = gradients(model)
+
+    model.zero_grad()
+    batch = features(model, columns)
+    context = inner.batch_context(batch)
+    from sentence_transformers.base.losses.merged_forward import embed_columns
+
+    full = embed_columns(model, batch)
+    expected = sum(
+        weight * inner.compute_loss_from_embeddings([F.normalize(e[:, :dim], dim=-1) for e in full], None, context)
+        for dim, weight in ((32, 1.0), (16, 0.5), (8, 2.0))
+    )
+    expected.backward()
+    torch.testing.assert_close(value.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads, gradients(model), atol=1e-5, rtol=1e-4)
+
+
+MATRYOSHKA_SETS = [
+    {},
+    {"distillation_weight": 5.0, "distillation_target": "embeddings"},
+    {"false_negative_margin": 0.0, "uniformity_weight": 0.3},
+]
+
+
+@pytest.mark.parametrize("options", MATRYOSHKA_SETS)
+def test_cached_matryoshka_equals_uncached(tiny_bert_dir, options):
+    """MatryoshkaLoss around CachedLoss (its gradient-cache path) equals MatryoshkaLoss around the uncached loss."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    model.eval()
+    rows = stsb_rows("train")[:11]
+    columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[3:] + rows[:3]]]
+    plain = compose(model, symmetric=True, **options)
+    teachers = [piece.teacher for piece in plain.modules() if isinstance(piece, SelfDistillationLoss)]
+    extra = {"teacher": teachers[0]} if teachers else {}
+    cached = compose(model, symmetric=True, mini_batch_size=4, **options, **extra)
+    if teachers:  # away from the teacher, so the distillation term has a gradient
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    assert_cached_equals_plain(
+        model, MatryoshkaLoss(model, plain, [32, 16, 8]), MatryoshkaLoss(model, cached, [32, 16, 8]), columns
+    )
+
+
+def test_frozen_model_runs_once_per_batch_under_matryoshka(tiny_bert_dir):
+    """MatryoshkaLoss calls the wrapped loss once per dimension on the same batch: the frozen teacher embeds it once."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    loss = compose(model, distillation_weight=1.0)
+    calls = []
+    loss.teacher.register_forward_hook(lambda *args: calls.append(1))
+    rows = stsb_rows("train")[:6]
+    MatryoshkaLoss(model, loss, [32, 16, 8])(features(model, [[r[1] for r in rows], [r[2] for r in rows]]), None)
+    assert len(calls) == 2  # anchors, then the positives: once each, not once per dimension

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import stsb_rows
@@ -288,3 +289,56 @@ def test_only_the_writer_rank_saves_a_checkpoint(tiny_bert_dir, tmp_path, monkey
     monkeypatch.undo()
     trainer.save_model(str(tmp_path / "rank0"))
     assert (tmp_path / "rank0" / "modules.json").is_file()
+
+
+def test_matryoshka_prompts_and_false_negatives_train_and_serve(tiny_bert_dir, pairs_file, tmp_path):
+    """One run with the three options: trained at every Matryoshka dimension, with prompts given to every text
+    column, without likely false negatives (guided by the frozen initial model); the saved model records its
+    dimensions and prompts, and stock sentence-transformers serves it with them (encode_query, truncate_dim)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Prompts(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["prompts"] = dict(args.prompts)
+
+    guide = tmp_path / "guide"
+    gte_st.build_model(str(tiny_bert_dir)).save(str(guide))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "matryoshka_dims: [32, 16, 8]\n"
+        "prompts: {anchor: 'query: ', positive: 'passage: '}\n"
+        f"loss_kwargs: {{false_negative_margin: 0.0, guide: '{guide}', distillation_weight: 2.0}}\n"
+    )
+    out = tmp_path / "out"
+    from gte_st.commands.train import main as train_main
+
+    code = train_main(
+        ["--config", str(recipe), "--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--precision", "fp32",
+         "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_steps", "100", "--output_dir", str(out)],
+        callbacks=[Prompts()],
+    )  # fmt: skip
+    assert code == 0
+    assert seen["prompts"] == {"anchor": "query: ", "positive": "passage: "}
+    config = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert config["prompts"]["query"] == "query: " and config["prompts"]["document"] == "passage: "
+    assert config["matryoshka_dims"] == [32, 16, 8]
+    (stage,) = json.loads((out / "training_summary.json").read_text())["stages"]
+    assert stage["loss"]["name"] == "MatryoshkaLoss(SelfDistillationLoss(FalseNegativeFilterLoss(NormalizedMSELoss)))"
+    assert stage["loss"]["config"]["guide"] == str(guide) and stage["matryoshka_dims"] == [32, 16, 8]
+    assert stage["prompts"] == {"query": "query: ", "document": "passage: "}
+
+    stock = SentenceTransformer(str(out), device="cpu")
+    texts = ["A man is playing a guitar.", "The cat sleeps on the sofa."]
+    query = stock.encode_query(texts)
+    assert np.allclose(query, stock.encode(["query: " + t for t in texts]), atol=1e-6)
+    assert not np.allclose(query, stock.encode(texts), atol=1e-3)
+    assert np.allclose(stock.encode_document(texts), stock.encode(["passage: " + t for t in texts]), atol=1e-6)
+    small = SentenceTransformer(str(out), device="cpu", truncate_dim=8).encode(texts)
+    assert small.shape == (2, 8)
+    from gte_st.model_card import render_model_card
+
+    card = render_model_card(out)
+    assert "32, 16, 8" in card and "truncate_dim=8" in card and "query: " in card and "false_negative_margin" in card

@@ -11,6 +11,7 @@ from gte_st.commands._args import (
     ArgumentParser,
     add_backend_arguments,
     add_compile_argument,
+    add_truncate_dim_argument,
     check_compile,
     existing_path,
     load_model,
@@ -60,6 +61,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--trust-remote-code", action="store_true")
     add_backend_arguments(parser)
     add_compile_argument(parser, "the evaluation texts")
+    add_truncate_dim_argument(parser)
 
     group = parser.add_argument_group("retrieval")
     group.add_argument("--cache-dir", default=None, help="cache corpus embeddings here (keyed by model and corpus)")
@@ -152,8 +154,9 @@ def _run_mteb(args: Any) -> int:
         return 0
     tasks = mteb_runner.get_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages)
     model = load_model(
-        args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code
-    )
+        args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
+        truncate_dim=args.truncate_dim,
+    )  # fmt: skip
     mteb_runner.run_mteb(model, tasks, args.output_folder)
     print(f"mteb results written under {args.output_folder}")
     return 0
@@ -184,9 +187,12 @@ def main(argv: list[str]) -> int:
     if not (args.task == "retrieval" and args.retriever == "bm25"):
         model = load_model(
             args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
-            backend=args.backend, file_name=args.file_name,
+            backend=args.backend, file_name=args.file_name, truncate_dim=args.truncate_dim,
         )  # fmt: skip
     results = [_run_task(args, model, path) for path in args.data]
+    if model is not None and model.truncate_dim is not None:
+        for result in results:
+            result.details["truncate_dim"] = model.truncate_dim
     print(format_table(results))
     for result in results:
         if first := result.details.get("first_stage"):

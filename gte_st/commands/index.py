@@ -8,6 +8,7 @@ from gte_st.commands._args import (
     ArgumentParser,
     add_backend_arguments,
     add_compile_argument,
+    add_truncate_dim_argument,
     check_compile,
     check_model_location,
     load_model,
@@ -32,6 +33,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--text-field")
     parser.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"])
     add_compile_argument(parser, "the corpus")
+    add_truncate_dim_argument(parser)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     add_backend_arguments(parser)
@@ -67,6 +69,7 @@ def main(argv: list[str]) -> int:
         compile=args.compile,
         corpus_name=str(args.corpus),
         model_name=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
+        truncate_dim=args.truncate_dim,
     )
     print(
         f"indexed {len(index)} documents into {args.out} ({index.precision}, {index.meta['index']['type']}, "

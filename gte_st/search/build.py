@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gte_st.corpus import check_corpus, read_corpus
-from gte_st.encoding import encode
+from gte_st.encoding import encode, output_dimension
 from gte_st.files import atomic_save_npy, atomic_write_json, atomic_write_text, replace_directory
 from gte_st.fingerprint import corpus_fingerprint, file_digest, model_fingerprint
 from gte_st.search.index import (
@@ -90,6 +90,7 @@ def build_index(
     seed: int = 0,
     corpus_name: str | None = None,
     model_name: str | None = None,
+    truncate_dim: int | None = None,
 ) -> Index:
     """Encode a corpus and write an index directory (see the module docstring for its layout).
 
@@ -112,6 +113,8 @@ def build_index(
         corpus_name: What ``meta.json`` records as the corpus (default: the path, or ``<in-memory>``).
         model_name: What ``meta.json`` records as the query model (default: the model's path or name); e.g. the
             model directory when ``model`` is its exported artifact, so queries load the same model.
+        truncate_dim: Keep the first ``truncate_dim`` dimensions of every embedding (a Matryoshka model; default the
+            model's own ``truncate_dim``, else all). The index records it and embeds queries the same way.
     """
     from tqdm.auto import tqdm
 
@@ -137,7 +140,9 @@ def build_index(
         corpus_name = corpus_name or str(corpus)
     st_model, loaded_name = load_query_model(model)
     model_name = model_name or loaded_name
-    dim = st_model.get_embedding_dimension()
+    if truncate_dim is None:
+        truncate_dim = getattr(st_model, "truncate_dim", None)
+    dim = output_dimension(st_model, truncate_dim)
     model_sha = model_fingerprint(st_model)
 
     partial = out.with_name(out.name + ".partial")
@@ -148,6 +153,7 @@ def build_index(
         "model": model_name,
         "model_fingerprint": model_sha,
         "dim": dim,
+        "truncate_dim": truncate_dim,
         "shard_size": shard_size,
         "encode_precision": encode_precision,
     }
@@ -178,7 +184,10 @@ def build_index(
             if shard_path.is_file():
                 continue
             chunk = texts[s * shard_size : (s + 1) * shard_size]
-            embeddings = encode(st_model, chunk, batch_size=batch_size, precision=encode_precision, compile=compile)
+            embeddings = encode(
+                st_model, chunk, batch_size=batch_size, precision=encode_precision, compile=compile,
+                truncate_dim=truncate_dim,
+            )  # fmt: skip
             if embeddings.shape != (len(chunk), dim):
                 raise RuntimeError(
                     f"model returned embeddings of shape {embeddings.shape}, expected ({len(chunk)}, {dim})"
@@ -210,7 +219,9 @@ def build_index(
     atomic_write_text(partial / "docs.jsonl", docs)
     files["docs.jsonl"] = ""
     files = {name: file_digest(partial / name) for name in files}
-    probes = encode(st_model, PROBE_TEXTS, batch_size=batch_size, precision=encode_precision)
+    probes = encode(
+        st_model, PROBE_TEXTS, batch_size=batch_size, precision=encode_precision, truncate_dim=truncate_dim
+    )
     from gte_st import __version__
 
     meta = {
@@ -224,6 +235,7 @@ def build_index(
             "name": model_name,
             "fingerprint": model_sha,
             "dimension": dim,
+            "truncate_dim": truncate_dim,
             "probe_embeddings": np.round(probes, 5).tolist(),
         },
         "precision": precision,

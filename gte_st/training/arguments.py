@@ -57,6 +57,13 @@ class RecipeArguments:
     max_seq_length: int = field(default=128, metadata={"help": "Truncation length (tokens) of this stage."})
     loss: str = field(default="mse", metadata={"help": loss_help(), "choices": list(LOSSES)})
     loss_kwargs: str | None = field(default=None, metadata={"help": loss_kwargs_help()})
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Also train at these embedding dimensions, largest first, e.g. 384 256 128 64 (sentence-transformers' "
+            "MatryoshkaLoss around the loss); the saved model records them, and every command takes --truncate-dim."
+        },
+    )
     mini_batch_size: int | None = field(
         default=None,
         metadata={
@@ -150,6 +157,16 @@ class GTETrainingArguments(SentenceTransformerTrainingArguments):
     batch_sampler: str = field(  # type: ignore[assignment]
         default="no_duplicates",
         metadata={"help": "Per-source batch sampler: no_duplicates (no repeated text in a batch), batch_sampler, ..."},
+    )
+
+    prompts: str | None | dict[str, str] = field(  # type: ignore[assignment]
+        default=None,
+        metadata={
+            "help": "Prompts prepended to the training columns: one string for every column, or a mapping of columns "
+            'to prompts, e.g. \'{"anchor": "query: ", "positive": "passage: "}\' (the negatives take the '
+            "positive's). Saved in the model as its 'query' (anchor) and 'document' (positive) prompts, which "
+            "encode_query / encode_document, eval, index and search use."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -260,6 +260,59 @@ def check_loss(name: str, kwargs: dict[str, Any], *, cached: bool, where: str) -
         raise ValueError(f"{where}: {exc}") from None
 
 
+def check_matryoshka_dims(dims: Sequence[int] | None, *, where: str) -> None:
+    """``--matryoshka_dims``: positive integers, largest first, no repeats (the order the saved model lists them)."""
+    if not dims:
+        return
+    if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+        raise ValueError(f"{where}: --matryoshka_dims must be positive integers, got {list(dims)}")
+    if any(a <= b for a, b in zip(dims, dims[1:])):
+        raise ValueError(
+            f"{where}: --matryoshka_dims must be listed largest first without repeats, e.g. 384 256 128 64; got "
+            f"{' '.join(map(str, dims))}"
+        )
+
+
+def check_frozen_models(
+    base_model: str, matryoshka_dims: Sequence[int] | None, kwargs: Mapping[str, Any], *, where: str
+) -> None:
+    """Checks against the base model's files, before any weights or data load: Matryoshka dimensions no larger than
+    its embedding dimension, and a ``teacher`` / ``guide`` model given by path that shares its tokenizer (both embed
+    the student's token ids). Models whose files cannot be read here (a Hub id offline) are checked when built."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if matryoshka_dims:
+        try:
+            dimension = AutoConfig.from_pretrained(base_model).hidden_size
+        except Exception:  # noqa: BLE001 -- unreadable here: MatryoshkaLoss checks when it is built
+            dimension = None
+        if dimension is not None and matryoshka_dims[0] > dimension:
+            raise ValueError(
+                f"{where}: --matryoshka_dims {matryoshka_dims[0]} is larger than the {dimension}-d embeddings of "
+                f"{base_model}"
+            )
+    frozen = {option: kwargs[option] for option in ("teacher", "guide") if isinstance(kwargs.get(option), str)}
+    if not frozen:
+        return
+    try:
+        vocabulary = AutoTokenizer.from_pretrained(base_model).get_vocab()
+    except Exception:  # noqa: BLE001 -- checked when the loss is built
+        return
+    for option, path in frozen.items():
+        try:
+            other = AutoTokenizer.from_pretrained(path).get_vocab()
+        except Exception as exc:  # noqa: BLE001
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(
+                f"{where}: --loss_kwargs {option} {path!r}: cannot read its tokenizer ({first})"
+            ) from None
+        if other != vocabulary:
+            raise ValueError(
+                f"{where}: --loss_kwargs {option} {path!r} has another tokenizer than the base model {base_model} "
+                f"(its vocabulary differs); the {option} embeds the student's token ids, so it must share them"
+            )
+
+
 def build_loss(
     model: SentenceTransformer,
     name: str = "mse",
@@ -319,7 +372,9 @@ __all__ = [
     "LossPlan",
     "PieceEntry",
     "build_loss",
+    "check_frozen_models",
     "check_loss",
+    "check_matryoshka_dims",
     "check_scored_pair_options",
     "describe_loss",
     "loss_entry",
