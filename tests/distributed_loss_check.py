@@ -53,6 +53,9 @@ def main() -> None:
                     "negative_weight": 2.0, "positive_margin": 0.9, "uniformity_weight": 0.5},
         "distill": {"distillation_weight": 5.0},
         "scores": {"score_distillation_weight": 20.0},
+        "filter": {"false_negative_margin": 0.05, "false_negative_strategy": "relative"},
+        "guide": {"false_negative_margin": 0.0, "guide": "teacher", "uniformity_weight": 0.3},
+        "matryoshka": {"matryoshka_dims": [32, 16, 8], "distillation_weight": 2.0, "false_negative_margin": 0.1},
     }  # fmt: skip
     teacher = gte_st.build_model(model_dir)  # the same weights: the student is moved away from it below
     teacher.eval()
@@ -63,6 +66,8 @@ def main() -> None:
     makers = {}
     for option_name, kwargs in options.items():
         extra = {"teacher": teacher} if kwargs.get("distillation_weight") else {}
+        if kwargs.get("guide") == "teacher":
+            extra["guide"] = teacher  # the frozen guide: the unperturbed weights
         makers[f"plain-{option_name}"] = lambda gather, kw={**kwargs, **extra}: build_loss(
             model, "mse", symmetric=True, gather_across_devices=gather, **kw
         )

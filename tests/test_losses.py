@@ -296,7 +296,9 @@ def test_gather_across_two_processes_equals_one_process(tiny_bert_dir, tmp_path)
     one process holding the concatenated batch, for the plain and the cached loss (a duplicate text spans ranks)."""
     # accelerate 1.15's `--cpu --num_processes 2` starts a single process unless MPI is used; `--multi_gpu` starts
     # torchrun, and ACCELERATE_USE_CPU makes every process a CPU (gloo) rank: DistributedType.MULTI_CPU.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR), "ACCELERATE_USE_CPU": "true"}
+    # The checkout under test first (not an installed gte_st elsewhere), then the tests' helpers.
+    path = os.pathsep.join([str(TESTS_DIR.parent), str(TESTS_DIR)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "ACCELERATE_USE_CPU": "true"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",

@@ -144,6 +144,9 @@ def build_index(
         truncate_dim = getattr(st_model, "truncate_dim", None)
     dim = output_dimension(st_model, truncate_dim)
     model_sha = model_fingerprint(st_model)
+    # Documents are embedded with the model's "document" prompt and queries (Index.encode_queries) with its "query"
+    # prompt, as sentence-transformers' encode_document / encode_query do; the index records both.
+    prompts = {name: st_model.prompts.get(name) or "" for name in ("query", "document")}
 
     partial = out.with_name(out.name + ".partial")
     shards_dir = partial / "shards"
@@ -154,6 +157,7 @@ def build_index(
         "model_fingerprint": model_sha,
         "dim": dim,
         "truncate_dim": truncate_dim,
+        "prompts": prompts,
         "shard_size": shard_size,
         "encode_precision": encode_precision,
     }
@@ -186,7 +190,7 @@ def build_index(
             chunk = texts[s * shard_size : (s + 1) * shard_size]
             embeddings = encode(
                 st_model, chunk, batch_size=batch_size, precision=encode_precision, compile=compile,
-                truncate_dim=truncate_dim,
+                truncate_dim=truncate_dim, prompt=prompts["document"],
             )  # fmt: skip
             if embeddings.shape != (len(chunk), dim):
                 raise RuntimeError(
@@ -236,6 +240,7 @@ def build_index(
             "fingerprint": model_sha,
             "dimension": dim,
             "truncate_dim": truncate_dim,
+            "prompts": prompts,
             "probe_embeddings": np.round(probes, 5).tolist(),
         },
         "precision": precision,

@@ -3,8 +3,8 @@
 Index directory layout (``meta.json`` is written last and marks the index complete; the whole directory is built
 under ``<DIR>.partial`` and renamed into place, so an interrupted build never leaves an index that loads)::
 
-    DIR/meta.json        format, model (name, fingerprint, dimension, truncate_dim, probe embeddings), counts, index
-                         settings and the sha256 of every other file
+    DIR/meta.json        format, model (name, fingerprint, dimension, truncate_dim, query/document prompts, probe
+                         embeddings), counts, index settings and the sha256 of every other file
     DIR/docs.jsonl       {"id", "text"} per document, in index order
     DIR/embeddings.npy   the corpus embeddings: float32, uint8 (scalar-quantised) or packed binary
     DIR/ranges.npy       per-dimension (min, max) of the uint8 quantisation (uint8 only)
@@ -221,9 +221,18 @@ class Index:
         return self.meta["model"].get("truncate_dim")
 
     def encode_queries(self, queries: list[str], batch_size: int = 64) -> np.ndarray:
+        """Query embeddings as the index expects them: its precision, dimension and query prompt."""
+        return self._encode(queries, "query", batch_size)
+
+    def encode_documents(self, documents: list[str], batch_size: int = 64) -> np.ndarray:
+        """Document embeddings as the index holds them: its precision, dimension and document prompt."""
+        return self._encode(documents, "document", batch_size)
+
+    def _encode(self, texts: list[str], side: str, batch_size: int) -> np.ndarray:
+        prompt = (self.meta["model"].get("prompts") or {}).get(side) or None
         return encode(
-            self.model, list(queries), batch_size=batch_size, precision=self.meta.get("encode_precision", "auto"),
-            truncate_dim=self.truncate_dim,
+            self.model, list(texts), batch_size=batch_size, precision=self.meta.get("encode_precision", "auto"),
+            truncate_dim=self.truncate_dim, prompt=prompt,
         )  # fmt: skip
 
     def search_embeddings(
@@ -270,7 +279,7 @@ class Index:
     def _doc_embeddings(self, rows: list[int]) -> np.ndarray:
         if self.precision == "float32":
             return self.embeddings[rows]
-        return self.encode_queries([self.texts[row] for row in rows])  # quantised index: re-embed the candidates
+        return self.encode_documents([self.texts[row] for row in rows])  # quantised index: re-embed the candidates
 
     def search(
         self,
