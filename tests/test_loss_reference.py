@@ -2,8 +2,9 @@
 
 ``loss_reference.json`` holds the value and the gradients (w.r.t. every input embedding column) of the loss with 13
 option sets on fixed batches, recorded with the flag-based loss at commit 8fb18c9 by ``tests/record_loss_reference.py``
-(see git history). Here the same old ``--loss_kwargs`` go through the pipeline's mapping (:func:`plan_loss`: core
-options to :class:`NormalizedMSELoss`, the term options to the pieces that wrap it) and must give the same numbers.
+(committed in 03bba58, removed once the loss was refactored). Here the same old ``--loss_kwargs`` go through the
+pipeline's mapping (:func:`plan_loss`: core options to :class:`NormalizedMSELoss`, the term options to the pieces that
+wrap it) and must give the same numbers.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ ROWS, DIM = 6, 8
 
 
 def column(index: int) -> torch.Tensor:
-    """The recorder's deterministic inputs (tests/record_loss_reference.py at 8fb18c9)."""
+    """The recorder's deterministic inputs (tests/record_loss_reference.py in 03bba58)."""
     i = torch.arange(ROWS, dtype=torch.float64).view(-1, 1)
     j = torch.arange(DIM, dtype=torch.float64).view(1, -1)
     base = torch.sin(1.3 * i + 0.7 * j) + 0.5 * torch.cos(0.4 * i * j)

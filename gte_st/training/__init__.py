@@ -2,7 +2,8 @@
 
 * :mod:`~gte_st.training.arguments`: the options (gte-st's and Hugging Face's);
 * :mod:`~gte_st.training.recipe`: recipe files and stages, checked before any work;
-* :mod:`~gte_st.training.loss`: the loss of a stage by name;
+* :mod:`~gte_st.training.loss`: the loss of a stage: the registries of loss names and of the pieces that wrap a
+  loss, composed from ``--loss_kwargs``; :mod:`~gte_st.training.prompts`: ``--prompts``, trained and served alike;
 * :mod:`~gte_st.training.trainer`: the Trainer (one source per batch, NaN stop) and callbacks;
 * :mod:`~gte_st.training.hard_negatives`, :mod:`~gte_st.training.evaluation`, :mod:`~gte_st.training.checkpoints`;
 * :mod:`~gte_st.training.run`: the run itself; :mod:`gte_st.training_summary` (outside the package, as the model
