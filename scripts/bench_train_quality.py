@@ -169,6 +169,7 @@ def arm_arguments(arm: str, args: argparse.Namespace) -> list[str]:
 
 
 def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The ``--metrics`` of one model (every one of :data:`METRICS` by default)."""
     from sentence_transformers import SentenceTransformer
 
     from gte_st.evaluation import evaluate_reranking, evaluate_retrieval, evaluate_sts
@@ -176,21 +177,21 @@ def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Names
     model = SentenceTransformer(model_path)
     model.max_seq_length = args.eval_max_seq_length
     precision = args.eval_precision
-    sts = evaluate_sts(model, data / "stsb" / "sts-test.csv", precision=precision)
-    sick = evaluate_sts(model, data / "sick" / "SICK_test_annotated.txt", precision=precision)
-    scifact = evaluate_retrieval(
-        model, data / "beir_scifact", split="test", precision=precision, max_corpus=args.eval_max_corpus,
-        cache_dir=args.cache_dir,
-    )  # fmt: skip
-    wikiqa = evaluate_reranking(model, data / "wikiqa" / "WikiQA-test.txt", precision=precision)
-    doc = evaluate_retrieval(model, docstrings, split="test", precision=precision)
-    return {
-        "stsb_test": round(100 * sts.metrics["spearman"], 2),
-        "sickr_test": round(100 * sick.metrics["spearman"], 2),
-        "scifact_test_ndcg@10": round(100 * scifact.metrics["ndcg_at_10"], 2),
-        "wikiqa_test_map": round(100 * wikiqa.metrics["map"], 2),
-        "docstrings_ndcg@10": round(100 * doc.metrics["ndcg_at_10"], 2),
+    measures = {
+        "stsb_test": lambda: evaluate_sts(model, data / "stsb" / "sts-test.csv", precision=precision),
+        "sickr_test": lambda: evaluate_sts(model, data / "sick" / "SICK_test_annotated.txt", precision=precision),
+        "scifact_test_ndcg@10": lambda: evaluate_retrieval(
+            model,
+            data / "beir_scifact",
+            split="test",
+            precision=precision,
+            max_corpus=args.eval_max_corpus,
+            cache_dir=args.cache_dir,
+        ),  # fmt: skip
+        "wikiqa_test_map": lambda: evaluate_reranking(model, data / "wikiqa" / "WikiQA-test.txt", precision=precision),
+        "docstrings_ndcg@10": lambda: evaluate_retrieval(model, docstrings, split="test", precision=precision),
     }
+    return {metric: round(100 * measures[metric]().score, 2) for metric in args.metrics.split(",")}
 
 
 def mean_std(values: list[float]) -> str:
@@ -273,6 +274,7 @@ def main() -> None:
         "--fn-margin-kwargs", default='{"false_negative_margin": 0.05, "false_negative_strategy": "relative"}',
         help="JSON loss arguments of the fn-margin arm (NV-Retriever's 95%% of the positive's score by default)",
     )  # fmt: skip
+    parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {METRICS}")
     parser.add_argument("--cache-dir", default=None, help="cache SciFact corpus embeddings here (keyed by model)")
     parser.add_argument("--budget", default=None, help="budget label in the results (default: STEPSxBATCH)")
     parser.add_argument("--base-model", default=None, help="default: the offline all-MiniLM-L6-v2 copy")
@@ -294,6 +296,8 @@ def main() -> None:
         if args.plot:
             plot(results, Path(args.plot))
         return
+    if unknown := set(args.metrics.split(",")) - set(METRICS):
+        parser.error(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
     arms = args.arms.split(",")
     if unknown := set(arms) - set(ARMS):
         parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
