@@ -342,3 +342,27 @@ def test_matryoshka_prompts_and_false_negatives_train_and_serve(tiny_bert_dir, p
 
     card = render_model_card(out)
     assert "32, 16, 8" in card and "truncate_dim=8" in card and "query: " in card and "false_negative_margin" in card
+
+
+def test_one_loss_registry_drives_the_cli(tiny_bert_dir, monkeypatch, capsys):
+    """A loss registered in gte_st.training.loss.LOSSES is a --loss choice, checked and built like the others; a
+    name that is not registered is refused with the registered ones."""
+    from gte_st.training.loss import LOSSES, LossEntry
+    from gte_st.training.recipe import make_parser
+
+    monkeypatch.setitem(
+        LOSSES, "symmetric", LossEntry(help="InfoNCE both ways", build=st_losses.MultipleNegativesRankingLoss,
+                                       defaults={"directions": ("query_to_doc", "doc_to_query")}),
+    )  # fmt: skip
+    (stage,) = parse_stages(["--data", "x.jsonl", "--loss", "symmetric", "--loss_kwargs", '{"scale": 30}'])
+    assert (stage.recipe.loss, stage.loss_kwargs) == ("symmetric", {"scale": 30})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['margin'\]"):
+        parse_stages(["--data", "x.jsonl", "--loss", "symmetric", "--loss_kwargs", '{"margin": 0.1}'])
+    model = gte_st.build_model(str(tiny_bert_dir))
+    loss = build_loss(model, "symmetric", scale=30, distillation_weight=1.0)  # a term composes with it too
+    assert describe_loss(loss)["name"] == "SelfDistillationLoss(MultipleNegativesRankingLoss)"
+    assert tuple(loss.loss.directions) == ("query_to_doc", "doc_to_query") and loss.loss.scale == 30
+    make_parser().print_help()
+    assert "{mse,gte,mnrl,cosent,symmetric}" in capsys.readouterr().out
+    assert main(["--data", "x.jsonl", "--loss", "nope"]) != 0
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -65,7 +65,7 @@ class RecipeArguments:
             "at serving time."
         },
     )
-    loss: str = field(default="mse", metadata={"help": loss_help(), "choices": list(LOSSES)})
+    loss: str = field(default="mse", metadata={"help": loss_help(), "choices": LOSSES.keys()})
     loss_kwargs: str | None = field(default=None, metadata={"help": loss_kwargs_help()})
     matryoshka_dims: list[int] | None = field(
         default=None,

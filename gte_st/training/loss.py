@@ -58,7 +58,11 @@ class LossEntry:
         names = (
             [f.name for f in fields(self.config)]
             if self.config is not None
-            else [p for p in inspect.signature(self.build).parameters if p != "self"]
+            else [
+                name
+                for name, p in inspect.signature(self.build).parameters.items()
+                if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
         )
         return [name for name in names if name not in PIPELINE_OPTIONS]
 
