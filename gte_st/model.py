@@ -28,16 +28,31 @@ PORTABLE_MODULE_TYPES = {
     Pooling: "sentence_transformers.models.Pooling",
     Normalize: "sentence_transformers.models.Normalize",
 }
-# The boolean pooling flags of the classic ``1_Pooling/config.json``. TEI requires the first four, candle and
-# transformers.js read them; sentence-transformers drops them silently when ``pooling_mode`` is present.
+# The boolean pooling flags of the classic ``1_Pooling/config.json``, in the order sentence-transformers < 5.4
+# concatenates them. TEI requires the first four, candle and transformers.js read them; sentence-transformers 5.4+
+# converts them to ``pooling_mode`` without a warning.
 LEGACY_POOLING_FLAGS = {
     "pooling_mode_cls_token": "cls",
-    "pooling_mode_mean_tokens": "mean",
     "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
+# What ``Transformer.__init__`` of sentence-transformers 3.0-5.3 accepts from ``sentence_bert_config.json``: those
+# releases pass every key of the file as a keyword argument, so any other key is a ``TypeError`` at load time.
+CLASSIC_TRANSFORMER_KEYS = (
+    "max_seq_length",
+    "do_lower_case",
+    "model_args",
+    "tokenizer_args",
+    "config_args",
+    "cache_dir",
+    "tokenizer_name_or_path",
+)
+# The keys sentence-transformers 5.4+ writes that it infers the same way when they are absent (feature extraction
+# from ``last_hidden_state`` into ``token_embeddings`` for a text encoder); see :func:`portable_transformer_config`.
+INFERRED_TRANSFORMER_KEYS = ("transformer_task", "modality_config", "module_output_name")
 
 
 def default_base_model() -> str:
@@ -74,18 +89,68 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def write_portable_configs(model: SentenceTransformer, path: str | Path) -> None:
-    """Make a saved model directory readable by every common sentence-transformers consumer.
+def portable_pooling_config(module: Pooling) -> dict[str, Any]:
+    """``1_Pooling/config.json`` in the classic schema that every reader accepts.
 
-    sentence-transformers 6 writes its configs in a new schema that older sentence-transformers releases and
-    other readers of the format reject: TEI requires the boolean ``pooling_mode_*`` flags in
-    ``1_Pooling/config.json`` and ``max_seq_length`` in ``sentence_bert_config.json``. This rewrites, in place:
+    sentence-transformers 3.0-5.3 call ``Pooling(**config)``, so the file may hold only ``word_embedding_dimension``,
+    the boolean ``pooling_mode_*`` flags, ``pooling_mode`` (one mode name) and ``include_prompt``; 5.4+ renames
+    ``word_embedding_dimension`` and drops the flags when ``pooling_mode`` is present, silently. A concatenation of
+    several modes is written as flags alone when it is in the classic order (the order the flags are concatenated
+    in); any other order only 5.4+ can express, so ``pooling_mode`` then stays a list.
+    """
+    modes = (module.pooling_mode,) if isinstance(module.pooling_mode, str) else tuple(module.pooling_mode)
+    config: dict[str, Any] = {"word_embedding_dimension": module.embedding_dimension}
+    config.update({flag: mode in modes for flag, mode in LEGACY_POOLING_FLAGS.items()})
+    config["include_prompt"] = bool(module.include_prompt)
+    classic_order = tuple(mode for mode in LEGACY_POOLING_FLAGS.values() if mode in modes)
+    if len(modes) == 1:
+        config["pooling_mode"] = modes[0]
+    elif modes != classic_order:
+        logger.warning(
+            f"pooling modes {list(modes)} are not in the classic order {list(classic_order)}: the saved "
+            "1_Pooling/config.json loads in sentence-transformers 5.4+ only."
+        )
+        config["pooling_mode"] = list(modes)
+    return config
+
+
+def portable_transformer_config(module: Transformer, config: dict[str, Any]) -> dict[str, Any]:
+    """``sentence_bert_config.json`` in the classic schema that every reader accepts.
+
+    ``config`` is what sentence-transformers wrote. ``max_seq_length`` and ``do_lower_case`` come first (TEI
+    requires ``max_seq_length``); ``transformer_task``, ``modality_config`` and ``module_output_name`` are left out
+    when they are what sentence-transformers 5.4+ infers without them, since 3.0-5.3 reject any key their
+    ``Transformer.__init__`` does not take. A key that must stay (a multimodal or non-default task) is logged as
+    readable by 5.4+ only.
+    """
+    config = {key: value for key, value in config.items() if key not in ("max_seq_length", "do_lower_case")}
+    inferred = module.transformer_task == "feature-extraction" and module.infer_modalities(
+        module.model, module.processor
+    ) == (module.modality_config, module.module_output_name)
+    if inferred:
+        config = {key: value for key, value in config.items() if key not in INFERRED_TRANSFORMER_KEYS}
+    if newer := [key for key in config if key not in CLASSIC_TRANSFORMER_KEYS]:
+        logger.warning(
+            f"sentence_bert_config.json keeps {newer}: the saved model loads in sentence-transformers 5.4+ only."
+        )
+    return {"max_seq_length": module.max_seq_length, "do_lower_case": bool(module.do_lower_case), **config}
+
+
+def write_portable_configs(model: SentenceTransformer, path: str | Path) -> None:
+    """Make a saved model directory readable by every maintained reader of the sentence-transformers layout.
+
+    sentence-transformers 6 writes its configs in a schema that sentence-transformers 3.0-5.3 (Infinity pins 3.4)
+    and other readers of the format reject. This rewrites, in place, what every one of them reads the same way:
 
     * ``modules.json``: stock Transformer / Pooling / Normalize types as ``sentence_transformers.models.*``;
-    * ``1_Pooling/config.json``: the classic boolean flags are added beside ``pooling_mode``;
-    * ``sentence_bert_config.json``: ``max_seq_length`` and ``do_lower_case`` are added.
+    * ``1_Pooling/config.json``: the classic keys (:func:`portable_pooling_config`);
+    * ``sentence_bert_config.json``: the classic keys (:func:`portable_transformer_config`);
+    * ``tokenizer_config.json``: ``model_max_length`` (and ``max_length``, a leftover truncation argument some
+      tokenizers were saved with, e.g. all-MiniLM-L6-v2's 128) equal to ``max_seq_length``, the serving length:
+      readers that tokenise without sentence-transformers read it there (transformers.js ``model_max_length``,
+      FastEmbed the smaller of the two), sentence-transformers < 5.4 reads ``max_seq_length``, 5.4+ both.
 
-    The new keys stay, so sentence-transformers 6 reads exactly what it wrote (it ignores the additions).
+    sentence-transformers 5.4+ reads the result exactly as what it wrote, without a deprecation warning.
     """
     path = Path(path)
     modules_file = path / "modules.json"
@@ -97,16 +162,17 @@ def write_portable_configs(model: SentenceTransformer, path: str | Path) -> None
         entry["type"] = portable_type
         config_dir = path / entry["path"]
         if isinstance(module, Pooling):
-            modes = (module.pooling_mode,) if isinstance(module.pooling_mode, str) else tuple(module.pooling_mode)
-            config_file = config_dir / "config.json"
-            config = _read_json(config_file)
-            flags = {flag: mode in modes for flag, mode in LEGACY_POOLING_FLAGS.items()}
-            _write_json(config_file, {**flags, **config})
+            _write_json(config_dir / "config.json", portable_pooling_config(module))
         elif isinstance(module, Transformer):
             config_file = config_dir / "sentence_bert_config.json"
-            config = _read_json(config_file)
-            legacy = {"max_seq_length": module.max_seq_length, "do_lower_case": bool(module.do_lower_case)}
-            _write_json(config_file, {**legacy, **config})
+            _write_json(config_file, portable_transformer_config(module, _read_json(config_file)))
+            tokenizer_file = config_dir / "tokenizer_config.json"
+            if tokenizer_file.is_file() and module.max_seq_length is not None:
+                tokenizer_config = _read_json(tokenizer_file)
+                tokenizer_config["model_max_length"] = module.max_seq_length
+                if "max_length" in tokenizer_config:  # a leftover truncation argument; FastEmbed takes the smaller
+                    tokenizer_config["max_length"] = module.max_seq_length
+                _write_json(tokenizer_file, tokenizer_config)
     _write_json(modules_file, entries)
 
 
@@ -291,6 +357,8 @@ __all__ = [
     "POOLING_CHOICES",
     "build_model",
     "default_base_model",
+    "portable_pooling_config",
+    "portable_transformer_config",
     "write_portable_configs",
     "HUB_FALLBACK_BASE_MODEL",
     "Normalize",

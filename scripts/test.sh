@@ -3,9 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# sentence-transformers' own ONNX backend and FastEmbed live in a second environment (see the script for why).
+# The third-party clients of gte-st's models live in environments of their own (see each script for why);
+# docs/integrations.md lists them and the tests that run them.
 GTE_ST_CONSUMERS_PYTHON="$(bash scripts/setup_consumers_env.sh | tail -n 1)"
-export GTE_ST_CONSUMERS_PYTHON
+GTE_ST_INFINITY_PYTHON="$(bash scripts/setup_infinity_env.sh | tail -n 1)"
+export GTE_ST_CONSUMERS_PYTHON GTE_ST_INFINITY_PYTHON
+bash scripts/setup_transformers_js.sh >/dev/null
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 CUDA_VISIBLE_DEVICES=""
 .venv/bin/ruff check gte_st tests scripts
 .venv/bin/ruff format --check gte_st tests scripts

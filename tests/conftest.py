@@ -51,7 +51,9 @@ def build_tiny_tokenizer(output_dir: Path, model_input_names: list[str] | None =
     return tokenizer
 
 
-def build_tiny_bert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_bert(
+    output_dir: Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0, max_position_embeddings: int = 128
+) -> Path:
     """A randomly initialised BERT with a WordPiece tokenizer whose vocabulary is built from STS-B train words."""
     import torch
     from transformers import BertConfig, BertModel
@@ -64,7 +66,7 @@ def build_tiny_bert(output_dir: Path, hidden_size: int = 32, num_layers: int = 2
         num_hidden_layers=num_layers,
         num_attention_heads=2,
         intermediate_size=hidden_size * 2,
-        max_position_embeddings=128,
+        max_position_embeddings=max_position_embeddings,
     )
     BertModel(config).save_pretrained(output_dir)
     return output_dir

@@ -5,10 +5,14 @@ embeddings, so the test can compare them with the torch model of the main enviro
     python consumers_check.py st-onnx     MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
     python consumers_check.py st-openvino MODEL_DIR XML_FILE  OUT_PREFIX TEXT [TEXT ...]
     python consumers_check.py fastembed   MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
+    python consumers_check.py st-load     MODEL_DIR -         OUT_PREFIX TEXT [TEXT ...]
 
 ``st-onnx`` loads the directory with sentence-transformers' torch backend (``OUT_PREFIX + "torch.npy"``) and with
 its ONNX backend (``"onnx.npy"``); ``st-openvino`` with its OpenVINO backend (``"openvino.npy"``); ``fastembed``
-registers the directory as a custom mean-pooled, normalised model and embeds with FastEmbed (``"fastembed.npy"``).
+registers the directory as a custom mean-pooled, normalised model and embeds with FastEmbed (``"fastembed.npy"``);
+``st-load`` loads the directory with whichever sentence-transformers release the interpreter imports (``"st.npy"``)
+and writes what it said while loading -- warnings and log records of level WARNING and above -- with its version and
+``max_seq_length`` to ``"st_load.json"``.
 """
 
 import json
@@ -48,11 +52,36 @@ elif consumer == "fastembed":
         pooling=PoolingType.MEAN,
         normalization=(Path(model_dir) / "2_Normalize").is_dir(),
         sources=ModelSource(hf="local/gte-st-export"),
-        dim=pooling["embedding_dimension"],
+        dim=pooling["word_embedding_dimension"],
         model_file=file_name,
     )
     model = TextEmbedding(model_name="local/gte-st-export", specific_model_path=model_dir)
     np.save(f"{out_prefix}fastembed.npy", np.array(list(model.embed(texts))))
     print("fastembed", type(model.model).__name__)
+elif consumer == "st-load":
+    import logging
+    import warnings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import sentence_transformers
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(model_dir, device="cpu")
+    np.save(f"{out_prefix}st.npy", model.encode(texts, convert_to_numpy=True))
+    report = {
+        "version": sentence_transformers.__version__,
+        "file": sentence_transformers.__file__,
+        "max_seq_length": model.max_seq_length,
+        "modules": [type(module).__name__ for module in model],
+        "warnings": [f"{w.category.__name__}: {w.message}" for w in caught],
+        "log": [f"{r.levelname} {r.name}: {r.getMessage()}" for r in records],
+    }
+    Path(f"{out_prefix}st_load.json").write_text(json.dumps(report))
+    print(report["version"])
 else:
     raise SystemExit(f"unknown consumer {consumer!r}")

@@ -123,3 +123,80 @@ def test_mteb_task_selection_offline(capsys):
     assert "select mteb tasks" in capsys.readouterr().err
     assert main(["some/model", "--task", "mteb", "--list-tasks", "--mteb-tasks", "STSBenchmark"]) == 0
     assert "STSBenchmark" in capsys.readouterr().out
+
+
+def _small_scifact(shared_data, folder, queries: int = 12, others: int = 150):
+    """The first ``queries`` SciFact test queries, their relevant documents and ``others`` more, as a BEIR folder."""
+    import gzip
+
+    source = shared_data / "beir_scifact"
+    qrels_lines = (source / "qrels" / "test.tsv").read_text().splitlines()
+    kept_queries: list[str] = []
+    for line in qrels_lines[1:]:
+        qid = line.split("\t")[0]
+        if qid not in kept_queries:
+            kept_queries.append(qid)
+    kept_queries = kept_queries[:queries]
+    qrels = [qrels_lines[0]] + [line for line in qrels_lines[1:] if line.split("\t")[0] in kept_queries]
+    relevant = {line.split("\t")[1] for line in qrels[1:]}
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "qrels" / "test.tsv").write_text("\n".join(qrels) + "\n")
+    with gzip.open(source / "corpus.jsonl.gz", "rt") as f:
+        docs = [json.loads(line) for line in f]
+    kept_docs = [d for d in docs if d["_id"] in relevant] + [d for d in docs if d["_id"] not in relevant][:others]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in kept_docs))
+    queries_rows = [json.loads(line) for line in (source / "queries.jsonl").read_text().splitlines()]
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps(q) + "\n" for q in queries_rows if q["_id"] in kept_queries)
+    )
+    return folder
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mteb") is None, reason="mteb is not installed")
+def test_mteb_on_local_data_scores_as_gte_st_eval(tiny_model_dir, shared_data, tmp_path, capsys):
+    """``--mteb-data`` runs mteb's own STSBenchmark and SciFact evaluators on the local files without the Hub, and
+    mteb's scores equal ``gte-st eval``'s on the same data; the results are filed under the model's folder name and
+    its fingerprint."""
+    from sentence_transformers import SentenceTransformer
+
+    from gte_st.fingerprint import model_fingerprint
+
+    scifact = _small_scifact(shared_data, tmp_path / "scifact")
+    stsb = shared_data / "stsb" / "sts-test.csv"
+    out = tmp_path / "mteb"
+    argv = [str(tiny_model_dir), "--task", "mteb", "--mteb-tasks", "STSBenchmark", "SciFact",
+            "--mteb-data", str(stsb), str(scifact), "--max-samples", "120", "--output-folder", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    revision = model_fingerprint(SentenceTransformer(str(tiny_model_dir), device="cpu"))
+    filed = out / "results" / f"local__{tiny_model_dir.name}" / revision
+    assert str(filed) in capsys.readouterr().out
+    mteb_scores = {
+        task: json.loads((filed / f"{task}.json").read_text())["scores"]["test"][0]["main_score"]
+        for task in ("STSBenchmark", "SciFact")
+    }
+    ours = {}
+    for task, eval_task, data in (("STSBenchmark", "sts", stsb), ("SciFact", "retrieval", scifact)):
+        output = tmp_path / f"{task}.json"
+        argv = [str(tiny_model_dir), "--task", eval_task, "--data", str(data), "--max-samples", "120",
+                "--output", str(output)]  # fmt: skip
+        assert main(argv) == 0
+        result = json.loads(output.read_text())["results"][0]
+        ours[task] = result["metrics"][result["main_score"]]
+    assert mteb_scores == pytest.approx(ours, abs=1e-4), (mteb_scores, ours)
+    assert ours["SciFact"] > 0.05  # the tiny model finds something: the equality is not two zeros
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mteb") is None, reason="mteb is not installed")
+def test_mteb_data_must_match_the_tasks(tiny_model_dir, shared_data, capsys):
+    stsb = str(shared_data / "stsb" / "sts-test.csv")
+    assert (
+        main([str(tiny_model_dir), "--task", "mteb", "--mteb-tasks", "STSBenchmark", "SciFact", "--mteb-data", stsb])
+        == 2
+    )
+    assert "one path per task" in capsys.readouterr().err
+    assert main([str(tiny_model_dir), "--task", "mteb", "--mteb-tasks", "STSBenchmark", "--split", "dev",
+                 "--mteb-data", stsb]) == 2  # fmt: skip
+    assert "not 'dev'" in capsys.readouterr().err
+    assert main([str(tiny_model_dir), "--task", "mteb", "--mteb-tasks", "SprintDuplicateQuestions",
+                 "--mteb-data", stsb]) == 2  # fmt: skip
+    assert "local data can be given for" in capsys.readouterr().err

@@ -68,7 +68,12 @@ def test_onnx_export_writes_verified_variants_in_the_optimum_layout(onnx_exporte
         "model.onnx",
         "model_O2.onnx",
         "model_qint8.onnx",
+        "model_quantized.onnx",
     ]
+    # transformers.js's name for its q8 variant is a second name of the same file, not a second copy
+    onnx_dir = model_dir / "onnx"
+    assert (onnx_dir / "model_quantized.onnx").samefile(onnx_dir / "model_qint8.onnx")
+    assert report.variants[2].details["transformers_js_name"] == "onnx/model_quantized.onnx"
     assert not list(model_dir.glob(".gte-st-export-*")), "temporary export folder left behind"
     for variant in report.variants:
         assert variant.min_cosine >= PARITY_THRESHOLDS[variant.precision] and variant.threshold > 0.9

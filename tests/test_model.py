@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -92,29 +93,42 @@ def test_saved_layout_is_stock_and_readable_by_classic_consumers(tiny_bert_dir, 
         "sentence_transformers.models.Pooling",
         "sentence_transformers.models.Normalize",
     ]
+    # the classic schema: sentence-transformers 3.0-5.3 call Pooling(**config) and Transformer(**config), so only
+    # keys their __init__ takes (5.4+ renames word_embedding_dimension and drops the flags, silently)
     pooling_config = json.loads((tmp_path / "m" / "1_Pooling" / "config.json").read_text())
-    assert pooling_config["embedding_dimension"] == 32 and pooling_config["pooling_mode"] == "mean"
-    # TEI's PoolConfig requires these four flags; it picks CLS first, then mean
-    assert {key: pooling_config[key] for key in list(pooling_config)[:4]} == {
-        "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": True,
+    assert pooling_config == {
+        "word_embedding_dimension": 32,
+        "pooling_mode_cls_token": False,  # TEI's PoolConfig requires the first four flags
         "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_tokens": True,
         "pooling_mode_mean_sqrt_len_tokens": False,
+        "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": False,
+        "include_prompt": True,
+        "pooling_mode": "mean",
     }
-    # TEI's STConfig requires max_seq_length
+    # TEI's STConfig requires max_seq_length; 6.x's transformer_task / modality_config are what it infers anyway
     st_config = json.loads((tmp_path / "m" / "sentence_bert_config.json").read_text())
-    assert st_config["max_seq_length"] == 48 and st_config["do_lower_case"] is False
+    assert st_config == {"max_seq_length": 48, "do_lower_case": False}
+    # the serving length in every file a client reads it from
+    tokenizer_config = json.loads((tmp_path / "m" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == 48
     # the in-memory model is untouched by saving
     assert isinstance(model[1], GTEMeanPooling) and len(model) == 2
 
 
-def test_saved_model_loads_back_without_deprecation_warnings(tiny_bert_dir, tmp_path):
+def test_saved_model_loads_back_without_deprecation_warnings(tiny_bert_dir, tmp_path, caplog):
     model = gte_st.build_model(str(tiny_bert_dir), max_seq_length=48)
     model.save(str(tmp_path / "m"))
-    with warnings.catch_warnings():
+    caplog.clear()
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
         warnings.simplefilter("error", FutureWarning)
         warnings.simplefilter("error", DeprecationWarning)
         reloaded = SentenceTransformer(str(tmp_path / "m"))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # what 6.x infers from the classic configs is what it wrote
+    assert (reloaded[0].transformer_task, reloaded[0].module_output_name) == ("feature-extraction", "token_embeddings")
+    assert reloaded[0].modality_config == model[0].modality_config
     assert reloaded.max_seq_length == 48
     assert [type(m).__name__ for m in reloaded] == ["Transformer", "Pooling", "Normalize"]
     assert reloaded[1].pooling_mode == "mean"
@@ -123,6 +137,26 @@ def test_saved_model_loads_back_without_deprecation_warnings(tiny_bert_dir, tmp_
     GTEModel(str(tmp_path / "m")).save(str(tmp_path / "again"))
     again = json.loads((tmp_path / "again" / "1_Pooling" / "config.json").read_text())
     assert again["pooling_mode_mean_tokens"] is True
+
+
+@pytest.mark.parametrize("modes", [("cls", "mean"), ("mean", "cls")])
+def test_concatenated_poolings_save_in_the_classic_schema_when_they_can(modes, tiny_bert_dir, tmp_path, caplog):
+    """Several pooling modes concatenate in the classic flags' order (cls, max, mean, ...) in sentence-transformers
+    < 5.4: that order is written as flags alone, any other keeps a ``pooling_mode`` list, loadable by 5.4+ only."""
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    transformer = SentenceTransformer(str(tiny_bert_dir))[0]
+    model = GTEModel(modules=[transformer, Pooling(32, pooling_mode=modes)])
+    with caplog.at_level(logging.WARNING):
+        model.save(str(tmp_path / "m"))
+    config = json.loads((tmp_path / "m" / "1_Pooling" / "config.json").read_text())
+    assert config["pooling_mode_cls_token"] and config["pooling_mode_mean_tokens"]
+    classic = modes == ("cls", "mean")
+    assert config.get("pooling_mode") == (None if classic else list(modes))
+    assert any("5.4+ only" in r.getMessage() for r in caplog.records) != classic
+    reloaded = SentenceTransformer(str(tmp_path / "m"))
+    assert reloaded[1].pooling_mode == modes
+    np.testing.assert_allclose(reloaded.encode(SENTENCES), model.encode(SENTENCES), atol=1e-6)
 
 
 def test_unnormalized_model_saves_without_normalize(tiny_bert_dir, tmp_path):

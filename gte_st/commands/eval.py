@@ -19,6 +19,7 @@ from gte_st.commands._args import (
     load_model,
     positive_int,
 )
+from gte_st.errors import UsageError
 from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_write_json
 
@@ -86,8 +87,20 @@ def build_parser() -> ArgumentParser:
     )
     group.add_argument("--seed", type=int, default=42)
 
-    group = parser.add_argument_group("mteb (needs `pip install 'gte-st[mteb]'` and Hub access)")
+    group = parser.add_argument_group(
+        "mteb (needs `pip install 'gte-st[mteb]'`; Hub access unless --mteb-data gives the data)"
+    )
     group.add_argument("--mteb-tasks", nargs="+", default=None, metavar="NAME", help="e.g. STSBenchmark SciFact")
+    group.add_argument(
+        "--mteb-data",
+        nargs="+",
+        type=existing_path,
+        default=None,
+        metavar="PATH",
+        help="local data for each of --mteb-tasks, in order: a BEIR folder (Retrieval), an STS file (STS), a labelled "
+        "file (Classification), read as --data is; mteb evaluates it without the Hub (--split, --max-samples, "
+        "--max-corpus and --train-data apply)",
+    )
     group.add_argument("--mteb-task-types", nargs="+", default=None, metavar="TYPE", help="e.g. Retrieval STS")
     group.add_argument("--mteb-languages", nargs="+", default=None, metavar="LANG", help="ISO 639-3, e.g. eng")
     group.add_argument("--list-tasks", action="store_true", help="list the selected mteb tasks and exit")
@@ -149,13 +162,34 @@ def _run_mteb(args: Any) -> int:
         for name, task_type in mteb_runner.list_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages):
             print(f"{task_type}\t{name}")
         return 0
-    tasks = mteb_runner.get_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages)
+    if args.mteb_data is None:
+        tasks = mteb_runner.get_tasks(args.mteb_tasks, args.mteb_task_types, args.mteb_languages)
+    else:
+        if not args.mteb_tasks or args.mteb_task_types or args.mteb_languages:
+            raise UsageError("--mteb-data needs the tasks named one by one with --mteb-tasks (no types or languages)")
+        if len(args.mteb_data) != len(args.mteb_tasks):
+            raise UsageError(
+                f"--mteb-data gives {len(args.mteb_data)} path(s) for {len(args.mteb_tasks)} task(s) of --mteb-tasks: "
+                "one path per task, in the same order"
+            )
+        tasks = [
+            mteb_runner.load_local_data(
+                mteb_runner.get_tasks([name])[0], path, split=args.split, train_path=args.train_data,
+                max_samples=args.max_queries or args.max_samples, max_corpus=args.max_corpus,
+            )
+            for name, path in zip(args.mteb_tasks, args.mteb_data)
+        ]  # fmt: skip
     model = load_model(
         args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
         truncate_dim=args.truncate_dim,
     )  # fmt: skip
-    mteb_runner.run_mteb(model, tasks, args.output_folder)
-    print(f"mteb results written under {args.output_folder}")
+    name, revision = mteb_runner.model_identity(model, args.model)
+    results = mteb_runner.run_mteb(model, tasks, args.output_folder, name, revision)
+    for task_result in getattr(results, "task_results", []):
+        for split, scores in task_result.scores.items():
+            main = [f"{100 * s['main_score']:.2f}" for s in scores]
+            print(f"{task_result.task_name}\t{split}\tmain score {' '.join(main)}")
+    print(f"mteb results written under {Path(args.output_folder) / 'results' / name.replace('/', '__') / revision}")
     return 0
 
 

@@ -14,7 +14,11 @@ openvino   ``int8-dynamic``  ``openvino/openvino_model_qint8_weights.xml``   int
 =========  ================  ==============================================  ============  =====================
 
 The names are the ones sentence-transformers uses for its own exports (``model_O2.onnx``,
-``openvino_model_qint8_quantized.xml``), so ``model_kwargs={"file_name": ...}`` reads them. The ONNX quantised
+``openvino_model_qint8_quantized.xml``), so ``model_kwargs={"file_name": ...}`` reads them. transformers.js picks its
+file by ``dtype`` instead: ``onnx/model.onnx`` for ``fp32`` (the same name) and ``onnx/model_quantized.onnx`` for
+``q8``, its dynamically quantised int8 graph, so ``onnx/model_qint8.onnx`` is also written under that name
+(:data:`TRANSFORMERS_JS_NAMES`): a hard link, one copy of the weights on disk (a copy where the file system has no
+hard links; the Hub stores identical files once). The ONNX quantised
 variants are built from the fused ``model_O2`` graph when ``optimize`` is on (static quantisation always is: on the
 unfused all-MiniLM-L6-v2 graph its QKV projections lost too much, minimum cosine 0.66). OpenVINO's IR is converted
 from the verified fp32 ONNX graph; its int8 variants are gated as OpenVINO runs them by default (non-quantised layers
@@ -46,7 +50,7 @@ from typing import Any
 from gte_st.export.parity import PARITY_THRESHOLDS, cosines, parity, quality
 from gte_st.export.runtime import load_onnx_model, load_openvino_model, transformer_subdir
 from gte_st.export.samples import PARITY_SAMPLE, SELECTION_SAMPLE, calibration_sample, read_texts
-from gte_st.files import exclusive_lock, remove_leftovers
+from gte_st.files import atomic_link, exclusive_lock, remove_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +61,16 @@ EXPORT_LOCK = ".gte-st-export.lock"
 EXPORT_WORK_PREFIX = ".gte-st-export-"
 QUANTIZE = ("none", "int8-dynamic", "int8-static", "bf16")
 DOWN_PROJECTIONS = ("float", "search")
+# How much of the worst parity text a report quotes: enough to recognise it, short enough for one line.
+WORST_TEXT_CHARS = 80
 ONNX_FILE_NAMES = {
     "fp32": "model.onnx",
     "O2": "model_O2.onnx",
     "int8-dynamic": "model_qint8.onnx",
     "int8-static": "model_qint8_static.onnx",
 }
+# Second names of written variants, for transformers.js (``dtype: "q8"`` loads ``onnx/model_quantized.onnx``).
+TRANSFORMERS_JS_NAMES = {"onnx-int8-dynamic": "model_quantized.onnx"}
 OPENVINO_FILE_NAMES = {
     "fp32": "openvino_model.xml",
     "int8-static": "openvino_model_qint8_quantized.xml",
@@ -400,7 +408,7 @@ def _export_locked(
                 size_mb=round(sum(f.stat().st_size for f in _files(path)) / 2**20, 2),
                 export_s=round(export_s, 2),
                 precision=step.precision,
-                worst_text=texts[int(values.argmin())][:80],
+                worst_text=texts[int(values.argmin())][:WORST_TEXT_CHARS],
                 details=details,
             )
             if min_cos < threshold:
@@ -427,6 +435,10 @@ def _export_locked(
                     if file.exists():
                         (target_root / report.file_name).parent.mkdir(parents=True, exist_ok=True)
                         os.replace(file, target_root / Path(report.file_name).parent / file.name)
+                if alias := TRANSFORMERS_JS_NAMES.get(report.variant):
+                    written = target_root / report.file_name
+                    atomic_link(written, written.with_name(alias))
+                    report.details["transformers_js_name"] = str(Path(report.file_name).with_name(alias))
     return reports
 
 
@@ -437,6 +449,7 @@ __all__ = [
     "ONNX_FILE_NAMES",
     "OPENVINO_FILE_NAMES",
     "QUANTIZE",
+    "TRANSFORMERS_JS_NAMES",
     "VariantReport",
     "export",
     "parity",
