@@ -245,6 +245,29 @@ def check_loaded(model: SentenceTransformer) -> SentenceTransformer:
     return model
 
 
+def full_dimension(model: SentenceTransformer) -> int | None:
+    """The model's embedding dimension before any truncation (sentence-transformers' ``get_embedding_dimension``
+    reports the truncated one when the model has a ``truncate_dim``)."""
+    untruncated = getattr(model, "_get_untruncated_embedding_dimension", None)
+    return untruncated() if untruncated is not None else model.get_embedding_dimension()
+
+
+def output_dimension(model: SentenceTransformer, truncate_dim: int | None = None) -> int | None:
+    """The dimension :func:`encode` returns: ``truncate_dim`` (default the model's own ``truncate_dim``, as in
+    sentence-transformers), checked to be a positive integer no larger than the model's embedding dimension, else
+    the model's full dimension (``None`` when the model does not know it)."""
+    full = full_dimension(model)
+    if truncate_dim is None:
+        truncate_dim = getattr(model, "truncate_dim", None)
+    if truncate_dim is None:
+        return full
+    if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int) or truncate_dim < 1:
+        raise ValueError(f"truncate_dim must be a positive integer, got {truncate_dim!r}")
+    if full is not None and truncate_dim > full:
+        raise ValueError(f"truncate_dim {truncate_dim} is larger than the model's {full}-d embeddings")
+    return truncate_dim
+
+
 def encode(
     model: SentenceTransformer,
     texts: Sequence[str],
@@ -255,6 +278,7 @@ def encode(
     prompt: str | None = None,
     prompt_name: str | None = None,
     compile: bool = False,
+    truncate_dim: int | None = None,
 ) -> np.ndarray:
     """Encode ``texts`` into float32, L2-normalised embeddings, in input order.
 
@@ -272,6 +296,8 @@ def encode(
         prompt_name: Name of a prompt in ``model.prompts`` (e.g. ``"query"``); ignored when ``prompt`` is given.
         compile: Run a ``torch.compile``d copy of the model (torch models only; compiled on the first call, about a
             minute on a small CPU, then reused while the model's weights are unchanged). Pays off on large inputs.
+        truncate_dim: Keep the first ``truncate_dim`` dimensions (Matryoshka), then L2-normalise; default the
+            model's own ``truncate_dim`` (sentence-transformers' attribute, saved in its config), else all.
 
     Returns:
         ``np.ndarray`` of shape ``(len(texts), dim)``, dtype float32.
@@ -280,6 +306,9 @@ def encode(
         raise TypeError("encode expects a list of texts, got a single string")
     model = check_loaded(model)
     texts = list(texts)
+    dimension = output_dimension(model, truncate_dim)
+    if truncate_dim is None:
+        truncate_dim = getattr(model, "truncate_dim", None)
     if prompt is None and prompt_name is not None:
         if prompt_name not in model.prompts:
             raise ValueError(f"prompt_name {prompt_name!r} not in the model's prompts {sorted(model.prompts)}")
@@ -288,7 +317,7 @@ def encode(
         prompt = model.prompts.get(model.default_prompt_name)
 
     if not texts:
-        return np.empty((0, model.get_embedding_dimension() or 0), dtype=np.float32)
+        return np.empty((0, dimension or 0), dtype=np.float32)
     is_torch = getattr(model, "backend", "torch") == "torch"
     device = model.device
     # Exported artifacts (ONNX Runtime, OpenVINO) run at their own precision; they still gain from the batching.
@@ -325,7 +354,10 @@ def encode(
                 features = model.preprocess([texts[i] for i in idx], prompt=prompt)
                 features = batch_to_device(features, device)
                 features = runner(features)
-                emb = torch.nn.functional.normalize(features["sentence_embedding"].float(), p=2, dim=1)
+                emb = features["sentence_embedding"].float()
+                if truncate_dim is not None:
+                    emb = emb[:, :truncate_dim]
+                emb = torch.nn.functional.normalize(emb, p=2, dim=1)
                 emb = emb.cpu().numpy()
                 if out.shape[1] == 0:
                     out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)

@@ -189,6 +189,22 @@ class GTEModel(SentenceTransformer):
     without ``trust_remote_code``. Loading it back gives the same embeddings (bit-identical in fp32).
     """
 
+    # The Matryoshka dimensions the model was trained at (largest first), or None; saved in
+    # config_sentence_transformers.json beside sentence-transformers' own keys (which ignores it), where the model
+    # card and users read them. Any of them is a valid truncate_dim (sentence-transformers' name for the truncation).
+    matryoshka_dims: list[int] | None = None
+
+    def _get_model_config(self) -> dict[str, Any]:
+        config = super()._get_model_config()
+        if self.matryoshka_dims:
+            config["matryoshka_dims"] = list(self.matryoshka_dims)
+        return config
+
+    def _parse_model_config(self, model_config: dict[str, Any]) -> None:
+        super()._parse_model_config(model_config)
+        if self.matryoshka_dims is None and model_config.get("matryoshka_dims"):
+            self.matryoshka_dims = list(model_config["matryoshka_dims"])
+
     def _portable_modules(self) -> OrderedDict[str, Any]:
         modules: list[Any] = []
         for module in self._modules.values():

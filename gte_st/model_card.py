@@ -132,6 +132,8 @@ def _model_facts(model_dir: Path) -> dict[str, Any]:
     st = _read_json(st_config) if st_config.is_file() else {}
     facts["similarity"] = st.get("similarity_fn_name")
     facts["prompts"] = {name: text for name, text in (st.get("prompts") or {}).items() if text}
+    facts["matryoshka_dims"] = st.get("matryoshka_dims") or []
+    facts["truncate_dim"] = st.get("truncate_dim")
     sbert = model_dir / "sentence_bert_config.json"
     tokenizer = model_dir / "tokenizer_config.json"
     facts["max_seq_length"] = (_read_json(sbert).get("max_seq_length") if sbert.is_file() else None) or (
@@ -171,6 +173,21 @@ def _stage_rows(stage: dict) -> list[tuple[str, str]]:
     rows = []
     if loss := stage.get("loss"):
         rows.append(("Loss", f"`{loss['name']}` with `{json.dumps(loss.get('config', {}), sort_keys=True)}`"))
+    if stage.get("matryoshka_dims"):
+        dims = ", ".join(map(str, stage["matryoshka_dims"]))
+        rows.append(("Matryoshka", f"trained at dimensions {dims} (sentence-transformers' `MatryoshkaLoss`)"))
+    if stage.get("prompts"):
+        rows.append(("Prompts", ", ".join(f"{name} `{text}`" for name, text in stage["prompts"].items() if text)))
+    config = (stage.get("loss") or {}).get("config", {})
+    if config.get("false_negative_margin") is not None:
+        judge = f"the frozen guide `{config['guide']}`" if config.get("guide") else "the model's own"
+        rows.append(
+            (
+                "False-negative filtering",
+                f"{config.get('false_negative_strategy', 'absolute')} margin {config['false_negative_margin']}, by "
+                f"{judge} cosines",
+            )
+        )
     if stage.get("per_device_batch_size"):
         batch = f"{stage['per_device_batch_size']} per device"
         if stage.get("global_batch_size"):
@@ -192,16 +209,25 @@ def _stage_rows(stage: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _dataset_label(result: dict) -> str:
+    """A result's dataset name, with the dimension it was measured at when the embeddings were truncated
+    (``gte-st eval --truncate-dim``): one model-index entry per dimension, as sentence-transformers' Matryoshka
+    evaluators name them."""
+    name = Path(result["dataset"]).name
+    truncate_dim = (result.get("details") or {}).get("truncate_dim")
+    return f"{name} (dim {truncate_dim})" if truncate_dim else name
+
+
 def _eval_rows(results: list[dict], before: list[dict]) -> list[dict]:
-    base = {(r["task_type"], r["dataset"], r["split"]): r for r in before}
+    base = {(r["task_type"], _dataset_label(r), r["split"]): r for r in before}
     rows = []
     for result in results:
         metric = result["main_score"]
-        previous = base.get((result["task_type"], result["dataset"], result["split"]), {}).get("metrics", {})
+        previous = base.get((result["task_type"], _dataset_label(result), result["split"]), {}).get("metrics", {})
         rows.append(
             {
                 "task_type": result["task_type"],
-                "dataset": result["dataset"],
+                "dataset": _dataset_label(result),
                 "split": result["split"],
                 "metric": metric,
                 "value": float(result["metrics"][metric]),
@@ -224,7 +250,7 @@ def model_card_data(model_dir: str | os.PathLike, *, model_name: str | None = No
             task_type=TASK_TYPES.get(result["task_type"], (result["task_type"].lower(), result["task_type"]))[0],
             task_name=TASK_TYPES.get(result["task_type"], (None, result["task_type"]))[1],
             dataset_type=Path(result["dataset"]).name,
-            dataset_name=Path(result["dataset"]).name,
+            dataset_name=_dataset_label(result),
             dataset_split=result["split"],
             metric_type=metric,
             metric_name=metric,
@@ -248,7 +274,7 @@ def model_card_data(model_dir: str | os.PathLike, *, model_name: str | None = No
         license=license or _card_license(base_model),
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
-        tags=TAGS,
+        tags=TAGS + (["matryoshka"] if _model_facts(model_dir)["matryoshka_dims"] else []),
         datasets=datasets or None,
         eval_results=eval_results or None,
     )

@@ -1,4 +1,4 @@
-"""Peak memory of one training step vs batch size: CachedNormalizedMSELoss (fixed mini-batch) vs NormalizedMSELoss,
+"""Peak memory of one training step vs batch size: CachedLoss(NormalizedMSELoss) (fixed mini-batch) vs NormalizedMSELoss,
 with sentence-transformers' CachedMultipleNegativesRankingLoss alongside.
 
 Each (loss, batch size) runs in a fresh process: load the model, run one forward + backward on real STS-B/SNLI
@@ -35,7 +35,7 @@ def one_step(loss_name: str, batch_size: int, mini_batch_size: int, max_seq_leng
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
     import gte_st
-    from gte_st.losses import CachedNormalizedMSELoss, NormalizedMSELoss
+    from gte_st.losses import CachedLoss, NormalizedMSELoss
 
     torch.manual_seed(0)
     model = gte_st.build_model(max_seq_length=max_seq_length)
@@ -46,7 +46,9 @@ def one_step(loss_name: str, batch_size: int, mini_batch_size: int, max_seq_leng
     pairs = (pairs * (batch_size // len(pairs) + 1))[:batch_size]
     loss = {
         "gte-st NormalizedMSELoss": lambda: NormalizedMSELoss(model),
-        "gte-st CachedNormalizedMSELoss": lambda: CachedNormalizedMSELoss(model, mini_batch_size=mini_batch_size),
+        "gte-st CachedLoss(NormalizedMSELoss)": lambda: CachedLoss(
+            model, NormalizedMSELoss(model), mini_batch_size=mini_batch_size
+        ),
         "st CachedMultipleNegativesRankingLoss": lambda: CachedMultipleNegativesRankingLoss(
             model, mini_batch_size=mini_batch_size
         ),
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=32)
     parser.add_argument(
         "--losses",
-        default="gte-st CachedNormalizedMSELoss,gte-st NormalizedMSELoss,st CachedMultipleNegativesRankingLoss",
+        default="gte-st CachedLoss(NormalizedMSELoss),gte-st NormalizedMSELoss,st CachedMultipleNegativesRankingLoss",
     )
     parser.add_argument("--child", nargs=2, metavar=("LOSS", "BATCH"), help=argparse.SUPPRESS)
     parser.add_argument("--output", default="bench_cached_memory.json")

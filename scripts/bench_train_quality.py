@@ -9,6 +9,10 @@ triplets), through the same `gte-st train` pipeline (one source per batch, p ~ n
   mse-new  gte-st NormalizedMSELoss with ``--mse-new-kwargs`` (JSON loss arguments)
   mnrl     sentence-transformers MultipleNegativesRankingLoss
   gte      sentence-transformers MultipleNegativesRankingLoss, four GTE directions, joint partition
+  matryoshka  ``mse`` trained at every ``--matryoshka-dims`` dimension too (sentence-transformers' MatryoshkaLoss)
+  fn-margin   ``mse`` without likely false negatives by the student's own cosines (``--fn-margin-kwargs``)
+  fn-guide    ``mse`` without likely false negatives by the frozen base model's cosines (GISTEmbed's guide,
+              ``false_negative_margin`` 0)
   recipe   gte-st's full recipe: stage 1 weak title -> abstract pairs, stage 2 claims + SNLI triplets with hard
            negatives mined from the stage-1 model, NormalizedMSELoss (``--mse-new-kwargs``); same total budget
 
@@ -40,7 +44,7 @@ import time
 from pathlib import Path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ARMS = ("base", "mse", "mse-new", "mnrl", "gte", "recipe")
+ARMS = ("base", "mse", "mse-new", "mnrl", "gte", "recipe", "matryoshka", "fn-margin", "fn-guide")
 METRICS = ("stsb_test", "sickr_test", "scifact_test_ndcg@10", "wikiqa_test_map", "docstrings_ndcg@10")
 
 
@@ -135,8 +139,8 @@ def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace,
         config.write_text(json.dumps(recipe, indent=2))
         command = ["--config", str(config), *common]
     else:
-        loss = "mse" if arm == "mse-new" else arm
-        extra = ["--loss_kwargs", args.mse_new_kwargs] if arm == "mse-new" else []
+        loss = arm if arm in ("mse", "mnrl", "gte") else "mse"
+        extra = arm_arguments(arm, args)
         command = ["--data", *all_sources, "--loss", loss, *extra, "--max_steps", str(args.steps),
                    "--output_dir", str(out), *common]  # fmt: skip
     start = time.perf_counter()
@@ -148,7 +152,24 @@ def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace,
     return elapsed
 
 
+def arm_arguments(arm: str, args: argparse.Namespace) -> list[str]:
+    """The ``gte-st train`` options of an arm besides ``--loss``."""
+    import gte_st
+
+    if arm == "mse-new":
+        return ["--loss_kwargs", args.mse_new_kwargs]
+    if arm == "matryoshka":
+        return ["--matryoshka_dims", *args.matryoshka_dims.split(",")]
+    if arm == "fn-margin":
+        return ["--loss_kwargs", args.fn_margin_kwargs]
+    if arm == "fn-guide":
+        guide = args.base_model or gte_st.default_base_model()
+        return ["--loss_kwargs", json.dumps({"false_negative_margin": 0.0, "guide": guide})]
+    return []
+
+
 def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Namespace) -> dict[str, float]:
+    """The ``--metrics`` of one model (every one of :data:`METRICS` by default)."""
     from sentence_transformers import SentenceTransformer
 
     from gte_st.evaluation import evaluate_reranking, evaluate_retrieval, evaluate_sts
@@ -156,20 +177,21 @@ def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Names
     model = SentenceTransformer(model_path)
     model.max_seq_length = args.eval_max_seq_length
     precision = args.eval_precision
-    sts = evaluate_sts(model, data / "stsb" / "sts-test.csv", precision=precision)
-    sick = evaluate_sts(model, data / "sick" / "SICK_test_annotated.txt", precision=precision)
-    scifact = evaluate_retrieval(
-        model, data / "beir_scifact", split="test", precision=precision, max_corpus=args.eval_max_corpus
-    )
-    wikiqa = evaluate_reranking(model, data / "wikiqa" / "WikiQA-test.txt", precision=precision)
-    doc = evaluate_retrieval(model, docstrings, split="test", precision=precision)
-    return {
-        "stsb_test": round(100 * sts.metrics["spearman"], 2),
-        "sickr_test": round(100 * sick.metrics["spearman"], 2),
-        "scifact_test_ndcg@10": round(100 * scifact.metrics["ndcg_at_10"], 2),
-        "wikiqa_test_map": round(100 * wikiqa.metrics["map"], 2),
-        "docstrings_ndcg@10": round(100 * doc.metrics["ndcg_at_10"], 2),
+    measures = {
+        "stsb_test": lambda: evaluate_sts(model, data / "stsb" / "sts-test.csv", precision=precision),
+        "sickr_test": lambda: evaluate_sts(model, data / "sick" / "SICK_test_annotated.txt", precision=precision),
+        "scifact_test_ndcg@10": lambda: evaluate_retrieval(
+            model,
+            data / "beir_scifact",
+            split="test",
+            precision=precision,
+            max_corpus=args.eval_max_corpus,
+            cache_dir=args.cache_dir,
+        ),  # fmt: skip
+        "wikiqa_test_map": lambda: evaluate_reranking(model, data / "wikiqa" / "WikiQA-test.txt", precision=precision),
+        "docstrings_ndcg@10": lambda: evaluate_retrieval(model, docstrings, split="test", precision=precision),
     }
+    return {metric: round(100 * measures[metric]().score, 2) for metric in args.metrics.split(",")}
 
 
 def mean_std(values: list[float]) -> str:
@@ -247,6 +269,13 @@ def main() -> None:
     parser.add_argument("--eval-precision", default="bf16", help="evaluation encode precision (fp32 for anchors)")
     parser.add_argument("--arms", default="base,mse,mnrl,gte")
     parser.add_argument("--mse-new-kwargs", default="{}", help="JSON NormalizedMSELoss arguments of mse-new/recipe")
+    parser.add_argument("--matryoshka-dims", default="384,256,128,64", help="dimensions of the matryoshka arm")
+    parser.add_argument(
+        "--fn-margin-kwargs", default='{"false_negative_margin": 0.05, "false_negative_strategy": "relative"}',
+        help="JSON loss arguments of the fn-margin arm (NV-Retriever's 95%% of the positive's score by default)",
+    )  # fmt: skip
+    parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {METRICS}")
+    parser.add_argument("--cache-dir", default=None, help="cache SciFact corpus embeddings here (keyed by model)")
     parser.add_argument("--budget", default=None, help="budget label in the results (default: STEPSxBATCH)")
     parser.add_argument("--base-model", default=None, help="default: the offline all-MiniLM-L6-v2 copy")
     parser.add_argument("--eval-max-corpus", type=int, default=None, help="smoke tests only: SciFact sub-corpus")
@@ -267,6 +296,8 @@ def main() -> None:
         if args.plot:
             plot(results, Path(args.plot))
         return
+    if unknown := set(args.metrics.split(",")) - set(METRICS):
+        parser.error(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
     arms = args.arms.split(",")
     if unknown := set(arms) - set(ARMS):
         parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}")

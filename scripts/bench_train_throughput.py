@@ -9,7 +9,7 @@ embedded docstring pairs of ``gte_st.default_data``), each in a fresh process so
 - ``gte-st-default``: gte-st's default training path (``gte_st.training``: GTE model, ``NormalizedMSELoss``,
   no-duplicates batches, max length 128, precision ``auto`` = bf16 autocast on this AMX CPU);
 - ``gte-st-fp32``: the same in fp32 (isolates the bf16 gain);
-- ``gte-st-cached-B``: ``CachedNormalizedMSELoss`` (mini-batch 32) at growing batch sizes B: memory stays flat.
+- ``gte-st-cached-B``: ``CachedLoss(NormalizedMSELoss)`` (mini-batch 32) at growing batch sizes B: memory stays flat.
 
 pairs/s is measured between the end of the first step and the end of the last (the first step pays one-off costs).
 

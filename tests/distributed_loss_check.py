@@ -16,7 +16,7 @@ from accelerate import Accelerator
 from conftest import stsb_rows
 
 import gte_st
-from gte_st.losses import CachedNormalizedMSELoss, NormalizedMSELoss
+from gte_st.training.loss import build_loss
 
 
 def run_loss(model, loss, columns, labels=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +53,9 @@ def main() -> None:
                     "negative_weight": 2.0, "positive_margin": 0.9, "uniformity_weight": 0.5},
         "distill": {"distillation_weight": 5.0},
         "scores": {"score_distillation_weight": 20.0},
+        "filter": {"false_negative_margin": 0.05, "false_negative_strategy": "relative"},
+        "guide": {"false_negative_margin": 0.0, "guide": "teacher", "uniformity_weight": 0.3},
+        "matryoshka": {"matryoshka_dims": [32, 16, 8], "distillation_weight": 2.0, "false_negative_margin": 0.1},
     }  # fmt: skip
     teacher = gte_st.build_model(model_dir)  # the same weights: the student is moved away from it below
     teacher.eval()
@@ -63,11 +66,13 @@ def main() -> None:
     makers = {}
     for option_name, kwargs in options.items():
         extra = {"teacher": teacher} if kwargs.get("distillation_weight") else {}
-        makers[f"plain-{option_name}"] = lambda gather, kw={**kwargs, **extra}: NormalizedMSELoss(
-            model, symmetric=True, gather_across_devices=gather, **kw
+        if kwargs.get("guide") == "teacher":
+            extra["guide"] = teacher  # the frozen guide: the unperturbed weights
+        makers[f"plain-{option_name}"] = lambda gather, kw={**kwargs, **extra}: build_loss(
+            model, "mse", symmetric=True, gather_across_devices=gather, **kw
         )
-        makers[f"cached-{option_name}"] = lambda gather, kw={**kwargs, **extra}: CachedNormalizedMSELoss(
-            model, symmetric=True, gather_across_devices=gather, mini_batch_size=4, **kw
+        makers[f"cached-{option_name}"] = lambda gather, kw={**kwargs, **extra}: build_loss(
+            model, "mse", symmetric=True, gather_across_devices=gather, mini_batch_size=4, **kw
         )
     for name, make in makers.items():
         labels, local_labels = (scores, local_scores) if name.endswith("-scores") else (None, None)

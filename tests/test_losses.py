@@ -14,9 +14,24 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
 import gte_st
-from gte_st.losses import CachedNormalizedMSELoss, NormalizedMSELoss
+from gte_st.losses import (
+    CachedLoss,
+    NormalizedMSELoss,
+    ScoreDistillationConfig,
+    SelfDistillationConfig,
+    SelfDistillationLoss,
+    UniformityConfig,
+)
+from gte_st.losses.self_distillation import TEACHER_CONTEXT
+from gte_st.training.loss import build_loss
 
 TESTS_DIR = Path(__file__).resolve().parent
+
+
+def compose(model, mini_batch_size=None, **options):
+    """NormalizedMSELoss with the flat ``--loss_kwargs`` options, composed as the training pipeline composes it
+    (terms wrap the core; CachedLoss wraps them when ``mini_batch_size`` is set)."""
+    return build_loss(model, "mse", mini_batch_size=mini_batch_size, **options)
 
 
 def reference_loss(q, d, negs, margin, weight, symmetric, texts=None):
@@ -80,7 +95,7 @@ def test_duplicate_texts_are_never_negatives_of_each_other():
     loss = NormalizedMSELoss(
         None, weighting="mean", negative_penalty="squared_hinge", margin=-1.0, negative_weight=1.0, symmetric=True
     )
-    value = loss.compute_loss_from_embeddings([q, d, n], fingerprints=fingerprints)
+    value = loss.compute_loss_from_embeddings([q, d, n], context={"fingerprints": fingerprints})
     expected = reference_loss(q, d, [n], -1.0, 1.0, True, texts=texts)
     assert value.item() == pytest.approx(expected.item(), abs=1e-6)
     without_masking = loss.compute_loss_from_embeddings([q, d, n])
@@ -99,20 +114,26 @@ def test_bad_input_errors():
         NormalizedMSELoss(None, margin=1.5)
     with pytest.raises(ValueError, match="negative_weight"):
         NormalizedMSELoss(None, negative_weight=-1)
-    for bad in ({"weighting": "max"}, {"negative_penalty": "cube"}, {"distillation_target": "logits"},
-                {"temperature": 0.0}, {"uniformity_t": -1.0}, {"positive_margin": 1.5}, {"uniformity_weight": -1.0},
-                {"distillation_weight": -0.1}):  # fmt: skip
+    for bad in ({"weighting": "max"}, {"negative_penalty": "cube"}, {"temperature": 0.0}, {"positive_margin": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             NormalizedMSELoss(None, **bad)
-    # without a model (how the training pipeline checks options) distillation builds no teacher
-    assert NormalizedMSELoss(None, distillation_weight=1.0).teacher is None
+    for config, bad in ((SelfDistillationConfig, {"distillation_target": "logits"}),
+                        (SelfDistillationConfig, {"distillation_weight": -0.1}),
+                        (UniformityConfig, {"uniformity_t": -1.0}), (UniformityConfig, {"uniformity_weight": -1.0}),
+                        (ScoreDistillationConfig, {"score_distillation_weight": -1.0})):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            config(**bad).validate()
+    # a term checks its options when built, too; self-distillation needs the teacher's embeddings (batch context)
+    with pytest.raises(ValueError, match="distillation_target"):
+        SelfDistillationLoss(None, NormalizedMSELoss(None), distillation_target="logits", teacher=torch.nn.Identity())
+    distilled = SelfDistillationLoss(None, NormalizedMSELoss(None), teacher=torch.nn.Identity())
     with pytest.raises(ValueError, match="teacher"):
-        NormalizedMSELoss(None, distillation_weight=1.0).compute_loss_from_embeddings([torch.randn(3, 4)] * 2)
+        distilled.compute_loss_from_embeddings([torch.randn(3, 4)] * 2)
 
 
 def test_bad_columns_through_the_model(tiny_bert_dir):
     model = gte_st.build_model(str(tiny_bert_dir))
-    for loss in (NormalizedMSELoss(model), CachedNormalizedMSELoss(model, mini_batch_size=2)):
+    for loss in (NormalizedMSELoss(model), CachedLoss(model, NormalizedMSELoss(model), mini_batch_size=2)):
         with pytest.raises(ValueError, match="1 column"):
             loss([model.preprocess(["a", "b"])], None)
         with pytest.raises(ValueError, match="anchor=3, positive=2"):
@@ -145,13 +166,16 @@ def test_cached_loss_equals_uncached(tiny_bert_dir, symmetric):
             negative_weight=1.0,
             symmetric=symmetric,
         ),
-        CachedNormalizedMSELoss(
+        CachedLoss(
             model,
-            weighting="mean",
-            negative_penalty="squared_hinge",
-            margin=0.0,
-            negative_weight=1.0,
-            symmetric=symmetric,
+            NormalizedMSELoss(
+                model,
+                weighting="mean",
+                negative_penalty="squared_hinge",
+                margin=0.0,
+                negative_weight=1.0,
+                symmetric=symmetric,
+            ),
             mini_batch_size=4,
         ),
     ):
@@ -192,7 +216,7 @@ def test_gradient_steps_raise_positive_and_lower_negative_cosine(minilm_dir):
     assert neg_after < neg_before
 
 
-@pytest.mark.parametrize("loss_name", ["NormalizedMSELoss", "CachedNormalizedMSELoss"])
+@pytest.mark.parametrize("loss_name", ["NormalizedMSELoss", "CachedLoss"])
 def test_trainer_smoke(loss_name, tiny_bert_dir, tmp_path):
     model = gte_st.build_model(str(tiny_bert_dir))
     rows = stsb_rows("train")[:24]
@@ -206,7 +230,7 @@ def test_trainer_smoke(loss_name, tiny_bert_dir, tmp_path):
     loss = (
         NormalizedMSELoss(model)
         if loss_name == "NormalizedMSELoss"
-        else CachedNormalizedMSELoss(model, mini_batch_size=3)
+        else CachedLoss(model, NormalizedMSELoss(model), mini_batch_size=3)
     )
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path / "out"),
@@ -232,24 +256,38 @@ def test_trainer_smoke(loss_name, tiny_bert_dir, tmp_path):
 
 
 def test_config_and_citation(tiny_bert_dir):
+    import dataclasses
     import inspect
 
+    from gte_st.training.loss import LOSS_PIECES, describe_loss
+
     model = gte_st.build_model(str(tiny_bert_dir))
-    cached = CachedNormalizedMSELoss(
-        model, margin=0.2, weighting="infonce", mini_batch_size=7, mini_batch_num_tokens=99
-    )
     plain = NormalizedMSELoss(model, margin=0.2, weighting="infonce")
-    config = cached.get_config_dict()
-    assert config == {**plain.get_config_dict(), "mini_batch_size": 7, "mini_batch_num_tokens": 99}
+    cached = CachedLoss(model, plain, mini_batch_size=7, mini_batch_num_tokens=99)
+    assert cached.get_config_dict() == {"loss": "NormalizedMSELoss", "mini_batch_size": 7, "mini_batch_num_tokens": 99}
+    config = plain.get_config_dict()
     assert config["margin"] == 0.2 and config["weighting"] == "infonce" and config["negative_weight"] == 2.0
-    # complete: every hyper-parameter of the constructor is reported (the model, teacher and progress bar are not)
-    parameters = set(inspect.signature(CachedNormalizedMSELoss.__init__).parameters)
-    assert set(config) == parameters - {"self", "model", "teacher", "show_progress_bar"}
-    assert set(inspect.signature(NormalizedMSELoss.__init__).parameters) - {"self", "model", "teacher"} == set(
-        plain.get_config_dict()
-    )
-    json.dumps(config)
-    assert "2308.03281" in cached.citation and "2101.06983" in cached.citation
+    # complete, and one set of defaults: every option of a constructor is a field of its config object, with the
+    # same default (the model, the wrapped loss, frozen models and the progress bar are not options)
+    classes = [NormalizedMSELoss, CachedLoss, *(piece.cls for piece in LOSS_PIECES.values())]
+    for cls in classes:
+        config_class = {CachedLoss: gte_st.losses.CachedConfig}.get(cls) or cls.config_class
+        parameters = {
+            name: p.default
+            for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in ("self", "model", "loss", "teacher", "guide", "show_progress_bar")
+        }
+        defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.name not in ("teacher", "guide")}
+        assert parameters == defaults, cls
+    composed = compose(model, mini_batch_size=4, uniformity_weight=0.5, distillation_weight=2.0)
+    described = describe_loss(composed)
+    assert described["name"] == "CachedLoss(SelfDistillationLoss(UniformityLoss(NormalizedMSELoss)))"
+    assert described["config"]["uniformity_weight"] == 0.5 and described["config"]["distillation_weight"] == 2.0
+    assert described["config"]["teacher"] == "frozen copy of the initial model"
+    assert described["config"]["mini_batch_size"] == 4 and described["config"]["margin"] == -1.0
+    json.dumps(described)
+    citation = composed.citation
+    assert "2308.03281" in citation and "2101.06983" in citation and "2005.10242" in citation
 
 
 @pytest.mark.distributed
@@ -258,7 +296,9 @@ def test_gather_across_two_processes_equals_one_process(tiny_bert_dir, tmp_path)
     one process holding the concatenated batch, for the plain and the cached loss (a duplicate text spans ranks)."""
     # accelerate 1.15's `--cpu --num_processes 2` starts a single process unless MPI is used; `--multi_gpu` starts
     # torchrun, and ACCELERATE_USE_CPU makes every process a CPU (gloo) rank: DistributedType.MULTI_CPU.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR), "ACCELERATE_USE_CPU": "true"}
+    # The checkout under test first (not an installed gte_st elsewhere), then the tests' helpers.
+    path = os.pathsep.join([str(TESTS_DIR.parent), str(TESTS_DIR)])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "ACCELERATE_USE_CPU": "true"}
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
@@ -360,7 +400,7 @@ def test_options_match_formula(options, num_negatives):
     names = {"weight": "negative_weight", "tau": "temperature", "penalty": "negative_penalty",
              "uniformity": "uniformity_weight", "t": "uniformity_t"}  # fmt: skip
     defaults = {"margin": 0.3, "weight": 1.0, "weighting": "mean", "penalty": "squared_hinge"}
-    loss = NormalizedMSELoss(None, **{names.get(k, k): v for k, v in {**defaults, **options}.items()})
+    loss = compose(None, **{names.get(k, k): v for k, v in {**defaults, **options}.items()})
     value = loss.compute_loss_from_embeddings([q, d, *negs])
     assert value.item() == pytest.approx(reference_options_loss(q, d, negs, **options).item(), abs=1e-5)
 
@@ -400,10 +440,10 @@ def test_distillation_matches_formula(tiny_bert_dir):
     nq, nd, nn_ = (F.normalize(x.double(), dim=-1) for x in (q, d, n))
     tq_, td_, tn_ = (F.normalize(x.double(), dim=-1) for x in (tq, td, tn))
     for target in ("similarities", "embeddings"):
-        loss = NormalizedMSELoss(
+        loss = compose(
             model, weighting="mean", negative_weight=0.0, distillation_weight=3.0, distillation_target=target
         )
-        value = loss.compute_loss_from_embeddings([q, d, n], teacher_embeddings=[tq, td, tn]).item()
+        value = loss.compute_loss_from_embeddings([q, d, n], context={TEACHER_CONTEXT: [tq, td, tn]}).item()
         positive = ((nq - nd) ** 2).sum(dim=-1).mean()
         if target == "similarities":
             student = nq @ torch.cat([nd, nn_]).T
@@ -416,7 +456,7 @@ def test_distillation_matches_formula(tiny_bert_dir):
 
 def test_distillation_defaults_to_a_frozen_copy_of_the_initial_model(tiny_bert_dir):
     model = gte_st.build_model(str(tiny_bert_dir))
-    loss = NormalizedMSELoss(model, distillation_weight=1.0)
+    loss = compose(model, distillation_weight=1.0)
     assert loss.teacher is not model and not any(p.requires_grad for p in loss.teacher.parameters())
     rows = stsb_rows("train")[:6]
     batch = features(model, [[r[1] for r in rows], [r[2] for r in rows]])
@@ -433,6 +473,8 @@ OPTION_SETS = [
      "positive_margin": 0.9},
     {"uniformity_weight": 0.5, "distillation_weight": 5.0, "margin": 0.0},
     {"distillation_weight": 5.0, "distillation_target": "embeddings", "weighting": "infonce"},
+    {"false_negative_margin": 0.05, "false_negative_strategy": "relative", "uniformity_weight": 0.5},
+    {"false_negative_margin": 0.0, "guide": "initial", "margin": 0.0},
 ]  # fmt: skip
 
 
@@ -444,10 +486,13 @@ def test_cached_loss_equals_uncached_for_every_option(tiny_bert_dir, symmetric, 
     rows = stsb_rows("train")[:13]
     columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[5:] + rows[:5]]]
     columns[0][7] = columns[0][2]
-    plain = NormalizedMSELoss(model, symmetric=symmetric, **options)
-    teacher = plain.teacher
-    cached = CachedNormalizedMSELoss(model, symmetric=symmetric, teacher=teacher, mini_batch_size=4, **options)
-    if teacher is not None:  # move the student away from its teacher so the distillation term has a gradient
+    if options.get("guide") == "initial":  # a guide sharing the tokenizer: the initial model, frozen
+        options = {**options, "guide": gte_st.build_model(str(tiny_bert_dir))}
+    plain = compose(model, symmetric=symmetric, **options)
+    teacher = getattr(plain, "teacher", None)
+    extra = {} if teacher is None else {"teacher": teacher}
+    cached = compose(model, symmetric=symmetric, mini_batch_size=4, **options, **extra)
+    if teacher is not None or "guide" in options:  # away from the teacher / guide, so they judge differently
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn_like(p))
@@ -472,7 +517,7 @@ def test_score_distillation_matches_formula():
     torch.manual_seed(5)
     q, d, n1, n2 = (torch.randn(5, 8) for _ in range(4))
     scores = torch.rand(5, 3) * 2 - 1
-    loss = NormalizedMSELoss(None, weighting="mean", negative_weight=0.0, score_distillation_weight=4.0)
+    loss = compose(None, weighting="mean", negative_weight=0.0, score_distillation_weight=4.0)
     value = loss.compute_loss_from_embeddings([q, d, n1, n2], scores).item()
     nq, nd, nn1, nn2 = (F.normalize(x.double(), dim=-1) for x in (q, d, n1, n2))
     positive = ((nq - nd) ** 2).sum(dim=-1).mean()
@@ -486,8 +531,8 @@ def test_score_distillation_matches_formula():
         loss.compute_loss_from_embeddings([q, d, n1, n2], scores[:, :2])
     with pytest.raises(ValueError, match="NaN or inf"):
         loss.compute_loss_from_embeddings([q, d, n1, n2], scores.masked_fill(scores > 0.5, float("nan")))
-    with pytest.raises(ValueError, match="score_distillation_weight must be >= 0|must be >= 0"):
-        NormalizedMSELoss(None, score_distillation_weight=-1.0)
+    with pytest.raises(ValueError, match="score_distillation_weight must be >= 0"):
+        compose(None, score_distillation_weight=-1.0)
     assert loss.get_config_dict()["score_distillation_weight"] == 4.0
 
 
@@ -496,7 +541,7 @@ def test_score_distillation_pulls_cosines_towards_the_teacher():
     torch.manual_seed(6)
     columns = [torch.randn(4, 8, requires_grad=True) for _ in range(3)]
     scores = torch.tensor([[0.9, 0.2], [0.1, 0.8], [0.5, 0.5], [0.7, -0.3]])
-    loss = NormalizedMSELoss(None, weighting="mean", negative_weight=0.0, score_distillation_weight=100.0)
+    loss = compose(None, weighting="mean", negative_weight=0.0, score_distillation_weight=100.0)
     optimizer = torch.optim.Adam(columns, lr=0.05)
     for _ in range(300):
         optimizer.zero_grad()
@@ -516,9 +561,150 @@ def test_cached_loss_equals_uncached_with_teacher_scores(tiny_bert_dir, symmetri
     columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[3:] + rows[:3]]]
     scores = torch.linspace(-0.5, 0.9, 22).view(11, 2)
     options = {"score_distillation_weight": 20.0, "distillation_weight": 2.0}
-    plain = NormalizedMSELoss(model, symmetric=symmetric, **options)
-    cached = CachedNormalizedMSELoss(model, symmetric=symmetric, teacher=plain.teacher, mini_batch_size=3, **options)
+    plain = compose(model, symmetric=symmetric, **options)
+    (teacher,) = [piece.teacher for piece in plain.modules() if isinstance(piece, SelfDistillationLoss)]
+    cached = compose(model, symmetric=symmetric, teacher=teacher, mini_batch_size=3, **options)
     with torch.no_grad():  # away from the teacher, so the distillation term has a gradient too
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     assert_cached_equals_plain(model, plain, cached, columns, scores)
+
+
+def reference_filtered_loss(q, d, negs, judge, margin, strategy, weight=1.0):
+    """Mean weighting, squared hinge at margin -1, written out in float64: row i's negatives are the other positives
+    and every hard negative except those the judge's cosines put too close to its positive (absolute: above
+    s_ii - m; relative: above s_ii - |s_ii| m)."""
+    q, d = F.normalize(q.double(), dim=-1), F.normalize(d.double(), dim=-1)
+    negs = [F.normalize(n.double(), dim=-1) for n in negs]
+    jq, jd, *jn = [F.normalize(x.double(), dim=-1) for x in judge]
+    batch = q.size(0)
+    candidates = [(d[j], jd[j], j) for j in range(batch)] + [
+        (n[j], judge_n[j], None) for n, judge_n in zip(negs, jn) for j in range(batch)
+    ]
+    positive = sum(((q[i] - d[i]) ** 2).sum() for i in range(batch)) / batch
+    terms = []
+    for i in range(batch):
+        own = jq[i] @ jd[i]
+        threshold = own - margin if strategy == "absolute" else own - own.abs() * margin
+        for vector, judged, row in candidates:
+            if row == i or jq[i] @ judged > threshold:
+                continue
+            terms.append((q[i] @ vector + 1.0) ** 2)
+    return positive + weight * sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("strategy,margin", [("absolute", 0.1), ("relative", 0.3), ("absolute", 0.5)])
+@pytest.mark.parametrize("guided", [False, True])
+def test_false_negative_filter_matches_formula(strategy, margin, guided):
+    from gte_st.losses import FalseNegativeFilterLoss
+    from gte_st.losses.false_negatives import GUIDE_CONTEXT
+
+    torch.manual_seed(7)
+    base = torch.randn(6, 16)
+    q, d = base + 0.4 * torch.randn(6, 16), base + 0.4 * torch.randn(6, 16)
+    negs = [base.roll(1, 0) + 0.6 * torch.randn(6, 16)]
+    core = NormalizedMSELoss(
+        None, weighting="mean", negative_penalty="squared_hinge", margin=-1.0, negative_weight=1.0
+    )
+    guide = [base + 0.5 * torch.randn(6, 16) for _ in range(3)] if guided else None
+    loss = FalseNegativeFilterLoss(
+        None, core, false_negative_margin=margin, false_negative_strategy=strategy,
+        guide=torch.nn.Identity() if guided else None,
+    )  # fmt: skip
+    context = {GUIDE_CONTEXT: guide} if guided else {}
+    value = loss.compute_loss_from_embeddings([q, d, *negs], context=context)
+    expected = reference_filtered_loss(q, d, negs, guide or [q, d, *negs], margin, strategy)
+    assert value.item() == pytest.approx(expected.item(), abs=1e-6)
+    # the filter removed something: the unfiltered loss differs (so the check can fail)
+    assert core.compute_loss_from_embeddings([q, d, *negs]).item() != pytest.approx(value.item(), abs=1e-4)
+
+
+def test_false_negative_filter_needs_a_gte_loss_and_the_same_tokenizer(tiny_bert_dir, minilm_dir):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from gte_st.losses import FalseNegativeFilterConfig, FalseNegativeFilterLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    with pytest.raises(ValueError, match="GISTEmbedLoss"):
+        FalseNegativeFilterLoss(model, MultipleNegativesRankingLoss(model), false_negative_margin=0.1)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        FalseNegativeFilterLoss(model, NormalizedMSELoss(model), guide=str(minilm_dir))
+    for bad in ({"false_negative_strategy": "cosine"}, {"false_negative_margin": 3.0},
+                {"false_negative_margin": 1.5, "false_negative_strategy": "relative"}):  # fmt: skip
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FalseNegativeFilterConfig(**bad).validate()
+
+
+def test_matryoshka_loss_wraps_the_composition(tiny_bert_dir):
+    """sentence-transformers' MatryoshkaLoss around gte-st's composition computes, per dimension, the composition
+    on the truncated, re-normalised embeddings (same value, same gradients as writing the sum out)."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    model.eval()
+    rows = stsb_rows("train")[:9]
+    columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[4:] + rows[:4]]]
+    options = {"false_negative_margin": 0.05, "false_negative_strategy": "relative", "uniformity_weight": 0.2,
+               "symmetric": True}  # fmt: skip
+    inner = compose(model, **options)
+    wrapped = MatryoshkaLoss(model, inner, [32, 16, 8], matryoshka_weights=[1.0, 0.5, 2.0])
+    model.zero_grad()
+    value = wrapped(features(model, columns), None)
+    value.backward()
+    grads = gradients(model)
+
+    model.zero_grad()
+    batch = features(model, columns)
+    context = inner.batch_context(batch)
+    from sentence_transformers.base.losses.merged_forward import embed_columns
+
+    full = embed_columns(model, batch)
+    expected = sum(
+        weight * inner.compute_loss_from_embeddings([F.normalize(e[:, :dim], dim=-1) for e in full], None, context)
+        for dim, weight in ((32, 1.0), (16, 0.5), (8, 2.0))
+    )
+    expected.backward()
+    torch.testing.assert_close(value.detach(), expected.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads, gradients(model), atol=1e-5, rtol=1e-4)
+
+
+MATRYOSHKA_SETS = [
+    {},
+    {"distillation_weight": 5.0, "distillation_target": "embeddings"},
+    {"false_negative_margin": 0.0, "uniformity_weight": 0.3},
+]
+
+
+@pytest.mark.parametrize("options", MATRYOSHKA_SETS)
+def test_cached_matryoshka_equals_uncached(tiny_bert_dir, options):
+    """MatryoshkaLoss around CachedLoss (its gradient-cache path) equals MatryoshkaLoss around the uncached loss."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    model.eval()
+    rows = stsb_rows("train")[:11]
+    columns = [[r[1] for r in rows], [r[2] for r in rows], [r[2] for r in rows[3:] + rows[:3]]]
+    plain = compose(model, symmetric=True, **options)
+    teachers = [piece.teacher for piece in plain.modules() if isinstance(piece, SelfDistillationLoss)]
+    extra = {"teacher": teachers[0]} if teachers else {}
+    cached = compose(model, symmetric=True, mini_batch_size=4, **options, **extra)
+    if teachers:  # away from the teacher, so the distillation term has a gradient
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    assert_cached_equals_plain(
+        model, MatryoshkaLoss(model, plain, [32, 16, 8]), MatryoshkaLoss(model, cached, [32, 16, 8]), columns
+    )
+
+
+def test_frozen_model_runs_once_per_batch_under_matryoshka(tiny_bert_dir):
+    """MatryoshkaLoss calls the wrapped loss once per dimension on the same batch: the frozen teacher embeds it once."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    loss = compose(model, distillation_weight=1.0)
+    calls = []
+    loss.teacher.register_forward_hook(lambda *args: calls.append(1))
+    rows = stsb_rows("train")[:6]
+    MatryoshkaLoss(model, loss, [32, 16, 8])(features(model, [[r[1] for r in rows], [r[2] for r in rows]]), None)
+    assert len(calls) == 2  # anchors, then the positives: once each, not once per dimension

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import stsb_rows
@@ -18,6 +19,7 @@ from gte_st.cli import main as cli_main
 from gte_st.training import (
     GTE_DIRECTIONS,
     build_loss,
+    describe_loss,
     mixed_precision_flags,
     parse_stages,
 )
@@ -101,7 +103,7 @@ def test_precision_auto_follows_hardware():
     ("name", "mini_batch_size", "expected"),
     [
         ("mse", None, gte_losses.NormalizedMSELoss),
-        ("mse", 4, gte_losses.CachedNormalizedMSELoss),
+        ("mse", 4, gte_losses.CachedLoss),
         ("gte", None, st_losses.MultipleNegativesRankingLoss),
         ("gte", 4, st_losses.CachedMultipleNegativesRankingLoss),
         ("mnrl", None, st_losses.MultipleNegativesRankingLoss),
@@ -112,7 +114,7 @@ def test_loss_factory(tiny_bert_dir, name, mini_batch_size, expected):
     model = gte_st.build_model(str(tiny_bert_dir))
     loss = build_loss(model, name, mini_batch_size=mini_batch_size, gather_across_devices=True)
     assert type(loss) is expected
-    config = loss.get_config_dict()
+    config = describe_loss(loss)["config"]
     assert config["gather_across_devices"] is True
     if mini_batch_size:
         assert config["mini_batch_size"] == 4
@@ -287,3 +289,80 @@ def test_only_the_writer_rank_saves_a_checkpoint(tiny_bert_dir, tmp_path, monkey
     monkeypatch.undo()
     trainer.save_model(str(tmp_path / "rank0"))
     assert (tmp_path / "rank0" / "modules.json").is_file()
+
+
+def test_matryoshka_prompts_and_false_negatives_train_and_serve(tiny_bert_dir, pairs_file, tmp_path):
+    """One run with the three options: trained at every Matryoshka dimension, with prompts given to every text
+    column, without likely false negatives (guided by the frozen initial model); the saved model records its
+    dimensions and prompts, and stock sentence-transformers serves it with them (encode_query, truncate_dim)."""
+    from sentence_transformers import SentenceTransformer
+    from transformers import TrainerCallback
+
+    seen = {}
+
+    class Prompts(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen["prompts"] = dict(args.prompts)
+
+    guide = tmp_path / "guide"
+    gte_st.build_model(str(tiny_bert_dir)).save(str(guide))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "matryoshka_dims: [32, 16, 8]\n"
+        "prompts: {anchor: 'query: ', positive: 'passage: '}\n"
+        f"loss_kwargs: {{false_negative_margin: 0.0, guide: '{guide}', distillation_weight: 2.0}}\n"
+    )
+    out = tmp_path / "out"
+    from gte_st.commands.train import main as train_main
+
+    code = train_main(
+        ["--config", str(recipe), "--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--precision", "fp32",
+         "--per_device_train_batch_size", "8", "--max_steps", "2", "--save_steps", "100", "--output_dir", str(out)],
+        callbacks=[Prompts()],
+    )  # fmt: skip
+    assert code == 0
+    assert seen["prompts"] == {"anchor": "query: ", "positive": "passage: "}
+    config = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert config["prompts"]["query"] == "query: " and config["prompts"]["document"] == "passage: "
+    assert config["matryoshka_dims"] == [32, 16, 8]
+    (stage,) = json.loads((out / "training_summary.json").read_text())["stages"]
+    assert stage["loss"]["name"] == "MatryoshkaLoss(SelfDistillationLoss(FalseNegativeFilterLoss(NormalizedMSELoss)))"
+    assert stage["loss"]["config"]["guide"] == str(guide) and stage["matryoshka_dims"] == [32, 16, 8]
+    assert stage["prompts"] == {"query": "query: ", "document": "passage: "}
+
+    stock = SentenceTransformer(str(out), device="cpu")
+    texts = ["A man is playing a guitar.", "The cat sleeps on the sofa."]
+    query = stock.encode_query(texts)
+    assert np.allclose(query, stock.encode(["query: " + t for t in texts]), atol=1e-6)
+    assert not np.allclose(query, stock.encode(texts), atol=1e-3)
+    assert np.allclose(stock.encode_document(texts), stock.encode(["passage: " + t for t in texts]), atol=1e-6)
+    small = SentenceTransformer(str(out), device="cpu", truncate_dim=8).encode(texts)
+    assert small.shape == (2, 8)
+    from gte_st.model_card import render_model_card
+
+    card = render_model_card(out)
+    assert "32, 16, 8" in card and "truncate_dim=8" in card and "query: " in card and "false_negative_margin" in card
+
+
+def test_one_loss_registry_drives_the_cli(tiny_bert_dir, monkeypatch, capsys):
+    """A loss registered in gte_st.training.loss.LOSSES is a --loss choice, checked and built like the others; a
+    name that is not registered is refused with the registered ones."""
+    from gte_st.training.loss import LOSSES, LossEntry
+    from gte_st.training.recipe import make_parser
+
+    monkeypatch.setitem(
+        LOSSES, "symmetric", LossEntry(help="InfoNCE both ways", build=st_losses.MultipleNegativesRankingLoss,
+                                       defaults={"directions": ("query_to_doc", "doc_to_query")}),
+    )  # fmt: skip
+    (stage,) = parse_stages(["--data", "x.jsonl", "--loss", "symmetric", "--loss_kwargs", '{"scale": 30}'])
+    assert (stage.recipe.loss, stage.loss_kwargs) == ("symmetric", {"scale": 30})
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['margin'\]"):
+        parse_stages(["--data", "x.jsonl", "--loss", "symmetric", "--loss_kwargs", '{"margin": 0.1}'])
+    model = gte_st.build_model(str(tiny_bert_dir))
+    loss = build_loss(model, "symmetric", scale=30, distillation_weight=1.0)  # a term composes with it too
+    assert describe_loss(loss)["name"] == "SelfDistillationLoss(MultipleNegativesRankingLoss)"
+    assert tuple(loss.loss.directions) == ("query_to_doc", "doc_to_query") and loss.loss.scale == 30
+    make_parser().print_help()
+    assert "{mse,gte,mnrl,cosent,symmetric}" in capsys.readouterr().out
+    assert main(["--data", "x.jsonl", "--loss", "nope"]) != 0
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

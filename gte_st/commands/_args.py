@@ -78,6 +78,15 @@ def add_compile_argument(parser: argparse.ArgumentParser, what: str = "the texts
     )  # fmt: skip
 
 
+def add_truncate_dim_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--truncate-dim``: keep the first D dimensions of every embedding (a Matryoshka-trained model)."""
+    parser.add_argument(
+        "--truncate-dim", type=positive_int, default=None, metavar="D",
+        help=help or "keep the first D embedding dimensions, re-normalised (Matryoshka models; default: the model's "
+        "own truncate_dim, else all)",
+    )  # fmt: skip
+
+
 def check_compile(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``--compile`` is for the torch backend: a one-line usage error with ``--backend`` / ``--file-name``."""
     if args.compile and (args.backend != "torch" or args.file_name):
@@ -92,9 +101,12 @@ def load_model(
     trust_remote_code: bool = False,
     backend: str = "torch",
     file_name: str | None = None,
+    truncate_dim: int | None = None,
 ) -> Any:
     """The SentenceTransformer a user named: a local directory or a Hub id, loaded with :func:`gte_st.load` (so
-    original-layout GTE checkpoints are converted, never run as remote code); a clear error when it cannot be."""
+    original-layout GTE checkpoints are converted, never run as remote code); a clear error when it cannot be.
+    ``truncate_dim`` becomes the model's ``truncate_dim`` (checked against its dimension), which every encode
+    honours."""
     from gte_st.loading import load
 
     check_model_location(name_or_path)
@@ -107,7 +119,7 @@ def load_model(
         model = load_model_dir(local, backend, file_name)
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
-        return model
+        return set_truncate_dim(model, truncate_dim)
     try:
         source = str(local) if local.exists() else name_or_path
         if trust_remote_code:  # the user asked for the checkpoint's own code: plain sentence-transformers loading
@@ -125,4 +137,18 @@ def load_model(
         raise OSError(f"could not load model {name_or_path!r}{hint}: {first_line}") from exc
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
+    return set_truncate_dim(model, truncate_dim)
+
+
+def set_truncate_dim(model: Any, truncate_dim: int | None) -> Any:
+    """``model`` with ``truncate_dim`` set (``None``: unchanged), or a one-line error naming ``--truncate-dim``."""
+    from gte_st.encoding import output_dimension
+
+    if truncate_dim is None:
+        return model
+    try:
+        output_dimension(model, truncate_dim)
+    except ValueError as exc:
+        raise ValueError(f"--truncate-dim: {exc}") from None
+    model.truncate_dim = truncate_dim
     return model

@@ -9,6 +9,7 @@ from gte_st.commands._args import (
     ArgumentParser,
     add_backend_arguments,
     add_compile_argument,
+    add_truncate_dim_argument,
     check_compile,
     check_outputs,
     load_model,
@@ -27,6 +28,7 @@ def add_corpus_and_model_arguments(parser: ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
     add_backend_arguments(parser)
     add_compile_argument(parser)
+    add_truncate_dim_argument(parser)
 
 
 def read_texts(args) -> tuple[list[str], list[str]]:
@@ -43,7 +45,12 @@ def embed(args, texts: list[str]):
     from gte_st.encoding import encode
     from gte_st.model import default_base_model
 
-    model = load_model(args.model or default_base_model(), backend=args.backend, file_name=args.file_name)
+    model = load_model(
+        args.model or default_base_model(),
+        backend=args.backend,
+        file_name=args.file_name,
+        truncate_dim=args.truncate_dim,
+    )
     return encode(
         model, texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress, compile=args.compile
     )

@@ -11,6 +11,7 @@ from gte_st.commands._args import (
     add_backend_arguments,
     add_compile_argument,
     add_precision_argument,
+    add_truncate_dim_argument,
     check_compile,
     check_outputs,
     existing_path,
@@ -55,6 +56,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--trust-remote-code", action="store_true")
     add_backend_arguments(parser)
     add_compile_argument(parser, "the evaluation texts")
+    add_truncate_dim_argument(parser)
 
     group = parser.add_argument_group("retrieval")
     group.add_argument("--cache-dir", default=None, help="cache corpus embeddings here (keyed by model and corpus)")
@@ -158,8 +160,9 @@ def _run_mteb(args: Any) -> int:
             for name, path in zip(args.mteb_tasks, args.mteb_data)
         ]  # fmt: skip
     model = load_model(
-        args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code
-    )
+        args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
+        truncate_dim=args.truncate_dim,
+    )  # fmt: skip
     name, revision = mteb_runner.model_identity(model, args.model)
     results = mteb_runner.run_mteb(model, tasks, args.output_folder, name, revision)
     for task_result in getattr(results, "task_results", []):
@@ -201,9 +204,12 @@ def main(argv: list[str]) -> int:
     if not (args.task == "retrieval" and args.retriever == "bm25"):
         model = load_model(
             args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
-            backend=args.backend, file_name=args.file_name,
+            backend=args.backend, file_name=args.file_name, truncate_dim=args.truncate_dim,
         )  # fmt: skip
     results = [_run_task(args, model, path) for path in args.data]
+    if model is not None and model.truncate_dim is not None:
+        for result in results:
+            result.details["truncate_dim"] = model.truncate_dim
     print(format_table(results))
     for result in results:
         if first := result.details.get("first_stage"):

@@ -9,6 +9,7 @@ from gte_st.commands._args import (
     add_backend_arguments,
     add_compile_argument,
     add_precision_argument,
+    add_truncate_dim_argument,
     check_compile,
     check_outputs,
     load_model,
@@ -34,6 +35,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--text-field")
     add_precision_argument(parser, "--encode-precision")
     add_compile_argument(parser, "the corpus")
+    add_truncate_dim_argument(parser)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     add_backend_arguments(parser)
@@ -70,6 +72,7 @@ def main(argv: list[str]) -> int:
         compile=args.compile,
         corpus_name=str(args.corpus),
         model_name=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
+        truncate_dim=args.truncate_dim,
     )
     print(
         f"indexed {len(index)} documents into {args.out} ({index.precision}, {index.meta['index']['type']}, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gte_st.commands._args import ArgumentParser, positive_int
+from gte_st.commands._args import ArgumentParser, add_truncate_dim_argument, positive_int
 
 
 def build_parser() -> ArgumentParser:
@@ -25,6 +25,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
     parser.add_argument("--nprobe", type=positive_int, help="IVF cells visited")
     parser.add_argument("--json", action="store_true", help="print JSON lines {query, hits}")
+    add_truncate_dim_argument(
+        parser, "query dimensions: the index's own (recorded when it was built); another is refused"
+    )
     return parser
 
 
@@ -37,7 +40,7 @@ def main(argv: list[str]) -> int:
         check_bm25_weight(args.bm25_weight, args.rerank_bm25)
     except ValueError as exc:
         raise UsageError(f"--bm25-weight: {exc}") from None
-    index = Index.load(args.index, model=args.model)
+    index = Index.load(args.index, model=args.model, truncate_dim=args.truncate_dim)
     kwargs = {}
     if not args.rerank_bm25 and not args.bm25_only:
         kwargs = {"ef_search": args.ef_search, "nprobe": args.nprobe}

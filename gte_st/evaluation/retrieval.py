@@ -11,7 +11,7 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-from gte_st.encoding import encode, resolve_precision
+from gte_st.encoding import encode, output_dimension, resolve_precision
 from gte_st.evaluation.readers import BEIRData, read_beir
 from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_save_npy
@@ -63,7 +63,7 @@ def encode_corpus_cached(
     name: str = "corpus",
 ) -> tuple[np.ndarray, bool]:
     """Corpus embeddings, read from ``cache_dir`` when the same model (by weights) already encoded the same corpus
-    (by ids and texts) at the same precision; otherwise encoded (``compile``: by a compiled copy, whose embeddings
+    (by ids and texts) at the same precision and dimension (``model.truncate_dim``); otherwise encoded (``compile``: by a compiled copy, whose embeddings
     match the eager ones, so both share the cache) and written there. Returns (embeddings, hit)."""
     prompt_name = "document" if model.prompts.get("document") else None
     resolved = resolve_precision(precision, model.device)
@@ -76,6 +76,8 @@ def encode_corpus_cached(
     if cache_dir is None:
         return embed(), False
     key = f"{name}-{model_fingerprint(model)[:20]}-{corpus_fingerprint(ids, texts)[:20]}-{resolved}"
+    if getattr(model, "truncate_dim", None) is not None:  # Matryoshka truncation: other embeddings, another key
+        key += f"-dim{output_dimension(model)}"
     cache_file = Path(cache_dir) / f"{key}.npy"
     if cache_file.exists():
         embeddings = np.load(cache_file)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gte_st.corpus import check_corpus, read_corpus
-from gte_st.encoding import encode
+from gte_st.encoding import encode, output_dimension
 from gte_st.files import (
     atomic_save_npy,
     atomic_write_json,
@@ -111,6 +111,7 @@ def build_index(
     seed: int = 0,
     corpus_name: str | None = None,
     model_name: str | None = None,
+    truncate_dim: int | None = None,
 ) -> Index:
     """Encode a corpus and write an index directory (see :mod:`gte_st.search.index` for its layout).
 
@@ -136,6 +137,8 @@ def build_index(
         corpus_name: What ``meta.json`` records as the corpus (default: the path, or ``<in-memory>``).
         model_name: What ``meta.json`` records as the query model (default: the model's path or name); e.g. the
             model directory when ``model`` is its exported artifact, so queries load the same model.
+        truncate_dim: Keep the first ``truncate_dim`` dimensions of every embedding (a Matryoshka model; default the
+            model's own ``truncate_dim``, else all). The index records it and embeds queries the same way.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -156,14 +159,21 @@ def build_index(
         corpus_name = corpus_name or str(corpus)
     st_model, loaded_name = load_query_model(model)
     model_name = model_name or loaded_name
-    dim = st_model.get_embedding_dimension()
+    if truncate_dim is None:
+        truncate_dim = getattr(st_model, "truncate_dim", None)
+    dim = output_dimension(st_model, truncate_dim)
     model_sha = model_fingerprint(st_model)
+    # Documents are embedded with the model's "document" prompt and queries (Index.encode_queries) with its "query"
+    # prompt, as sentence-transformers' encode_document / encode_query do; the index records both.
+    prompts = {name: st_model.prompts.get(name) or "" for name in ("query", "document")}
     build_key = {
         "corpus_sha256": corpus_fingerprint(ids, texts),
         "count": len(ids),
         "model": model_name,
         "model_fingerprint": model_sha,
         "dim": dim,
+        "truncate_dim": truncate_dim,
+        "prompts": prompts,
         "shard_size": len(ids) if embeddings is not None else shard_size,
         "encode_precision": encode_precision,
     }
@@ -178,15 +188,18 @@ def build_index(
         else:
             shards.encode_missing(
                 texts, st_model, batch_size=batch_size, precision=encode_precision, compile=compile,
-                show_progress_bar=show_progress_bar,
+                show_progress_bar=show_progress_bar, truncate_dim=truncate_dim, prompt=prompts["document"] or None,
             )  # fmt: skip
         encode_s = time.perf_counter() - start
         corpus_embeddings = shards.load_all()
         files, nlist = _write_index_files(
             partial, ids, texts, corpus_embeddings, precision, index_type, hnsw_m, nlist, seed
         )
-        probes = encode(st_model, PROBE_TEXTS, batch_size=batch_size, precision=encode_precision)
+        probes = encode(
+            st_model, PROBE_TEXTS, batch_size=batch_size, precision=encode_precision, truncate_dim=truncate_dim
+        )
         meta = _meta(corpus_name, len(ids), model_name, model_sha, dim, probes, precision, encode_precision, encode_s)
+        meta["model"].update(truncate_dim=truncate_dim, prompts=prompts)
         meta["index"] = {
             "type": index_type,
             "hnsw_m": hnsw_m if index_type == "hnsw" else None,

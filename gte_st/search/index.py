@@ -3,8 +3,8 @@
 Index directory layout (``meta.json`` is written last and marks the index complete; the whole directory is built
 under ``<DIR>.partial`` and renamed into place, so an interrupted build never leaves an index that loads)::
 
-    DIR/meta.json        format, model (name, fingerprint, dimension, probe embeddings), counts, index settings and
-                         the sha256 of every other file
+    DIR/meta.json        format, model (name, fingerprint, dimension, truncate_dim, query/document prompts, probe
+                         embeddings), counts, index settings and the sha256 of every other file
     DIR/docs.jsonl       {"id", "text"} per document, in index order
     DIR/embeddings.npy   the corpus embeddings: float32, uint8 (scalar-quantised) or packed binary
     DIR/ranges.npy       per-dimension (min, max) of the uint8 quantisation (uint8 only)
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gte_st.encoding import encode
+from gte_st.encoding import encode, output_dimension
 from gte_st.errors import GteStError
 from gte_st.fingerprint import file_digest
 from gte_st.ranking.bm25 import BM25Retriever
@@ -129,9 +129,17 @@ class Index:
         return len(self.ids)
 
     @classmethod
-    def load(cls, path: str | Path, model: str | SentenceTransformer | None = None, *, verify: bool = True) -> Index:
+    def load(
+        cls,
+        path: str | Path,
+        model: str | SentenceTransformer | None = None,
+        *,
+        verify: bool = True,
+        truncate_dim: int | None = None,
+    ) -> Index:
         """Load and (with ``verify``) checksum an index directory. ``model`` overrides the recorded model (it must be
-        the same model: its dimension and its embeddings of the probe texts are checked on first use)."""
+        the same model: its dimension and its embeddings of the probe texts are checked on first use). Queries are
+        embedded at the dimension the index was built with; a ``truncate_dim`` that asks for another is refused."""
         path = Path(path)
         meta_file = path / "meta.json"
         if not meta_file.is_file():
@@ -175,6 +183,13 @@ class Index:
                 f"{embeddings.shape[0]}, faiss {faiss_index.ntotal})"
             )
         index = cls(path, meta, ids, texts, faiss_index, embeddings, ranges)
+        recorded = meta["model"]["dimension"]
+        if truncate_dim is not None and truncate_dim != recorded:
+            raise ModelMismatchError(
+                f"{path} holds {recorded}-d embeddings (built with truncate_dim "
+                f"{meta['model'].get('truncate_dim')}); queries of {truncate_dim} dimensions cannot search it. Query "
+                f"at {recorded} dimensions, or rebuild the index with --truncate-dim {truncate_dim}"
+            )
         if model is not None:
             index.set_model(model)
         return index
@@ -193,13 +208,16 @@ class Index:
         """Use ``model`` for queries after checking it is the model that built the index."""
         st_model, name = load_query_model(model)
         recorded = self.meta["model"]
-        dim = st_model.get_embedding_dimension()
+        dim = output_dimension(st_model, self.truncate_dim)
         if dim != recorded["dimension"]:
             raise ModelMismatchError(
                 f"{self.path} was built by {recorded.get('name')!r} ({recorded['dimension']}-d embeddings); the query "
                 f"model {name or type(st_model).__name__!r} gives {dim}-d embeddings"
             )
-        probes = encode(st_model, PROBE_TEXTS, batch_size=16, precision=self.meta.get("encode_precision", "auto"))
+        probes = encode(
+            st_model, PROBE_TEXTS, batch_size=16, precision=self.meta.get("encode_precision", "auto"),
+            truncate_dim=self.truncate_dim,
+        )  # fmt: skip
         cosine = float((probes * np.asarray(recorded["probe_embeddings"], dtype=np.float32)).sum(axis=1).min())
         if cosine < PROBE_MIN_COSINE:
             raise ModelMismatchError(
@@ -216,10 +234,25 @@ class Index:
             self._bm25 = BM25Retriever(self.ids, self.texts)
         return self._bm25
 
+    @property
+    def truncate_dim(self) -> int | None:
+        """The truncation the index was built with (``None``: the model's full embeddings)."""
+        return self.meta["model"].get("truncate_dim")
+
     def encode_queries(self, queries: list[str], batch_size: int = 64) -> np.ndarray:
+        """Query embeddings as the index expects them: its precision, dimension and query prompt."""
+        return self._encode(queries, "query", batch_size)
+
+    def encode_documents(self, documents: list[str], batch_size: int = 64) -> np.ndarray:
+        """Document embeddings as the index holds them: its precision, dimension and document prompt."""
+        return self._encode(documents, "document", batch_size)
+
+    def _encode(self, texts: list[str], side: str, batch_size: int) -> np.ndarray:
+        prompt = (self.meta["model"].get("prompts") or {}).get(side) or None
         return encode(
-            self.model, list(queries), batch_size=batch_size, precision=self.meta.get("encode_precision", "auto")
-        )
+            self.model, list(texts), batch_size=batch_size, precision=self.meta.get("encode_precision", "auto"),
+            truncate_dim=self.truncate_dim, prompt=prompt,
+        )  # fmt: skip
 
     def search_embeddings(
         self,
@@ -265,7 +298,7 @@ class Index:
     def _doc_embeddings(self, rows: list[int]) -> np.ndarray:
         if self.precision == "float32":
             return self.embeddings[rows]
-        return self.encode_queries([self.texts[row] for row in rows])  # quantised index: re-embed the candidates
+        return self.encode_documents([self.texts[row] for row in rows])  # quantised index: re-embed the candidates
 
     def search(
         self,

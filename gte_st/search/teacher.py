@@ -6,7 +6,7 @@ candidates) ranks better than either retriever alone (docs/benchmarks.md, "Searc
 maps it back onto the cosine
 range of each query's candidates, ``lo + (hi - lo) * fused`` (an increasing affine map, so the order is the
 hybrid's), which makes it a target a dense student can match with an MSE on its own cosines: the
-``score_distillation_weight`` term of :class:`gte_st.losses.NormalizedMSELoss`. Rows are written in FlagEmbedding's
+``score_distillation_weight`` term (:class:`gte_st.losses.ScoreDistillationLoss`). Rows are written in FlagEmbedding's
 distillation layout (``query``, ``pos``, ``neg``, ``pos_scores``, ``neg_scores``), which ``gte-st train`` reads.
 """
 

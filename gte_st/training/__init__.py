@@ -2,7 +2,8 @@
 
 * :mod:`~gte_st.training.arguments`: the options (gte-st's and Hugging Face's);
 * :mod:`~gte_st.training.recipe`: recipe files and stages, checked before any work;
-* :mod:`~gte_st.training.loss`: the loss of a stage by name;
+* :mod:`~gte_st.training.loss`: the loss of a stage: the registries of loss names and of the pieces that wrap a
+  loss, composed from ``--loss_kwargs``; :mod:`~gte_st.training.prompts`: ``--prompts``, trained and served alike;
 * :mod:`~gte_st.training.trainer`: the Trainer (one source per batch, NaN stop) and callbacks;
 * :mod:`~gte_st.training.hard_negatives`, :mod:`~gte_st.training.evaluation`, :mod:`~gte_st.training.checkpoints`;
 * :mod:`~gte_st.training.run`: the run itself; :mod:`gte_st.training_summary` (outside the package, as the model
@@ -26,7 +27,9 @@ _LAZY = {
     "parse_stages": "recipe",
     "GTE_DIRECTIONS": "loss",
     "LOSSES": "loss",
+    "LOSS_PIECES": "loss",
     "build_loss": "loss",
+    "describe_loss": "loss",
     "GTETrainer": "trainer",
     "NonFiniteLossError": "trainer",
     "run": "run",
@@ -36,7 +39,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
-    from gte_st.training.loss import GTE_DIRECTIONS, LOSSES, build_loss
+    from gte_st.training.loss import GTE_DIRECTIONS, LOSS_PIECES, LOSSES, build_loss, describe_loss
     from gte_st.training.recipe import DEFAULT_JOB, Stage, parse_stages
     from gte_st.training.run import run
     from gte_st.training.trainer import GTETrainer, NonFiniteLossError
@@ -56,11 +59,13 @@ __all__ = [
     "GTETrainingArguments",
     "GTE_DIRECTIONS",
     "LOSSES",
+    "LOSS_PIECES",
     "NonFiniteLossError",
     "RecipeArguments",
     "SUMMARY_FILE",
     "Stage",
     "build_loss",
+    "describe_loss",
     "format_summary",
     "mixed_precision_flags",
     "parse_stages",

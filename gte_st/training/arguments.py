@@ -10,6 +10,7 @@ import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
 from gte_st.encoding import cpu_supports_bf16
+from gte_st.training.loss import LOSSES, loss_help, loss_kwargs_help
 
 
 @dataclass
@@ -64,19 +65,13 @@ class RecipeArguments:
             "at serving time."
         },
     )
-    loss: Literal["mse", "gte", "mnrl", "cosent"] = field(
-        default="mse",
-        metadata={
-            "help": "mse: gte_st NormalizedMSELoss; gte: MultipleNegativesRankingLoss with the four GTE "
-            "directions, joint partition; mnrl: plain MultipleNegativesRankingLoss; cosent: CoSENTLoss on scored "
-            "pairs (a score column, e.g. STS-B's 0-5 gold scores)."
-        },
-    )
-    loss_kwargs: str | None = field(
+    loss: str = field(default="mse", metadata={"help": loss_help(), "choices": LOSSES.keys()})
+    loss_kwargs: str | None = field(default=None, metadata={"help": loss_kwargs_help()})
+    matryoshka_dims: list[int] | None = field(
         default=None,
         metadata={
-            "help": "Extra loss arguments: a mapping in YAML/JSON recipes, a JSON object on the command line, e.g. "
-            "'{\"margin\": 0.2}' or '{\"scale\": 50}'. Checked against the loss's signature before any data is read."
+            "help": "Also train at these embedding dimensions, largest first, e.g. 384 256 128 64 (sentence-transformers' "
+            "MatryoshkaLoss around the loss); the saved model records them, and every command takes --truncate-dim."
         },
     )
     mini_batch_size: int | None = field(
@@ -172,6 +167,16 @@ class GTETrainingArguments(SentenceTransformerTrainingArguments):
     batch_sampler: str = field(  # type: ignore[assignment]
         default="no_duplicates",
         metadata={"help": "Per-source batch sampler: no_duplicates (no repeated text in a batch), batch_sampler, ..."},
+    )
+
+    prompts: str | None | dict[str, str] = field(  # type: ignore[assignment]
+        default=None,
+        metadata={
+            "help": "Prompts prepended to the training columns: one string for every column, or a mapping of columns "
+            'to prompts, e.g. \'{"anchor": "query: ", "positive": "passage: "}\' (the negatives take the '
+            "positive's). Saved in the model as its 'query' (anchor) and 'document' (positive) prompts, which "
+            "encode_query / encode_document, eval, index and search use."
+        },
     )
 
     def __post_init__(self) -> None:

@@ -23,7 +23,14 @@ from transformers import HfArgumentParser
 from gte_st.errors import UsageError
 from gte_st.files import check_output_path, check_path_component
 from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
-from gte_st.training.loss import check_loss, check_scored_pair_options, parse_loss_kwargs
+from gte_st.training.loss import (
+    check_frozen_models,
+    check_loss,
+    check_matryoshka_dims,
+    check_scored_pair_options,
+    parse_loss_kwargs,
+)
+from gte_st.training.prompts import check_prompts
 
 # The embedded default job's recipe (used when neither --config nor --data is given; command-line options still
 # override it): the default loss, NormalizedMSELoss, with self-distillation to the frozen base model so that the
@@ -186,6 +193,8 @@ def check_stage(stage: Stage, where: str) -> None:
     learning rate, lengths, mixture exponent."""
     recipe, args = stage.recipe, stage.args
     check_loss(recipe.loss, stage.loss_kwargs, cached=recipe.mini_batch_size is not None, where=where)
+    check_matryoshka_dims(recipe.matryoshka_dims, where=where)
+    check_prompts(args.prompts, where=where)
     check_scored_pair_options(
         recipe.loss,
         gather_across_devices=recipe.gather_across_devices,
@@ -327,6 +336,8 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
     base_model = stages[0].recipe.base_model or default_base_model()
     check_output_dir(stages, base_model, config_path)
     check_base_model_positions(base_model, stages)
+    for stage in stages:
+        check_frozen_models(base_model, stage.recipe.matryoshka_dims, stage.loss_kwargs, where=f"stage {stage.name}")
     return stages
 
 

@@ -29,7 +29,8 @@ from gte_st.files import atomic_write_json, replace_directory
 from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
 from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
-from gte_st.training.loss import build_loss, uses_scores
+from gte_st.training.loss import build_loss, describe_loss, uses_scores
+from gte_st.training.prompts import check_prompts, column_prompts, served_prompts
 from gte_st.training.recipe import Stage
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
 from gte_st.training_summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
@@ -76,6 +77,10 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     serving_length = resolve_serving_length(model, first.recipe.serving_max_seq_length)
     # Evaluated as it is served: at its serving length, before and after training.
     model.max_seq_length = serving_length
+    # Served as trained: the model's query/document prompts are those its (last prompted) stage trains with, from the
+    # start, so the evaluations before, during and after training encode with them too.
+    for stage in stages:
+        model.prompts.update(served_prompts(check_prompts(stage.args.prompts)))
     before = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
     _wait_for_everyone()
 
@@ -175,6 +180,8 @@ def _run_stage(
     callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
     recipe, args = stage.recipe, stage.args
+    if recipe.matryoshka_dims:
+        model.matryoshka_dims = list(recipe.matryoshka_dims)  # saved in config_sentence_transformers.json
     checkpoint_dir = Path(args.output_dir)
     done_dir = checkpoint_dir / "final"
     if recipe.resume and (done_dir / STAGE_DONE_FILE).is_file():
@@ -190,11 +197,14 @@ def _run_stage(
         # mining keeps only the anchors for which enough negatives were found: check the sources again
         mined_where = {name: f"{where} (after hard-negative mining)" for name, where in locations.items()}
         validate_sizes(data, min_rows=args.per_device_train_batch_size * args.world_size, locations=mined_where)
+    prompts = check_prompts(args.prompts)
+    args.prompts = column_prompts(prompts, {column for d in data.values() for column in d.column_names})
     loss = build_loss(
         model,
         recipe.loss,
         mini_batch_size=recipe.mini_batch_size,
         gather_across_devices=recipe.gather_across_devices,
+        matryoshka_dims=recipe.matryoshka_dims,
         **stage.loss_kwargs,
     )
     throughput = ThroughputCallback()
@@ -242,10 +252,12 @@ def _run_stage(
     probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha)
     summary = {
         "name": stage.name,
-        "loss": {"name": type(loss).__name__, "config": jsonable(loss.get_config_dict())},
+        "loss": jsonable(describe_loss(loss)),
         "per_device_batch_size": args.per_device_train_batch_size,
         "global_batch_size": global_batch,
         "mini_batch_size": recipe.mini_batch_size,
+        "matryoshka_dims": recipe.matryoshka_dims,
+        "prompts": served_prompts(prompts) or None,
         "max_seq_length": recipe.max_seq_length,
         "learning_rate": args.learning_rate,
         "steps": trainer.state.global_step,

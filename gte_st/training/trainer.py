@@ -8,11 +8,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sentence_transformers import SentenceTransformerTrainer
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
 from transformers import TrainerCallback
 
 from gte_st.data import AlphaSourceBatchSampler
-from gte_st.losses import NonFiniteEmbeddingError
+from gte_st.losses.in_batch import NonFiniteEmbeddingError
+
+
+def frozen_models(loss: torch.nn.Module, model: torch.nn.Module) -> list[SentenceTransformer]:
+    """The frozen SentenceTransformers inside a loss (every parameter without gradient), the trained model aside."""
+    return [
+        module
+        for module in loss.modules()
+        if isinstance(module, SentenceTransformer)
+        and module is not model
+        and not any(p.requires_grad for p in module.parameters())
+    ]
+
+
+def _under_autocast(forward: Any, accelerator: Any) -> Any:
+    def autocast_forward(*args: Any, **kwargs: Any) -> Any:
+        with accelerator.autocast():
+            return forward(*args, **kwargs)
+
+    return autocast_forward
 
 
 class NonFiniteLossError(RuntimeError):
@@ -25,25 +44,21 @@ class GTETrainer(SentenceTransformerTrainer):
     def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any) -> None:
         self.alpha = alpha
         super().__init__(*args, **kwargs)
-        self._autocast_teacher()
+        self._autocast_frozen_models()
 
-    def _autocast_teacher(self) -> None:
-        """Run a loss's frozen teacher (``loss.teacher``, e.g. self-distillation) in the run's mixed precision.
+    def _autocast_frozen_models(self) -> None:
+        """Run the loss's frozen models (a self-distillation teacher, a false-negative guide) in the run's mixed
+        precision.
 
-        accelerate wraps only the prepared model's ``forward`` in autocast; a teacher inside the loss would otherwise
-        run in fp32 under bf16/fp16 training. Its outputs are returned in fp32, as accelerate does for the student."""
-        teacher = getattr(self.loss, "teacher", None)
-        if not isinstance(teacher, torch.nn.Module) or not self.accelerator.native_amp:
+        accelerate wraps only the prepared model's ``forward`` in autocast; a frozen model inside the loss would
+        otherwise run in fp32 under bf16/fp16 training. Its outputs are returned in fp32, as accelerate does for the
+        student."""
+        if not isinstance(self.loss, torch.nn.Module) or not self.accelerator.native_amp:
             return
         from accelerate.utils import convert_outputs_to_fp32
 
-        forward, accelerator = teacher.forward, self.accelerator
-
-        def autocast_forward(*args: Any, **kwargs: Any) -> Any:
-            with accelerator.autocast():
-                return forward(*args, **kwargs)
-
-        teacher.forward = convert_outputs_to_fp32(autocast_forward)
+        for frozen in frozen_models(self.loss, self.model):
+            frozen.forward = convert_outputs_to_fp32(_under_autocast(frozen.forward, self.accelerator))
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save on the writer rank only. sentence-transformers' ``_save`` assumes it runs on process zero, but

@@ -94,6 +94,7 @@ def main() -> None:
 
     import gte_st
     from gte_st.losses import NormalizedMSELoss
+    from gte_st.training.loss import build_loss
 
     train, dev_corpus, dev_queries, dev_qrels = load_scifact_train()
     s1, s2, scores = load_stsb_dev()
@@ -127,7 +128,7 @@ def main() -> None:
             loss, label = MultipleNegativesRankingLoss(base), "MultipleNegativesRankingLoss(scale=20)"
         elif "=" in setting:
             label, kwargs = setting.split("=", 1)
-            loss = NormalizedMSELoss(base, **json.loads(kwargs))
+            loss = build_loss(base, "mse", **json.loads(kwargs))
             label = f"mse {label} {kwargs}"
         else:
             margin, weight = (float(x) for x in setting.split(":"))
