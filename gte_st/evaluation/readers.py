@@ -6,9 +6,11 @@ file name, extension and first line, and an unreadable row raises a ``ValueError
 * pairs with a gold score (STS): STS-B ``sts-<split>.csv`` (tab-separated, no header: genre, file, year, id, score,
   sentence1, sentence2[, ...]), the sentence-transformers ``stsbenchmark.tsv.gz`` (header with ``split``), SICK
   (``pair_ID  sentence_A  sentence_B  relatedness_score ...``, or the full SICK.txt with ``SemEval_set``), jsonl with
-  ``sentence1``/``sentence2``/``score``, and plain ``s1<TAB>s2<TAB>score`` files;
+  ``sentence1``/``sentence2``/``score``, csv with a ``sentence1,sentence2,score`` (or ``label``) header, and plain
+  ``[id<TAB>]s1<TAB>s2<TAB>score`` files (STS-B-zh's ``.data``; LCQMC, BQ and ATEC read as STS, 0/1 labels as scores);
 * labelled pairs (pair classification): MRPC (``Quality  #1 ID  #2 ID  #1 String  #2 String``), csv/tsv with a
-  ``sentence1,sentence2,label`` header, jsonl with those keys, plain ``s1<TAB>s2<TAB>label`` (LCQMC);
+  ``sentence1,sentence2,label`` header (BQ), jsonl with those keys, plain ``[id<TAB>]s1<TAB>s2<TAB>label`` (LCQMC, and
+  ATEC's tab-separated ``.csv``);
 * labelled texts (classification, clustering): csv/tsv with a header naming a text column (``text``, ``sentence``,
   ``subject``, ``title``) and a label column (``label``, ``category``) and optionally ``split``; jsonl with those keys;
 * reranking: WikiQA (``question<TAB>candidate<TAB>label``) or jsonl ``{"query", "positive": [...], "negative": [...]}``;
@@ -47,6 +49,41 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
                     yield number, json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{number}: not valid JSON ({e})") from None
+
+
+def _comma_separated(file: Path) -> bool:
+    """Whether a ``.csv`` file is really comma-separated: its first line has no tab (ATEC's ``.csv`` is tab-separated
+    ``id, s1, s2, label`` without a header)."""
+    if not file.name.lower().removesuffix(".gz").endswith(".csv"):
+        return False
+    with open_text(file) as f:
+        first = next((line for line in f if line.strip()), "")
+    return "\t" not in first
+
+
+def _csv_pairs(file: Path, score_columns: tuple[str, ...]) -> tuple[list[str], list[str], list[str]]:
+    """(sentences1, sentences2, raw scores) of a comma-separated file with a ``sentence1,sentence2,<score>`` header,
+    the score from the first of ``score_columns`` present."""
+    s1: list[str] = []
+    s2: list[str] = []
+    values: list[str] = []
+    with open_text(file) as f:
+        reader = csv.DictReader(f)
+        header = [name.strip().lower() for name in reader.fieldnames or []]
+        score = next((reader.fieldnames[header.index(c)] for c in score_columns if c in header), None)
+        if "sentence1" not in header or "sentence2" not in header or score is None:
+            raise ValueError(
+                f"{file}:1: need a header naming sentence1, sentence2 and one of {', '.join(score_columns)}; "
+                f"found {reader.fieldnames}"
+            )
+        a, b = reader.fieldnames[header.index("sentence1")], reader.fieldnames[header.index("sentence2")]
+        for number, row in enumerate(reader, start=2):
+            if row.get(a) is None or row.get(b) is None or row.get(score) in (None, ""):
+                raise ValueError(f"{file}:{number}: need columns sentence1, sentence2, {score}")
+            s1.append(row[a])
+            s2.append(row[b])
+            values.append(row[score])
+    return s1, s2, values
 
 
 def _is_float(value: str) -> bool:
@@ -106,6 +143,11 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
             scores.append(float(score))
         return ScoredPairs(s1, s2, scores, split or "test")
 
+    if _comma_separated(file):  # sentence1,sentence2,score|label (BQ read as STS: the 0/1 labels are the scores)
+        s1, s2, values = _csv_pairs(file, ("score", "label", "similarity"))
+        scores = [_float(value, file, number) for number, value in enumerate(values, start=2)]
+        inferred = next((k for k, v in SPLIT_ALIASES.items() if any(a in name for a in v)), None)
+        return ScoredPairs(s1, s2, scores, split or inferred or "test")
     rows = _lines(file)
     first_number, first = next(rows, (0, []))
     lowered = [field.strip().lower() for field in first]
@@ -137,10 +179,13 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
             score, a, b = fields[4], fields[5], fields[6]
         elif len(fields) == 3 and _is_float(fields[2]):  # s1 \t s2 \t score
             a, b, score = fields
+        elif len(fields) == 4 and _is_float(fields[3]):  # id \t s1 \t s2 \t score (ATEC)
+            a, b, score = fields[1:]
         else:
             raise ValueError(
                 f"{file}:{number}: unrecognised STS row with {len(fields)} tab-separated fields; expected the STS-B "
-                "layout (score in column 5, sentences in 6-7), SICK, s1<TAB>s2<TAB>score, or jsonl"
+                "layout (score in column 5, sentences in 6-7), SICK, [id<TAB>]s1<TAB>s2<TAB>score, "
+                "sentence1,sentence2,score csv, or jsonl"
             )
         s1.append(a)
         s2.append(b)
@@ -181,16 +226,13 @@ def read_pairs(path: str | Path, split: str | None = None) -> LabelledPairs:
             except (KeyError, ValueError) as e:
                 raise ValueError(f"{file}:{number}: need sentence1, sentence2 and an integer label ({e})") from None
         return LabelledPairs(s1, s2, labels, split or inferred or "test")
-    if name.endswith(".csv"):
-        with open_text(file) as f:
-            reader = csv.DictReader(f)
-            for number, row in enumerate(reader, start=2):
-                try:
-                    s1.append(row["sentence1"])
-                    s2.append(row["sentence2"])
-                    labels.append(int(row["label"]))
-                except (KeyError, ValueError, TypeError) as e:
-                    raise ValueError(f"{file}:{number}: need columns sentence1, sentence2, label ({e})") from None
+    if _comma_separated(file):
+        s1, s2, values = _csv_pairs(file, ("label",))
+        for number, value in enumerate(values, start=2):
+            try:
+                labels.append(int(value))
+            except ValueError:
+                raise ValueError(f"{file}:{number}: expected an integer label, got {value!r}") from None
         return LabelledPairs(s1, s2, labels, split or inferred or "test")
     rows = list(_lines(file))
     lowered = [field.strip().lower() for field in rows[0][1]] if rows else []
