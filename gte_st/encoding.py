@@ -91,6 +91,19 @@ def _counting_tokenizer(tokenizer) -> tokenizers.Tokenizer:
     return size_and_backend[1]
 
 
+def unknown_token_share(tokenizer, texts: Sequence[str]) -> float | None:
+    """The share of ``tokenizer``'s unknown token (``[UNK]``) among the tokens of ``texts`` (special tokens not
+    counted), by the same padding- and truncation-free copy of the Rust tokenizer that orders :func:`encode`'s
+    batches. ``None`` when it cannot be measured: a slow tokenizer, one without an unknown token (byte-level BPE
+    never produces one), or texts without tokens."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    if unk_id is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    encodings = _counting_tokenizer(tokenizer).encode_batch_fast(list(texts), add_special_tokens=False)
+    total = sum(len(e.ids) for e in encodings)
+    return sum(e.ids.count(unk_id) for e in encodings) / total if total else None
+
+
 def _token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
     """Token counts (truncated to the model's max length) used to order the texts; falls back to characters.
 

@@ -5,10 +5,13 @@ embeddings, so the test can compare them with the torch model of the main enviro
     python consumers_check.py st-onnx     MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
     python consumers_check.py st-openvino MODEL_DIR XML_FILE  OUT_PREFIX TEXT [TEXT ...]
     python consumers_check.py fastembed   MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
+    python consumers_check.py st-torch    MODEL_DIR -         OUT_PREFIX TEXT [TEXT ...]
 
 ``st-onnx`` loads the directory with sentence-transformers' torch backend (``OUT_PREFIX + "torch.npy"``) and with
 its ONNX backend (``"onnx.npy"``); ``st-openvino`` with its OpenVINO backend (``"openvino.npy"``); ``fastembed``
-registers the directory as a custom mean-pooled, normalised model and embeds with FastEmbed (``"fastembed.npy"``).
+registers the directory as a custom mean-pooled, normalised model and embeds with FastEmbed (``"fastembed.npy"``);
+``st-torch`` loads it with sentence-transformers' torch backend (``"torch.npy"``) and prints each text's tokens as
+JSON.
 """
 
 import json
@@ -54,5 +57,11 @@ elif consumer == "fastembed":
     model = TextEmbedding(model_name="local/gte-st-export", specific_model_path=model_dir)
     np.save(f"{out_prefix}fastembed.npy", np.array(list(model.embed(texts))))
     print("fastembed", type(model.model).__name__)
+elif consumer == "st-torch":
+    from sentence_transformers import SentenceTransformer
+
+    torch_model = SentenceTransformer(model_dir, device="cpu")
+    np.save(f"{out_prefix}torch.npy", torch_model.encode(texts, convert_to_numpy=True))
+    print(json.dumps([torch_model.tokenizer.tokenize(text) for text in texts], ensure_ascii=False))
 else:
     raise SystemExit(f"unknown consumer {consumer!r}")

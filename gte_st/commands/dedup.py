@@ -39,8 +39,10 @@ def embed(args, texts: list[str]):
     """Embeddings of ``texts`` by the model the user named (default: the offline MiniLM)."""
     from gte_st.encoding import encode
     from gte_st.model import default_base_model
+    from gte_st.vocabulary import warn_unknown_tokens
 
     model = load_model(args.model or default_base_model(), backend=args.backend, file_name=args.file_name)
+    warn_unknown_tokens(model, texts, args.file)
     return encode(
         model, texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress, compile=args.compile
     )

@@ -11,6 +11,7 @@ from gte_st.encoding import encode
 from gte_st.evaluation.readers import LabelledTexts, read_labelled_texts
 from gte_st.evaluation.result import EvalResult
 from gte_st.evaluation.sts import dataset_name
+from gte_st.vocabulary import warn_unknown_tokens
 
 
 def _subsample(data: LabelledTexts, max_samples: int | None, seed: int) -> tuple[list[str], np.ndarray]:
@@ -79,6 +80,7 @@ def evaluate_classification(
         protocol = f"fit on split {train_split}" if has_splits else f"{n_folds}-fold stratified cross-validation"
 
     test_texts, y_test = _subsample(test, max_samples, seed)
+    warn_unknown_tokens(model, {"text": test_texts}, str(path))
     x_test = encode(model, test_texts, batch_size=batch_size, precision=precision, compile=compile)
     if train is not None:
         train_texts, y_train = _subsample(train, max_samples, seed)

@@ -12,6 +12,7 @@ from gte_st.evaluation.classification import _subsample
 from gte_st.evaluation.readers import read_labelled_texts
 from gte_st.evaluation.result import EvalResult
 from gte_st.evaluation.sts import dataset_name
+from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_clustering(
@@ -48,6 +49,7 @@ def evaluate_clustering(
     if not split and "test" in available:
         data = read_labelled_texts(path, "test")
     texts, labels = _subsample(data, max_samples, seed)
+    warn_unknown_tokens(model, {"text": texts}, str(path))
     k = n_clusters or len(np.unique(labels))
     if k < 2 or len(texts) < k:
         raise ValueError(f"{path}: need at least 2 clusters and one text per cluster (k={k}, texts={len(texts)})")

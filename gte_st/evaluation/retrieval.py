@@ -17,6 +17,7 @@ from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_save_npy
 from gte_st.fingerprint import corpus_fingerprint, model_fingerprint
 from gte_st.search.fusion import check_bm25_weight, fuse_scores
+from gte_st.vocabulary import warn_unknown_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def evaluate_retrieval(
     )
     query_ids = evaluator.queries_ids
     query_texts = [data.queries[qid] for qid in query_ids]
+    warn_unknown_tokens(model, {"queries": query_texts, "corpus": corpus_texts}, str(beir_dir))
     k = min(top_k, len(corpus_ids))
     details: dict = {"queries": len(query_ids), "corpus": len(corpus_ids), "retriever": retriever}
 

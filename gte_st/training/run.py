@@ -32,6 +32,7 @@ from gte_st.training.loss import build_loss, uses_scores
 from gte_st.training.recipe import Stage
 from gte_st.training.summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
+from gte_st.training.vocabulary import new_token_callbacks, prepare_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     torch.manual_seed(first.args.seed)
     base_model = first.recipe.base_model or gte_st.default_base_model()
     model = build_model(base_model, max_seq_length=first.recipe.max_seq_length, pooling=first.recipe.pooling)
+    vocabulary = prepare_vocabulary(model, stages, stage_data)  # --extend_vocab, then the [UNK] guard
     before = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
     _wait_for_everyone()
 
@@ -84,6 +86,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         "precision": "bf16" if stages[-1].args.bf16 else "fp16" if stages[-1].args.fp16 else "fp32",
         "max_seq_length": stages[-1].recipe.max_seq_length,
         "stages": stage_summaries,
+        "vocabulary_extension": vocabulary,
         "eval": {"before": before, "after": after},
         "total_runtime_s": round(time.perf_counter() - start, 2),
         "world_size": first.args.world_size,
@@ -169,7 +172,7 @@ def _run_stage(
         **stage.loss_kwargs,
     )
     throughput = ThroughputCallback()
-    extra: list[TrainerCallback] = [throughput, *callbacks]
+    extra: list[TrainerCallback] = [throughput, *callbacks, *new_token_callbacks(model, recipe)]
     if recipe.hub_checkpoints:
         extra.append(HubCheckpointCallback(args.hub_repo_id, token=args.hub_token))
     evaluator = None
