@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from gte_st.errors import GteStError
+from gte_st.files import check_output_path, remove_leftovers, replace_directory, temporary_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -429,7 +430,14 @@ def convert_checkpoint(
     import torch
     from transformers import GteConfig, GteModel
 
+    out = Path(dst).expanduser()
+    # The output never overlaps the source (converting into the source, or into a folder holding it, would delete
+    # the files being converted) and an existing output is kept unless replacing it was asked for: both before work.
+    check_output_path(out, {"source checkpoint": Path(src).expanduser()}, option="DST")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
     source = resolve_source(src, revision=revision, token=token)
+    check_output_path(out, {"source checkpoint": source}, option="DST")
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"{source} has no config.json")
     original = _read_json(source / "config.json")
@@ -442,20 +450,24 @@ def convert_checkpoint(
         expected = GteModel(native_config).state_dict()
     _check_weights(weights, expected)
 
-    out = Path(dst).expanduser()
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty (pass overwrite=True / --overwrite)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    native_config.architectures = ["GteModel"]
-    native_config.save_pretrained(out)
-    from safetensors.torch import save_file
+    # Built complete in a temporary sibling, then swapped in: DST is always absent, the old or the new directory.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out.parent, of=out.name)
+    tmp = temporary_sibling(out, "partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        native_config.architectures = ["GteModel"]
+        native_config.save_pretrained(tmp)
+        from safetensors.torch import save_file
 
-    save_file(
-        {k: v.contiguous() for k, v in weights.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
-    )
-    _copy_sentence_transformers_files(source, out)
+        save_file(
+            {k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
+        _copy_sentence_transformers_files(source, tmp)
+        replace_directory(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

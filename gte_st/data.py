@@ -342,13 +342,18 @@ def validate_sizes(data: DatasetDict, *, min_rows: int, locations: dict[str, str
 
 
 def sampling_probabilities(sizes: Sequence[int], alpha: float = 0.5) -> list[float]:
-    """GTE's multi-source mixture: p_i = n_i^alpha / sum_j n_j^alpha (alpha=1: proportional, 0: uniform)."""
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    weights = [n**alpha if n > 0 else 0.0 for n in sizes]
-    total = sum(weights)
-    if total == 0:
+    """GTE's multi-source mixture: p_i = n_i^alpha / sum_j n_j^alpha (alpha=1: proportional, 0: uniform).
+
+    Computed in log space (a softmax of ``alpha * log n_i``), so any finite ``alpha`` gives finite probabilities: a
+    large one puts (nearly) all the mass on the largest source instead of overflowing."""
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    logits = [alpha * math.log(n) if n > 0 else -math.inf for n in sizes]
+    top = max(logits, default=-math.inf)
+    if top == -math.inf:
         raise ValueError(f"every training source is empty (sizes {list(sizes)}); nothing to sample from.")
+    weights = [math.exp(logit - top) for logit in logits]
+    total = sum(weights)
     return [w / total for w in weights]
 
 

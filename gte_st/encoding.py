@@ -12,9 +12,9 @@ rows in input order -- but
   about 2x fp32 (docs/benchmarks.md); the bf16 matmuls are the gain, not the batching.
 
 The same batching serves exported artifacts: pass a model loaded with :func:`gte_st.export.load_exported` (or
-sentence-transformers' ``backend="onnx"`` / ``"openvino"``), or a model directory with ``backend="onnx"`` /
-``"openvino"`` (and optionally ``file_name``, e.g. ``"onnx/model_qint8_static.onnx"``); the precision of those is
-the artifact's, so ``precision`` only applies to torch models.
+sentence-transformers' ``backend="onnx"`` / ``"openvino"``); the precision of those is the artifact's, so
+``precision`` only applies to torch models. :func:`encode` takes a loaded model: loading a model directory for a
+backend is the loaders' job (:func:`gte_st.export.load_model_dir`).
 
 ``compile=True`` runs a copy of the model's transformer under ``torch.compile`` (inductor, dynamic shapes, weights
 frozen into the graph so oneDNN fuses bias and GELU into the matmuls): a one-off compile of about a minute on a
@@ -40,11 +40,11 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
 from tqdm.autonotebook import tqdm
 
+from gte_st.registry import PRECISIONS
+
 logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "bf16-autocast"]
-Backend = Literal["torch", "onnx", "openvino"]
-BACKENDS = ("torch", "onnx", "openvino")
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,8 +60,8 @@ def cpu_supports_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "bf16", "bf16-autocast"]:
     """Turn ``"auto"`` into ``"bf16"`` or ``"fp32"`` for ``device``; validate explicit values."""
-    if precision not in ("auto", "fp32", "bf16", "bf16-autocast"):
-        raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'bf16-autocast', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS.names()))}, got {precision!r}")
     if precision != "auto":
         return precision  # type: ignore[return-value]
     if device.type == "cuda":
@@ -179,48 +179,22 @@ def _serving_copy(model: SentenceTransformer, resolved: str, compile: bool) -> S
     return serving
 
 
-@functools.lru_cache(maxsize=4)
-def _load(model_dir: str, backend: str, file_name: str | None) -> SentenceTransformer:
-    if backend == "torch":
-        return SentenceTransformer(model_dir, device="cpu" if not torch.cuda.is_available() else None)
-    from gte_st.export import load_exported
-
-    return load_exported(model_dir, file_name, backend=backend)
-
-
-def resolve_model(
-    model: SentenceTransformer | str | Path, backend: Backend | None = None, file_name: str | None = None
-) -> SentenceTransformer:
-    """The model :func:`encode` runs: ``model`` itself, or the model directory ``model`` loaded for ``backend``
-    (``"torch"``, or an exported artifact: ``"onnx"`` / ``"openvino"``, ``file_name`` inside the directory; loaded
-    once and cached)."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+def check_loaded(model: SentenceTransformer) -> SentenceTransformer:
+    """``model`` itself when it is a loaded model; a clear error for a path (load it first)."""
     if isinstance(model, (str, Path)):
-        if file_name is not None and backend is None:
-            from gte_st.export import backend_of
-
-            backend = backend_of(file_name)  # type: ignore[assignment]
-        return _load(str(Path(model).expanduser().resolve()), backend or "torch", file_name)
-    own = getattr(model, "backend", "torch")
-    if backend is not None and backend != own:
-        raise ValueError(
-            f"the model runs on {own!r}, not {backend!r}: pass its directory (encode('my-gte', texts, "
-            f"backend={backend!r})) or a model loaded with gte_st.export.load_exported"
+        raise TypeError(
+            f"encode takes a loaded model, got the path {str(model)!r}: load it first, e.g. SentenceTransformer(path) "
+            "or gte_st.export.load_model_dir(path, backend='onnx')"
         )
-    if file_name is not None:
-        raise ValueError("file_name only applies when model is a directory")
     return model
 
 
 def encode(
-    model: SentenceTransformer | str | Path,
+    model: SentenceTransformer,
     texts: Sequence[str],
     *,
     batch_size: int = 64,
     precision: Precision = "auto",
-    backend: Backend | None = None,
-    file_name: str | None = None,
     show_progress_bar: bool = False,
     prompt: str | None = None,
     prompt_name: str | None = None,
@@ -229,18 +203,14 @@ def encode(
     """Encode ``texts`` into float32, L2-normalised embeddings, in input order.
 
     Args:
-        model: A SentenceTransformer (torch, or ONNX Runtime / OpenVINO as loaded by
-            :func:`gte_st.export.load_exported` or sentence-transformers' backends), or a model directory.
+        model: A loaded SentenceTransformer: torch, or ONNX Runtime / OpenVINO as loaded by
+            :func:`gte_st.export.load_exported` or sentence-transformers' backends.
         texts: The texts to embed.
         batch_size: Rows per batch for the longest texts; batches of short texts grow up to 4x this while their
             token count stays below ``batch_size * 128``.
         precision: ``"auto"`` (``"bf16"`` on AMX/AVX512-BF16 CPUs and bf16-capable GPUs, else ``"fp32"``),
             ``"fp32"``, ``"bf16"`` (bf16 weight copies, all ops in bf16) or ``"bf16-autocast"``. Torch models only
             (ignored for exported artifacts, which run at their own precision).
-        backend: With a model directory: ``"torch"`` (default), ``"onnx"`` or ``"openvino"`` (its exported
-            artifact). With a loaded model: checked against the model's backend.
-        file_name: With a model directory: the artifact (default ``onnx/model.onnx`` /
-            ``openvino/openvino_model.xml``); its suffix implies the backend.
         show_progress_bar: Show a progress bar over batches.
         prompt: Text prepended to every input (as in ``model.encode(prompt=...)``).
         prompt_name: Name of a prompt in ``model.prompts`` (e.g. ``"query"``); ignored when ``prompt`` is given.
@@ -252,7 +222,7 @@ def encode(
     """
     if isinstance(texts, str):
         raise TypeError("encode expects a list of texts, got a single string")
-    model = resolve_model(model, backend, file_name)
+    model = check_loaded(model)
     texts = list(texts)
     if prompt is None and prompt_name is not None:
         if prompt_name not in model.prompts:

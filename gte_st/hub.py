@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gte_st.checkpoints import CHECKPOINT_RE, latest_checkpoint_name
+from gte_st.files import path_inside
 from gte_st.fingerprint import file_digest
 
 logger = logging.getLogger(__name__)
@@ -300,13 +301,17 @@ def _remote_listing(api: Any, repo_id: str, commit: str, local_dir: Path | None,
     return {path: (e.size, e.blob_id, e.lfs_sha256) for path, e in entries.items()}
 
 
-def _discard(local_file: Path, local_dir: Path | None, relative: str) -> None:
+def _discard(local_file: Path, root: Path, local_dir: Path | None, relative: str) -> None:
     """Remove a bad download (and its cache blob / local_dir metadata) so that the next pull fetches it again."""
     if local_file.is_symlink():
-        local_file.resolve().unlink(missing_ok=True)
+        # A cache snapshot links to its repository's blobs/ folder; a link pointing anywhere else is only unlinked.
+        target = local_file.resolve()
+        if local_dir is None and target.parent == root.parent.parent.resolve() / "blobs":
+            target.unlink(missing_ok=True)
     local_file.unlink(missing_ok=True)
     if local_dir is not None:
-        (local_dir / ".cache" / "huggingface" / "download" / f"{relative}.metadata").unlink(missing_ok=True)
+        metadata = path_inside(local_dir / ".cache" / "huggingface" / "download", f"{relative}.metadata")
+        metadata.unlink(missing_ok=True)
 
 
 def verify_snapshot(
@@ -316,17 +321,21 @@ def verify_snapshot(
     otherwise). A bad file is removed and :class:`CorruptDownloadError` raised. Returns the number of files checked."""
     root = Path(root)
     local_dir = root if not (root.parent.name == "snapshots") else None
+    # Every path of the listing must name a file inside the snapshot before any file is read or removed: the listing
+    # comes from the network, where huggingface_hub's own checks of the paths it downloads do not apply.
+    selected = {
+        relative: (path_inside(root, relative, where=f"{where} listing" if where else "Hub listing"), entry)
+        for relative, entry in sorted(listing.items())
+        if relative.startswith(prefix)
+    }
     checked = 0
-    for relative, (size, blob_id, lfs_sha256) in sorted(listing.items()):
-        if not relative.startswith(prefix):
-            continue
-        local_file = root / relative
+    for relative, (local_file, (size, blob_id, lfs_sha256)) in selected.items():
         if not local_file.is_file():
             raise CorruptDownloadError(f"{relative} of {where} is listed on the Hub but missing from {root}")
         algorithm, expected = ("sha256", lfs_sha256) if lfs_sha256 else ("git-sha1", blob_id)
         actual, actual_size = file_digest(local_file, algorithm), local_file.stat().st_size
         if (size is not None and actual_size != size) or expected != actual:
-            _discard(local_file, local_dir, relative)
+            _discard(local_file, root, local_dir, relative)
             raise CorruptDownloadError(
                 f"{relative} of {where} is corrupted: got {actual_size} bytes with {algorithm} {actual}, the Hub "
                 f"lists {size} bytes with {expected}. The bad copy was removed from the cache; pull again."
@@ -335,7 +344,18 @@ def verify_snapshot(
     return checked
 
 
-def _download(
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The network errors of the HTTP client huggingface_hub uses (httpx, or httpx2 in huggingface_hub 2.x)."""
+    errors: list[type[BaseException]] = []
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(__import__(module).TransportError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
+def download_snapshot(
     repo_id: str,
     revision: str | None,
     *,
@@ -344,7 +364,9 @@ def _download(
     allow_patterns: list[str] | None = None,
     cache_dir: str | None = None,
 ) -> tuple[Path, str, dict]:
-    """Resolve ``revision``, download (or find in the cache when offline) and verify. Returns (path, commit, listing)."""
+    """Resolve ``revision``, download (or find in the cache when offline) and verify every file against the Hub's
+    listing (:func:`verify_snapshot`). Returns (path, commit, listing). What :func:`pull_model`,
+    :func:`pull_latest_checkpoint` and :func:`gte_st.load` download goes through here."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RevisionResolutionError
 
@@ -370,6 +392,10 @@ def _download(
                 "HF_HUB_OFFLINE=1 forbids downloading it: pull it once while online, or unset HF_HUB_OFFLINE."
             ) from exc
         raise
+    except _transport_errors() as exc:  # the connection dropped, a body ended early, a timeout, ...
+        raise ConnectionError(
+            f"download of {where} failed ({type(exc).__name__}: {exc}); what was already complete is kept, pull again"
+        ) from exc
     commit = resolved.resolved
     listing = _remote_listing(api, repo_id, commit, Path(local_dir) if local_dir else None, cache_dir)
     if allow_patterns is not None:
@@ -389,7 +415,7 @@ def pull_model(
     Hub's listing (size + git blob sha1 / LFS sha256). With ``HF_HUB_OFFLINE=1`` the cached snapshot of
     ``revision`` is used (a clear ``FileNotFoundError`` when it was never pulled). Returns the snapshot folder,
     loadable with ``SentenceTransformer(path)``."""
-    path, commit, _ = _download(repo_id, revision, local_dir=local_dir, token=token)
+    path, commit, _ = download_snapshot(repo_id, revision, local_dir=local_dir, token=token)
     logger.info(f"Pulled {repo_id}@{revision or 'main'} ({commit}) to {path}")
     return path
 
@@ -416,12 +442,15 @@ def pull_latest_checkpoint(
     name = latest_checkpoint_name(folders)
     if name is None:
         raise FileNotFoundError(f"{repo_id}@{revision} has no checkpoint-<step>/ folder (found: {folders})")
-    path, _, _ = _download(repo_id, resolved.resolved, local_dir=local_dir, token=token, allow_patterns=[f"{name}/*"])
+    path, _, _ = download_snapshot(
+        repo_id, resolved.resolved, local_dir=local_dir, token=token, allow_patterns=[f"{name}/*"]
+    )
     return path / name
 
 
 __all__ = [
     "CorruptDownloadError",
+    "download_snapshot",
     "model_files",
     "pull_latest_checkpoint",
     "pull_model",

@@ -22,11 +22,52 @@ from pathlib import Path
 from typing import Any
 
 from gte_st.convert import convert_checkpoint, is_original_layout
+from gte_st.weights import check_safetensors, naming_weight_files
 
 logger = logging.getLogger(__name__)
 
 # What a conversion needs from a Hub snapshot: configs, weights, tokenizer; never the remote code or exports.
 SNAPSHOT_PATTERNS = ["*.json", "*.safetensors", "pytorch_model*.bin", "*.txt", "*.model"]
+
+
+# A tokenizer is one of these files (fast tokenizers, WordPiece, SentencePiece, byte-level BPE).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _transformer_folder(model_dir: Path) -> Path:
+    """The folder of a model directory's transformer module (``modules.json``'s first entry; the directory itself for
+    a bare Hugging Face encoder)."""
+    modules = model_dir / "modules.json"
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+            return model_dir / (entries[0].get("path") or "")
+        except (ValueError, IndexError, AttributeError, TypeError):
+            raise ValueError(f"{modules}: not a readable modules.json") from None
+    return model_dir
+
+
+def check_model_location(name_or_path: str | os.PathLike, *, option: str = "model") -> None:
+    """Fail early, before anything is loaded, when ``name_or_path`` cannot be a model: a path that does not exist, a
+    folder without ``modules.json`` / ``config.json``, or a model folder without tokenizer files (a model loaded
+    without its tokenizer maps every word to [UNK] and scores nonsense without a word). Hub ids pass (they are
+    checked when they load)."""
+    name = str(name_or_path)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not local.is_dir() or not ((local / "modules.json").is_file() or (local / "config.json").is_file()):
+            raise FileNotFoundError(f"{option} {name} is not a model directory (no modules.json or config.json)")
+        folder = _transformer_folder(local)
+        check_safetensors(local)
+        has_bpe = (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+        if not has_bpe and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{option} {name} has no tokenizer files in {folder} ({', '.join(TOKENIZER_FILES)} or "
+                "vocab.json + merges.txt); save the model with its tokenizer (model.save / tokenizer.save_pretrained)"
+            )
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"{option} directory {name} does not exist")
 
 
 def converted_cache_dir() -> Path:
@@ -69,12 +110,14 @@ def _hub_entry(repo_id: str, revision: str | None, token: str | bool | None) -> 
     """
     from huggingface_hub import constants
 
-    from gte_st.hub import _download
+    from gte_st.hub import download_snapshot
 
     root = converted_cache_dir() / repo_id.replace("/", "--")
     ref = root / "refs" / (revision or "main")
     try:
-        path, commit, _ = _download(repo_id, revision, local_dir=None, token=token, allow_patterns=["config.json"])
+        path, commit, _ = download_snapshot(
+            repo_id, revision, local_dir=None, token=token, allow_patterns=["config.json"]
+        )
     except FileNotFoundError:
         if constants.is_offline_mode() and ref.is_file() and (root / ref.read_text().strip()).is_dir():
             return root / ref.read_text().strip(), None
@@ -87,7 +130,7 @@ def _hub_entry(repo_id: str, revision: str | None, token: str | bool | None) -> 
     entry = root / commit
     if entry.is_dir():
         return entry, None
-    snapshot, _, _ = _download(repo_id, commit, local_dir=None, token=token, allow_patterns=SNAPSHOT_PATTERNS)
+    snapshot, _, _ = download_snapshot(repo_id, commit, local_dir=None, token=token, allow_patterns=SNAPSHOT_PATTERNS)
     return entry, snapshot
 
 
@@ -128,7 +171,8 @@ def load(
         if config.is_file() and is_original_layout(json.loads(config.read_text(encoding="utf-8"))):
             entry = _convert_into(converted_cache_dir() / "local" / _local_key(local), local)
             return SentenceTransformer(str(entry), **kwargs)
-        return SentenceTransformer(str(local), **kwargs)
+        with naming_weight_files(local):
+            return SentenceTransformer(str(local), **kwargs)
     if local.exists() or str(name_or_path).startswith((".", "/", "~")):
         raise FileNotFoundError(f"model directory {name_or_path} does not exist")
     repo_id = str(name_or_path)
@@ -140,4 +184,4 @@ def load(
     return SentenceTransformer(str(entry), **kwargs)
 
 
-__all__ = ["SNAPSHOT_PATTERNS", "converted_cache_dir", "load"]
+__all__ = ["SNAPSHOT_PATTERNS", "TOKENIZER_FILES", "check_model_location", "converted_cache_dir", "load"]

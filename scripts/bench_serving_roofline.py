@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Serving roofline (issue 13): how fast can this CPU encode with this model at all, and where does the time go?
+"""Serving roofline: how fast can this CPU encode with this model at all, and where does the time go?
 
     python scripts/bench_serving_roofline.py --output docs/results/serving_roofline.json
 
@@ -34,15 +34,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from sentence_transformers import SentenceTransformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import _docs, cpu_details  # noqa: E402
-
-import gte_st  # noqa: E402
-from gte_st.encoding import cpu_supports_bf16, encode  # noqa: E402
+from bench_serving import DATA, _docs, cpu_details  # noqa: E402
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -57,6 +51,9 @@ def _seconds(fn, repeats: int) -> float:
 
 def gemm_rates(rows: int, shapes: dict[str, tuple[int, int]], repeats: int) -> dict[str, dict[str, float]]:
     """GFLOP/s (GOP/s for int8) of ``rows x K @ K x N`` per shape name and dtype, plus a 4096^3 ``peak`` entry."""
+    import torch
+    import torch.nn.functional as F
+
     rates: dict[str, dict[str, float]] = {}
     for name, (k, n) in {**shapes, "peak 4096^3": (4096, 4096)}.items():
         m = 4096 if name.startswith("peak") else rows
@@ -77,6 +74,9 @@ def gemm_rates(rows: int, shapes: dict[str, tuple[int, int]], repeats: int) -> d
 def attention_rates(batch: int, heads: int, length: int, head_dim: int, repeats: int) -> dict[str, float]:
     """GFLOP/s of ``scaled_dot_product_attention`` (4 * length^2 * head_dim FLOPs per row and head) with an additive
     padding mask, in fp32 and bf16."""
+    import torch
+    import torch.nn.functional as F
+
     flops = 4 * batch * heads * length * length * head_dim
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -127,7 +127,7 @@ def openvino_split(model_dir: Path, batch: int, length: int) -> dict[str, float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/beir_scifact/corpus.jsonl.gz"))
+    parser.add_argument("--data", type=Path, default=DATA / "beir_scifact" / "corpus.jsonl.gz")
     parser.add_argument("--docs", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -136,6 +136,12 @@ def main() -> int:
     parser.add_argument("--openvino", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    import gte_st
+    from gte_st.encoding import cpu_supports_bf16, encode
 
     model_dir = Path(gte_st.default_base_model())
     model = SentenceTransformer(str(model_dir), device="cpu")

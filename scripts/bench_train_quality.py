@@ -20,9 +20,9 @@ and a plot written.
 
 To keep a concurrent edit of the working tree from changing a run, run it from a snapshot, e.g.::
 
-    git worktree add --detach /tmp/gte-snap HEAD
-    PYTHONPATH=/tmp/gte-snap python /tmp/gte-snap/scripts/bench_train_quality.py --arms base,mnrl,mse --seeds 0,1,2 \
-        --data-dir /work/shared/data --results docs/results/train_quality.json
+    git worktree add --detach ../gte-snap HEAD      # beside the checkout, so ../shared/data stays the data folder
+    PYTHONPATH=../gte-snap python ../gte-snap/scripts/bench_train_quality.py --arms base,mnrl,mse --seeds 0,1,2 \
+        --results docs/results/train_quality.json
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -56,8 +57,9 @@ def worker(config: dict) -> dict:
 
     precision = mixed_precision_flags(config["precision"])
     common = dict(
-        output_dir="/tmp/gte-st-bench", per_device_train_batch_size=batch, max_steps=steps, save_strategy="no",
-        logging_steps=1000, report_to="none", learning_rate=2e-5, seed=0, disable_tqdm=True, dataloader_drop_last=True,
+        output_dir=os.path.join(os.path.dirname(config["pairs_file"]), "trainer"), per_device_train_batch_size=batch,
+        max_steps=steps, save_strategy="no", logging_steps=1000, report_to="none", learning_rate=2e-5, seed=0,
+        disable_tqdm=True, dataloader_drop_last=True,
     )  # fmt: skip
     clock = Clock()
     if config["model"] == "st":
@@ -115,7 +117,8 @@ def main() -> None:
     from gte_st.default_data import default_datasets
 
     train, _ = default_datasets(max_test=0)
-    pairs_file = os.path.join(tempfile.mkdtemp(prefix="gte-st-bench-"), "pairs.jsonl")
+    work = tempfile.mkdtemp(prefix="gte-st-bench-")
+    pairs_file = os.path.join(work, "pairs.jsonl")
     columns = {k: [t for d in train.values() for t in d[k]] for k in ("anchor", "positive")}
     Dataset.from_dict(columns).shuffle(seed=0).to_json(pairs_file)
     results = {}
@@ -134,6 +137,7 @@ def main() -> None:
         r = results[name]
         print(f"{name:<20} batch {r['batch']:>4} len {r['max_len']:>3} {r['precision']:<4} {r['pairs_per_s']:8.2f} "
               f"pairs/s {r['s_per_step']:7.2f} s/step  peak RSS {r['peak_rss_mib']:>5} MiB", flush=True)  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
     base = results.get("st-mnrl")
     if base:
         for name, r in results.items():

@@ -31,7 +31,10 @@ repos need one too (answered like the Hub: 401 RepoNotFound). The server never w
 
 Fault injection for tests: ``hub.fail_next_commit = True`` makes the next commit request drop the connection after
 reading half of its body (nothing is applied); ``hub.corrupt_paths = {"model.safetensors"}`` serves those files with
-one byte flipped but the same size and headers.
+one byte flipped but the same size and headers; ``hub.truncate_paths = {"model.safetensors"}`` announces the whole
+length but sends half of the body and closes the connection; ``hub.tamper_tree = fn`` lets a hostile Hub rewrite every
+tree listing it sends: ``fn(call_number, entries) -> entries`` (call numbers count tree requests from 1), e.g. to add
+``../../victim.txt`` or an absolute path to the second listing only, or to list wrong sizes.
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ class LoopbackHub:
         self.lock = threading.RLock()
         self.fail_next_commit = False
         self.corrupt_paths: set[str] = set()
+        self.truncate_paths: set[str] = set()
+        self.tamper_tree: Any = None  # fn(call_number, entries) -> entries
+        self.tree_calls = 0
         self.requests: list[tuple[str, str]] = []  # (method, path) log, without headers (no tokens)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
@@ -306,6 +312,11 @@ class LoopbackHub:
                 entries[file_path] = entry
         if prefix and not entries:
             raise HTTPError(404, f"{path} does not exist on {revision}", code="EntryNotFound", commit=commit.oid)
+        with self.lock:
+            self.tree_calls += 1
+            call = self.tree_calls
+        if self.tamper_tree is not None:
+            return self.tamper_tree(call, list(entries.values()))
         return list(entries.values())
 
     def resolve(self, repo_id: str, revision: str, path: str, headers: Any) -> tuple[Commit, bytes]:
@@ -414,6 +425,17 @@ def _make_handler(hub: LoopbackHub) -> type[BaseHTTPRequestHandler]:
                 headers["X-Linked-Size"] = str(lfs["size"])
             if self.command == "GET" and path in hub.corrupt_paths and data:
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
+            if self.command == "GET" and path in hub.truncate_paths and data:
+                self.send_response(200)
+                for key, value in {**headers, "Content-Type": "application/octet-stream"}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])  # the body ends early: the connection drops
+                self.wfile.flush()
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
             status = 200
             if self.command == "GET" and (m := re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))):
                 start = int(m.group(1))

@@ -125,12 +125,73 @@ CASES = [
     Case("pull-repo-with-empty-revision", lambda w: ["pull", "me/gte@"], "REPO_ID@REVISION"),
     Case("pull-revision-never-pulled-offline", lambda w: ["pull", "me/gte-never", "--revision", "nope"],
          "me/gte-never@nope"),
+    # ---- a command owns its output and never its inputs (#26 items 2, 7 and the class they belong to)
+    Case("convert-into-its-own-source", lambda w: ["convert", str(w["original"]), str(w["original"]), "--overwrite"],
+         "DST " + "{original}" + " is the same path as the source checkpoint"),
+    Case("convert-into-the-folder-holding-its-source", lambda w: ["convert", str(w["original"]),
+                                                                  str(w["original"].parent), "--overwrite"],
+         "contains the source checkpoint"),
+    Case("convert-into-a-folder-inside-its-source", lambda w: ["convert", str(w["original"]),
+                                                               str(w["original"] / "native")], "lies inside"),
+    Case("dedup-out-is-its-input", lambda w: ["dedup", str(w["corpus"]), "--out", str(w["corpus"])],
+         "--out {corpus} is the same path as the input file"),
+    Case("cluster-out-is-its-input", lambda w: ["cluster", str(w["corpus"]), "--k", "2", "--out", str(w["corpus"])],
+         "is the same path as the input file"),
+    Case("eval-output-is-its-data", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data", str(w["sts_csv"]),
+                                               "--output", str(w["sts_csv"])], "--output"),
+    Case("eval-output-inside-the-model", lambda w: ["eval", str(w["model"]), "--task", "sts", "--data",
+                                                    str(w["sts_csv"]), "--output", str(w["model"] / "r.json")],
+         "lies inside the model"),
+    Case("index-out-contains-its-corpus", lambda w: ["index", str(w["nested_corpus"]), "--model", str(w["model"]),
+                                                     "--out", str(w["nested_corpus"].parent)],
+         "contains the corpus"),
+    Case("export-report-over-the-model-config", lambda w: ["export", str(w["model"]), "--report",
+                                                           str(w["model"] / "config.json")], "--report"),
+    Case("train-output-dir-is-the-base-model", lambda w: ["train", "--data", str(w["pairs"]), "--base_model",
+                                                          str(w["model"]), "--output_dir", str(w["model"])],
+         "--output_dir {model} is the same path as the --base_model"),
+    Case("train-output-dir-contains-its-data", lambda w: ["train", "--data", str(w["pairs"]), "--output_dir",
+                                                          str(w["tmp"]), "--max_steps", "1"], "contains"),
+    # ---- training options that would lose data or fail late (#26 items 5, 6, 8, 13, 16)
+    Case("train-zero-steps", lambda w: _train(w, "--max_steps", "0"), "--max_steps must be a positive"),
+    Case("train-negative-steps", lambda w: _train(w, "--max_steps", "-5"), "--max_steps must be a positive"),
+    Case("train-zero-epochs", lambda w: ["train", "--data", str(w["pairs"]), "--output_dir", str(w["existing_out"]),
+                                         "--num_train_epochs", "0"], "--num_train_epochs must be > 0"),
+    Case("train-alpha-inf", lambda w: _train(w, "--alpha", "inf"), "--alpha must be a finite number"),
+    Case("train-alpha-nan", lambda w: _train(w, "--alpha", "nan"), "--alpha must be a finite number"),
+    Case("train-serving-length-beyond-positions", lambda w: _train(w, "--serving_max_seq_length", "100000"),
+         "--serving_max_seq_length 100000 exceeds"),
+    Case("recipe-stage-name-escapes-the-output", lambda w: ["train", "--config", str(w["escape_yaml"])],
+         "stage name '../../escaped' is not a plain folder name"),
+    Case("recipe-empty-stages-list", lambda w: ["train", "--config", str(w["empty_stages_list"])],
+         "'stages' is empty"),
+    Case("recipe-empty-stages-mapping", lambda w: ["train", "--config", str(w["empty_stages_map"])],
+         "'stages' must be a list"),
+    Case("recipe-string-data-is-one-source", lambda w: ["train", "--config", str(w["string_data_yaml"])],
+         "missing-dir/pairs.jsonl: file not found"),
+    Case("recipe-alpha-null", lambda w: ["train", "--config", str(w["alpha_null_yaml"])],
+         "(stage s1): alpha must be a finite number, got None"),
+    Case("recipe-max-seq-length-float", lambda w: ["train", "--config", str(w["length_float_yaml"])],
+         "max_seq_length must be an integer, got 1.5"),
+    Case("recipe-max-steps-list", lambda w: ["train", "--config", str(w["steps_list_yaml"])],
+         "max_steps must be an integer, got [1, 2]"),
+    # ---- models that would load wrong or fail late (#26 items 10, 18)
+    Case("eval-model-without-tokenizer", lambda w: ["eval", str(w["no_tokenizer"]), "--task", "sts", "--data",
+                                                    str(w["sts_csv"])], "has no tokenizer files"),
+    Case("train-base-model-without-tokenizer", lambda w: _train(w, "--base_model", str(w["no_tokenizer"])),
+         "--base_model {no_tokenizer} has no tokenizer files"),
+    Case("eval-half-written-safetensors", lambda w: ["eval", str(w["half_written"]), "--task", "sts", "--data",
+                                                     str(w["sts_csv"])],
+         "half-written/model.safetensors: not a complete safetensors file"),
+    Case("index-half-written-safetensors", lambda w: ["index", str(w["corpus"]), "--model", str(w["half_written"]),
+                                                      "--out", str(w["tmp"] / "new-index")],
+         "not a complete safetensors file"),
 ]
 # fmt: on
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir) -> dict[str, Path]:
+def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir, tiny_gte_original_dir) -> dict[str, Path]:
     """Every file the cases need, built once: good ones (a model, an index, a corpus) and bad ones."""
     import gte_st
     from gte_st.search import build_index
@@ -183,11 +244,43 @@ def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir) -> dict[str, Path]:
     from conftest import build_tiny_bert
 
     gte_st.build_model(str(build_tiny_bert(tmp / "other-bert", seed=7))).save(str(w["other_model"]))
+    w["original"] = tmp / "originals" / "gte-original"
+    shutil.copytree(tiny_gte_original_dir, w["original"])
+    w["nested_corpus"] = tmp / "corpus-folder" / "corpus.jsonl"
+    w["nested_corpus"].parent.mkdir()
+    shutil.copy(w["corpus"], w["nested_corpus"])
+    w["no_tokenizer"] = tmp / "no-tokenizer"
+    shutil.copytree(tiny_gte_dir, w["no_tokenizer"])
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        (w["no_tokenizer"] / name).unlink(missing_ok=True)
+    w["half_written"] = tmp / "half-written"
+    shutil.copytree(tiny_gte_dir, w["half_written"])
+    weights = w["half_written"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    recipes = {
+        "escape_yaml": {"stages": [{"name": "../../escaped", "data": [str(w["pairs"])]}]},
+        "empty_stages_list": {"data": [str(w["pairs"])], "stages": []},
+        "empty_stages_map": {"data": [str(w["pairs"])], "stages": {}},
+        "string_data_yaml": {"data": str(tmp / "missing-dir" / "pairs.jsonl")},
+        "alpha_null_yaml": {"data": [str(w["pairs"])], "stages": [{"name": "s1", "alpha": None}]},
+        "length_float_yaml": {"data": [str(w["pairs"])], "max_seq_length": 1.5},
+        "steps_list_yaml": {"data": [str(w["pairs"])], "max_steps": [1, 2]},
+    }
+    import yaml
+
+    for key, recipe in recipes.items():
+        w[key] = tmp / f"{key}.yaml"
+        w[key].write_text(yaml.safe_dump({"output_dir": str(w["existing_out"]), **recipe}))
     return w
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    """Every file and folder under ``root`` (the Hugging Face home aside) with its size and modification time."""
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
+        for p in root.rglob("*")
+        if "hf-home" not in p.relative_to(root).parts
+    }
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -213,10 +306,13 @@ def test_bad_input_is_one_line_error_before_work(case: Case, world, monkeypatch,
     assert code != 0, err
     assert "Traceback" not in err, err
     assert len(error_lines) == 1, err
-    assert case.expected in error_lines[0], error_lines[0]
+    expected = case.expected.format(**{k: v for k, v in world.items()})
+    assert expected in error_lines[0], error_lines[0]
     after = _snapshot(world["tmp"])
     changed = [path for path, stat in before.items() if after.get(path) != stat]
     assert not changed, f"{case.id} changed or removed existing files: {changed}"
+    added = sorted(set(after) - set(before))
+    assert not added, f"{case.id} left new files behind: {added}"
 
 
 def test_table_is_large_and_covers_every_command():

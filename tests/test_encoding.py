@@ -126,36 +126,38 @@ def exported_tiny(tiny_gte_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend", ["onnx", "openvino"])
-def test_encode_runs_exported_artifacts_from_a_directory_or_a_loaded_model(backend, exported_tiny, sentences):
+def test_encode_runs_exported_artifacts_loaded_from_a_directory(backend, exported_tiny, sentences):
     from sentence_transformers import SentenceTransformer
 
-    from gte_st.export import load_exported
+    from gte_st.export import load_exported, load_model_dir
 
     if backend == "openvino":
         pytest.importorskip("openvino")
     texts = sorted(sentences, key=len)[:40]
     stock = SentenceTransformer(str(exported_tiny), device="cpu").encode(texts, normalize_embeddings=True)
-    by_dir = encode(exported_tiny, texts, backend=backend, batch_size=8)
+    by_dir = encode(load_model_dir(exported_tiny, backend), texts, batch_size=8)
     assert by_dir.dtype == np.float32 and by_dir.shape == stock.shape
     # bf16 is OpenVINO's default on AMX CPUs; ONNX Runtime runs the fp32 graph
     assert (by_dir * stock).sum(1).min() > (0.999 if backend == "openvino" else 0.99999)
     loaded = load_exported(exported_tiny, backend=backend)
     np.testing.assert_allclose(encode(loaded, texts, batch_size=8), by_dir, atol=2e-3)
     file_name = "onnx/model.onnx" if backend == "onnx" else "openvino/openvino_model.xml"
-    np.testing.assert_allclose(encode(exported_tiny, texts, file_name=file_name, batch_size=8), by_dir, atol=1e-6)
-    with pytest.raises(ValueError, match=f"runs on 'torch', not '{backend}'"):
-        encode(SentenceTransformer(str(exported_tiny), device="cpu"), texts, backend=backend)
+    by_file = encode(load_model_dir(exported_tiny, file_name=file_name), texts, batch_size=8)
+    np.testing.assert_allclose(by_file, by_dir, atol=1e-6)
 
 
-def test_encode_backend_errors(tiny_model, exported_tiny):
-    with pytest.raises(ValueError, match="backend must be one of"):
-        encode(tiny_model, ["a"], backend="tensorrt")
-    with pytest.raises(ValueError, match="file_name only applies"):
-        encode(tiny_model, ["a"], file_name="onnx/model.onnx")
+def test_encode_takes_a_loaded_model_and_the_loader_checks_backends(exported_tiny):
+    from gte_st.errors import UsageError
+    from gte_st.export import load_model_dir
+
+    with pytest.raises(TypeError, match="encode takes a loaded model"):
+        encode(exported_tiny, ["a"])
+    with pytest.raises(UsageError, match="'tensorrt' is not a known backend; choose one of torch, onnx, openvino"):
+        load_model_dir(exported_tiny, "tensorrt")
     with pytest.raises(ValueError, match="not an exported artifact"):
-        encode(exported_tiny, ["a"], file_name="model.safetensors")
-    torch_by_dir = encode(exported_tiny, ["a man plays a guitar"], precision="fp32")
-    assert torch_by_dir.shape[0] == 1  # backend defaults to torch for a directory
+        load_model_dir(exported_tiny, file_name="model.safetensors")
+    torch_model = load_model_dir(exported_tiny)  # backend torch: the directory's own weights
+    assert encode(torch_model, ["a man plays a guitar"], precision="fp32").shape[0] == 1
 
 
 def test_compiled_encode_matches_eager_and_follows_weight_updates(tiny_model, exported_tiny, sentences):
@@ -176,8 +178,10 @@ def test_compiled_encode_matches_eager_and_follows_weight_updates(tiny_model, ex
         with torch.no_grad():
             for p, value in zip(params, saved):
                 p.copy_(value)
+    from gte_st.export import load_model_dir
+
     with pytest.raises(ValueError, match="compile=True applies to torch models"):
-        encode(exported_tiny, ["a"], backend="onnx", compile=True)
+        encode(load_model_dir(exported_tiny, "onnx"), ["a"], compile=True)
 
 
 def test_bf16_copy_is_shared_by_threads_and_follows_weight_updates(tiny_model, sentences):

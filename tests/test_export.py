@@ -408,20 +408,20 @@ def test_read_texts_from_txt_and_beir_jsonl_gz(tmp_path):
         read_texts(tmp_path / "empty.txt")
 
 
-def test_export_cli_legacy_spelling_errors_and_report(tiny_gte_dir, tmp_path, capsys):
+def test_export_cli_errors_and_report(tiny_gte_dir, tmp_path, capsys):
     from gte_st.cli import main
 
-    assert main(["export", str(tmp_path / "missing"), "--onnx"]) == 1
+    assert main(["export", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert main(["export", str(tmp_path), "--onnx", "--format", "openvino"]) == 2
-    assert "--onnx contradicts" in capsys.readouterr().err
+    assert main(["export", str(tiny_gte_dir), "--quantize", "int8"]) == 2  # the unreleased alias is gone
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
     assert main(["export", str(tiny_gte_dir), "--quantize", "bf16"]) == 1
     assert "OpenVINO variant" in capsys.readouterr().err
 
     model_dir = _copy(tiny_gte_dir, tmp_path)
     report_file = tmp_path / "report.json"
     code = main(
-        ["export", str(model_dir), "--onnx", "--quantize", "int8", "--no-optimize", "--report", str(report_file)]
+        ["export", str(model_dir), "--quantize", "int8-dynamic", "--no-optimize", "--report", str(report_file)]
     )
     out = capsys.readouterr()
     assert code == 0, out.err

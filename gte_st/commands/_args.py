@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gte_st.errors import UsageError
+from gte_st.errors import GteStError, UsageError
+from gte_st.files import check_output_path
+from gte_st.loading import check_model_location
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -33,25 +35,39 @@ def existing_path(value: str) -> str:
     return value
 
 
-def check_model_location(name_or_path: str) -> None:
-    """Fail early, before anything is loaded, when ``name_or_path`` cannot be a model: a path that does not exist,
-    or a folder that holds no ``modules.json`` / ``config.json``."""
-    local = Path(name_or_path).expanduser()
-    if local.exists():
-        if not local.is_dir() or not ((local / "modules.json").is_file() or (local / "config.json").is_file()):
-            raise FileNotFoundError(f"{name_or_path} is not a model directory (no modules.json or config.json)")
-        return
-    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise FileNotFoundError(f"model directory {name_or_path} does not exist")
+def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str, Any]) -> None:
+    """The one rule of every command: it owns its outputs and never its inputs. Each output option
+    (``{"--out": path}``) is checked against every input (``{"corpus": path, "data file": [paths]}``) with
+    :func:`gte_st.files.check_output_path`, before any work."""
+    flat: dict[str, Any] = {}
+    for what, value in inputs.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        flat.update({(what if len(values) == 1 else f"{what} #{i + 1}"): v for i, v in enumerate(values)})
+    for option, output in outputs.items():
+        if output is not None:
+            check_output_path(output, flat, option=option)
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     """``--backend`` / ``--file-name``: run the model's exported artifact (see ``gte-st export``) instead of torch."""
+    from gte_st.registry import BACKENDS
+
     parser.add_argument(
-        "--backend", default="torch", choices=("torch", "onnx", "openvino"),
-        help="run the model on torch, or on its exported ONNX / OpenVINO artifact (create it with `gte-st export`)",
+        "--backend", default="torch", choices=BACKENDS.names(),
+        help=f"what runs the model: {BACKENDS.help_table()} (create artifacts with `gte-st export`)",
     )  # fmt: skip
     parser.add_argument("--file-name", help="the artifact inside the model directory, e.g. onnx/model_O2.onnx")
+
+
+def add_precision_argument(
+    parser: argparse.ArgumentParser, option: str = "--precision", default: str = "auto"
+) -> None:
+    """The encode precision of torch models (``gte_st.registry.PRECISIONS``)."""
+    from gte_st.registry import PRECISIONS
+
+    parser.add_argument(
+        option, default=default, choices=PRECISIONS.names(), help=f"encode precision: {PRECISIONS.help_table()}"
+    )
 
 
 def add_compile_argument(parser: argparse.ArgumentParser, what: str = "the texts") -> None:
@@ -84,11 +100,11 @@ def load_model(
     check_model_location(name_or_path)
     local = Path(name_or_path).expanduser()
     if backend != "torch" or file_name:
-        from gte_st.export import load_exported
+        from gte_st.export import load_model_dir
 
         if not local.is_dir():
             raise FileNotFoundError(f"--backend {backend}: {name_or_path} is not a local model directory")
-        model = load_exported(local, file_name, backend=None if backend == "torch" else backend)
+        model = load_model_dir(local, backend, file_name)
         if max_seq_length is not None:
             model.max_seq_length = max_seq_length
         return model
@@ -100,6 +116,8 @@ def load_model(
             model = SentenceTransformer(source, device=device, trust_remote_code=True)
         else:
             model = load(source, device=device)
+    except GteStError:
+        raise  # already names the file at fault
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
         hint = " (HF_HUB_OFFLINE is set)" if offline else ""

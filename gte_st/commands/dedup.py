@@ -10,6 +10,7 @@ from gte_st.commands._args import (
     add_backend_arguments,
     add_compile_argument,
     check_compile,
+    check_outputs,
     load_model,
     positive_int,
 )
@@ -29,9 +30,11 @@ def add_corpus_and_model_arguments(parser: ArgumentParser) -> None:
 
 
 def read_texts(args) -> tuple[list[str], list[str]]:
-    """(ids, texts) of the file, read and checked before any model is loaded."""
+    """(ids, texts) of the file, read and checked before any model is loaded (and ``--out`` checked against the
+    inputs first: the results never overwrite the file they come from)."""
     from gte_st.corpus import read_corpus
 
+    check_outputs({"--out": args.out}, {"input file": args.file, "model": args.model})
     return read_corpus(args.file, id_field=args.id_field, text_field=args.text_field, title_field=None)
 
 

@@ -11,7 +11,9 @@ from gte_st.commands._args import (
     ArgumentParser,
     add_backend_arguments,
     add_compile_argument,
+    add_precision_argument,
     check_compile,
+    check_outputs,
     existing_path,
     load_model,
     positive_int,
@@ -45,12 +47,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--split", default=None, help="split to evaluate (default: test, or what the file holds)")
     parser.add_argument("--output", default=None, metavar="JSON", help='write {"model", "results": [...]} here')
     parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument(
-        "--precision",
-        default="fp32",
-        choices=("fp32", "bf16", "bf16-autocast", "auto"),
-        help="encode precision (fp32 reproduces published numbers; bf16/auto is faster on AMX CPUs and GPUs)",
-    )
+    add_precision_argument(parser, default="fp32")  # fp32 by default: reproducible, published scores
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--max-seq-length", type=positive_int, default=None, help="override the model's truncation length"
@@ -166,6 +163,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     check_compile(parser, args)
+    check_outputs(
+        {"--output": args.output, "--cache-dir": args.cache_dir, "--output-folder": args.output_folder},
+        {"model": args.model, "data": args.data, "--train-data": args.train_data},
+    )
     if args.task == "mteb":
         if args.compile:
             parser.error("--compile is not supported with --task mteb (mteb encodes through the model itself)")

@@ -5,7 +5,6 @@ Examples::
     gte-st export my-gte                                          # onnx/model.onnx + fused onnx/model_O2.onnx
     gte-st export my-gte --quantize int8-static --calibration texts.txt
     gte-st export my-gte --format openvino --quantize int8-static # openvino/openvino_model{,_qint8_quantized}.xml
-    gte-st export my-gte --onnx --quantize int8                   # the earlier spelling of --quantize int8-dynamic
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from gte_st.commands._args import ArgumentParser, check_model_location, positive_int
+from gte_st.commands._args import ArgumentParser, check_outputs, positive_int
+from gte_st.loading import check_model_location
 
 
 def _threshold(value: str) -> tuple[str, float]:
@@ -36,12 +36,11 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("model_dir", help="saved sentence-transformers / GTE model directory")
     parser.add_argument("--format", choices=["onnx", "openvino"], default=None, help="artifact format (default onnx)")
-    parser.add_argument("--onnx", action="store_true", help="same as --format onnx (the earlier spelling)")
     parser.add_argument(
         "--quantize",
-        choices=["none", "int8-dynamic", "int8-static", "bf16", "int8"],
+        choices=["none", "int8-dynamic", "int8-static", "bf16"],
         default="none",
-        help="also write a quantised variant ('int8' = 'int8-dynamic'; 'bf16' is OpenVINO's bf16 execution)",
+        help="also write a quantised variant ('bf16' is OpenVINO's bf16 execution)",
     )
     parser.add_argument(
         "--no-optimize",
@@ -105,9 +104,12 @@ def main(argv: list[str]) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.onnx and args.format not in (None, "onnx"):
-        parser.error("--onnx contradicts --format openvino")
     check_model_location(args.model_dir)
+    check_outputs(
+        {"--report": args.report},
+        {"model directory": args.model_dir, "--sample": args.sample, "--calibration": args.calibration,
+         "--sts": args.sts, "--retrieval": args.retrieval},
+    )  # fmt: skip
     sample = None
     if args.sample:
         from gte_st.export import read_texts

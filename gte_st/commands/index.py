@@ -8,11 +8,13 @@ from gte_st.commands._args import (
     ArgumentParser,
     add_backend_arguments,
     add_compile_argument,
+    add_precision_argument,
     check_compile,
-    check_model_location,
+    check_outputs,
     load_model,
     positive_int,
 )
+from gte_st.loading import check_model_location
 
 
 def build_parser() -> ArgumentParser:
@@ -30,7 +32,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--shard-size", type=positive_int, default=4096, help="documents per resumable shard")
     parser.add_argument("--id-field")
     parser.add_argument("--text-field")
-    parser.add_argument("--encode-precision", default="auto", choices=["auto", "fp32", "bf16"])
+    add_precision_argument(parser, "--encode-precision")
     add_compile_argument(parser, "the corpus")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
@@ -46,6 +48,7 @@ def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_compile(parser, args)
+    check_outputs({"--out": args.out}, {"corpus": args.corpus, "model": args.model})
     # Everything that can be checked without the model is checked before it is loaded.
     corpus = read_corpus(args.corpus, id_field=args.id_field, text_field=args.text_field)
     check_model_location(args.model)

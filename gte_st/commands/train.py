@@ -19,7 +19,7 @@ def main(argv: list[str], callbacks: Sequence[TrainerCallback] = ()) -> int:
 
     from gte_st.training.recipe import parse_stages
     from gte_st.training.run import run
-    from gte_st.training.summary import format_summary
+    from gte_st.training_summary import format_summary
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):

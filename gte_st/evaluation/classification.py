@@ -8,24 +8,10 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from gte_st.encoding import encode
-from gte_st.evaluation.readers import LabelledTexts, read_labelled_texts
-from gte_st.evaluation.result import EvalResult
-from gte_st.evaluation.sts import dataset_name
+from gte_st.evaluation.readers import read_labelled_texts
+from gte_st.evaluation.result import EvalResult, dataset_name
+from gte_st.evaluation.sampling import stratified_subsample
 from gte_st.vocabulary import warn_unknown_tokens
-
-
-def _subsample(data: LabelledTexts, max_samples: int | None, seed: int) -> tuple[list[str], np.ndarray]:
-    """At most ``max_samples`` texts, drawn label by label in turn (seeded) so every label keeps its share."""
-    texts, labels = data.texts, np.asarray(data.labels)
-    if max_samples is None or max_samples >= len(texts):
-        return texts, labels
-    shuffled = np.random.default_rng(seed).permutation(len(texts))
-    seen: dict[str, int] = {}
-    rank = np.empty(len(texts), dtype=np.int64)
-    for position, i in enumerate(shuffled):
-        rank[position] = seen[labels[i]] = seen.get(labels[i], -1) + 1
-    keep = np.sort(shuffled[np.lexsort((np.arange(len(texts)), rank))[:max_samples]])
-    return [texts[i] for i in keep], labels[keep]
 
 
 def evaluate_classification(
@@ -79,11 +65,11 @@ def evaluate_classification(
         test = read_labelled_texts(path, test_split) if has_splits else full
         protocol = f"fit on split {train_split}" if has_splits else f"{n_folds}-fold stratified cross-validation"
 
-    test_texts, y_test = _subsample(test, max_samples, seed)
+    test_texts, y_test = stratified_subsample(test, max_samples, seed)
     warn_unknown_tokens(model, {"text": test_texts}, str(path))
     x_test = encode(model, test_texts, batch_size=batch_size, precision=precision, compile=compile)
     if train is not None:
-        train_texts, y_train = _subsample(train, max_samples, seed)
+        train_texts, y_train = stratified_subsample(train, max_samples, seed)
         x_train = encode(model, train_texts, batch_size=batch_size, precision=precision, compile=compile)
         pred = fit_predict(x_train, y_train, x_test)
         accuracy, f1 = accuracy_score(y_test, pred), f1_score(y_test, pred, average="macro")

@@ -8,10 +8,9 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from gte_st.encoding import encode
-from gte_st.evaluation.classification import _subsample
 from gte_st.evaluation.readers import read_labelled_texts
-from gte_st.evaluation.result import EvalResult
-from gte_st.evaluation.sts import dataset_name
+from gte_st.evaluation.result import EvalResult, dataset_name
+from gte_st.evaluation.sampling import stratified_subsample
 from gte_st.vocabulary import warn_unknown_tokens
 
 
@@ -48,7 +47,7 @@ def evaluate_clustering(
     data = read_labelled_texts(path, split) if split and available else full
     if not split and "test" in available:
         data = read_labelled_texts(path, "test")
-    texts, labels = _subsample(data, max_samples, seed)
+    texts, labels = stratified_subsample(data, max_samples, seed)
     warn_unknown_tokens(model, {"text": texts}, str(path))
     k = n_clusters or len(np.unique(labels))
     if k < 2 or len(texts) < k:

@@ -6,10 +6,9 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from gte_st.evaluation._embed import RerankEvaluator, make_evaluator
+from gte_st.evaluation.embedding import RerankEvaluator, make_evaluator
 from gte_st.evaluation.readers import read_reranking
-from gte_st.evaluation.result import EvalResult
-from gte_st.evaluation.sts import dataset_name
+from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.vocabulary import warn_unknown_tokens
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Every task type, with the model-index (task type, task name) the Hub's model cards use for it.
@@ -67,3 +68,9 @@ class EvalResult:
             main_score=data["main_score"],
             details=dict(data.get("details") or {}),
         )
+
+
+def dataset_name(path: str | Path) -> str:
+    """A readable dataset name from a data path: the folder name for files in a dataset folder."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.parent.name or path.stem

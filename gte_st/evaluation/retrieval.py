@@ -16,7 +16,7 @@ from gte_st.evaluation.readers import BEIRData, read_beir
 from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_save_npy
 from gte_st.fingerprint import corpus_fingerprint, model_fingerprint
-from gte_st.search.fusion import check_bm25_weight, fuse_scores
+from gte_st.ranking.fusion import check_bm25_weight, fuse_scores
 from gte_st.vocabulary import warn_unknown_tokens
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def evaluate_retrieval(
     details: dict = {"queries": len(query_ids), "corpus": len(corpus_ids), "retriever": retriever}
 
     if retriever == "bm25" or bm25_rerank:
-        from gte_st.search.bm25 import BM25Retriever
+        from gte_st.ranking.bm25 import BM25Retriever
 
         bm25_hits = BM25Retriever(corpus_ids, corpus_texts).search(query_texts, bm25_rerank or k)
     if retriever == "bm25":

@@ -6,16 +6,10 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from gte_st.evaluation._embed import STSEvaluator, make_evaluator
+from gte_st.evaluation.embedding import STSEvaluator, make_evaluator
 from gte_st.evaluation.readers import read_sts
-from gte_st.evaluation.result import EvalResult
+from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.vocabulary import warn_unknown_tokens
-
-
-def dataset_name(path: str | Path) -> str:
-    """A readable dataset name from a data path: the folder name for files in a dataset folder."""
-    path = Path(path)
-    return path.name if path.is_dir() else path.parent.name or path.stem
 
 
 def evaluate_sts(

@@ -31,6 +31,7 @@ from gte_st.export.runtime import (
     OpenVINOEncoder,
     backend_of,
     load_exported,
+    load_model_dir,
     load_onnx_model,
     load_openvino_model,
 )
@@ -44,15 +45,10 @@ from gte_st.export.variants import (
     ExportReport,
     VariantReport,
     export,
-    export_onnx,
 )
-
-DEFAULT_SAMPLE = PARITY_SAMPLE  # the earlier name
-
 
 __all__ = [
     "DEFAULT_FILES",
-    "DEFAULT_SAMPLE",
     "FORMATS",
     "ONNX_FILE_NAMES",
     "ONNX_INPUT_NAMES",
@@ -68,8 +64,8 @@ __all__ = [
     "backend_of",
     "calibration_sample",
     "export",
-    "export_onnx",
     "load_exported",
+    "load_model_dir",
     "load_onnx_model",
     "load_openvino_model",
     "parity",

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gte_st.registry import BACKENDS
+
 ONNX_DIR, OPENVINO_DIR = "onnx", "openvino"
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "f32": "f32"}
 
@@ -310,14 +312,14 @@ def load_openvino_model(
 def backend_of(file_name: str | Path) -> str:
     """``"onnx"`` for ``.onnx`` files, ``"openvino"`` for ``.xml`` IRs."""
     suffix = Path(file_name).suffix
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".xml":
-        return "openvino"
+    for name in BACKENDS:
+        if BACKENDS.entry(name).metadata.get("suffix") == suffix:
+            return name
     raise ValueError(f"{file_name}: not an exported artifact (expected a .onnx file or an OpenVINO .xml)")
 
 
-DEFAULT_FILES = {"onnx": f"{ONNX_DIR}/model.onnx", "openvino": f"{OPENVINO_DIR}/openvino_model.xml"}
+# The default artifact of each exported backend (gte_st.registry.BACKENDS holds them).
+DEFAULT_FILES = {name: BACKENDS.entry(name).metadata["default_file"] for name in BACKENDS if name != "torch"}
 
 
 def load_exported(model_dir: str | Path, file_name: str | None = None, *, backend: str | None = None, **kwargs: Any):
@@ -332,3 +334,13 @@ def load_exported(model_dir: str | Path, file_name: str | None = None, *, backen
         raise ValueError(f"{file_name} is an {kind} artifact, not {backend}")
     loader = load_onnx_model if kind == "onnx" else load_openvino_model
     return loader(model_dir, file_name, **kwargs)
+
+
+def load_model_dir(model_dir: str | Path, backend: str = "torch", file_name: str | None = None, **kwargs: Any):
+    """The model a directory holds, ready for :func:`gte_st.encoding.encode`: its torch weights (``backend="torch"``,
+    through :func:`gte_st.load`, so original-layout GTE checkpoints are converted) or an exported artifact
+    (``file_name``, else the default file of ``backend``; the file's suffix decides the backend)."""
+    BACKENDS.check(backend)
+    if backend == "torch" and file_name is None:
+        return BACKENDS.get("torch")(model_dir, **kwargs)
+    return load_exported(model_dir, file_name, backend=None if backend == "torch" else backend, **kwargs)

@@ -46,18 +46,20 @@ from typing import Any
 from gte_st.export.parity import PARITY_THRESHOLDS, cosines, parity, quality
 from gte_st.export.runtime import load_onnx_model, load_openvino_model, transformer_subdir
 from gte_st.export.samples import PARITY_SAMPLE, SELECTION_SAMPLE, calibration_sample, read_texts
+from gte_st.files import exclusive_lock, remove_leftovers
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "openvino")
+# Inside the model folder: the lock file of a running export and the prefix of its work folders (removed by the next
+# export when their process was killed).
+EXPORT_LOCK = ".gte-st-export.lock"
+EXPORT_WORK_PREFIX = ".gte-st-export-"
 QUANTIZE = ("none", "int8-dynamic", "int8-static", "bf16")
 DOWN_PROJECTIONS = ("float", "search")
-# Older spellings: ``quantize="int8"`` (the dynamic variant, PR #1 of the CLI), None / "fp32" for none.
-QUANTIZE_ALIASES = {None: "none", "fp32": "none", "int8": "int8-dynamic"}
 ONNX_FILE_NAMES = {
     "fp32": "model.onnx",
     "O2": "model_O2.onnx",
-    "int8": "model_qint8.onnx",
     "int8-dynamic": "model_qint8.onnx",
     "int8-static": "model_qint8_static.onnx",
 }
@@ -151,7 +153,9 @@ def _plan(format: str, quantize: str, optimize: bool) -> list[_Step]:
         base = "onnx-O2" if needs_o2 else "onnx-fp32"
         if quantize == "int8-dynamic":
             steps.append(
-                _Step("onnx-int8-dynamic", f"onnx/{ONNX_FILE_NAMES['int8']}", "ort-dynamic", base, True, "int8")
+                _Step(
+                    "onnx-int8-dynamic", f"onnx/{ONNX_FILE_NAMES['int8-dynamic']}", "ort-dynamic", base, True, "int8"
+                )
             )
         elif quantize == "int8-static":
             steps.append(
@@ -261,7 +265,7 @@ def _load(model_dir: Path, step: _Step, path: Path):
 def export(
     model_dir: str | Path,
     format: str = "onnx",
-    quantize: str | None = "none",
+    quantize: str = "none",
     *,
     optimize: bool = True,
     calibration: str | Path | Sequence[str] | None = None,
@@ -280,8 +284,7 @@ def export(
         model_dir: A saved sentence-transformers model directory (e.g. a GTE model) or a plain HF encoder directory.
         format: ``"onnx"`` or ``"openvino"``.
         quantize: ``"none"``, ``"int8-dynamic"``, ``"int8-static"`` or ``"bf16"`` (OpenVINO only); see the table in
-            :mod:`gte_st.export.variants` for the files each writes. ``"int8"`` is the older name of
-            ``"int8-dynamic"``.
+            :mod:`gte_st.export.variants` for the files each writes.
         optimize: ONNX only: also write the fused ``onnx/model_O2.onnx`` (ORT's transformer optimizer) and build the
             dynamic int8 variant from it.
         calibration: Static int8 only: texts to calibrate on -- a list, a text file (one per line) or a jsonl /
@@ -314,11 +317,8 @@ def export(
         export("my-gte", format="openvino", quantize="int8-static", calibration="my_texts.txt")
         model = load_exported("my-gte", "openvino/openvino_model_qint8_quantized.xml")
     """
-    from sentence_transformers import SentenceTransformer
-
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    quantize = QUANTIZE_ALIASES.get(quantize, quantize)
     if quantize not in QUANTIZE:
         raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
     if down_projections not in DOWN_PROJECTIONS:
@@ -339,13 +339,40 @@ def export(
         calibration_texts = (
             calibration_sample(calibration_size) if calibration is None else read_texts(calibration, calibration_size)
         )
-    target_root = model_dir / transformer_subdir(model_dir)
 
+    # One export per model folder at a time; under the lock, every export work folder left there is a dead one's.
+    with exclusive_lock(model_dir, doing="exported", lock_file=model_dir / EXPORT_LOCK):
+        remove_leftovers(model_dir, also=(f"{EXPORT_WORK_PREFIX}*",))
+        reports = _export_locked(
+            model_dir, steps, texts, calibration_texts, limits, opset, sts, retrieval, max_corpus, down_projections
+        )
+    result = ExportReport(model_dir=str(model_dir), variants=reports, parity_texts=len(texts))
+    if not result.ok:
+        raise ExportParityError("\n".join(r.message for r in reports if not r.written), result)
+    return result
+
+
+def _export_locked(
+    model_dir: Path,
+    steps: list[_Step],
+    texts: list[str],
+    calibration_texts: list[str],
+    limits: dict[str, float],
+    opset: int,
+    sts: str | Path | None,
+    retrieval: str | Path | None,
+    max_corpus: int | None,
+    down_projections: str,
+) -> list[VariantReport]:
+    """Build, gate and move into place every variant of ``steps`` (the caller holds the model folder's lock)."""
+    from sentence_transformers import SentenceTransformer
+
+    target_root = model_dir / transformer_subdir(model_dir)
     reference = SentenceTransformer(str(model_dir), device="cpu")
     reference_quality = quality(reference, sts, retrieval, max_corpus)
     reports: list[VariantReport] = []
     built: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix=".gte-st-export-", dir=model_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix=EXPORT_WORK_PREFIX, dir=model_dir) as tmp:
         tmp_dir = Path(tmp)
         for step in steps:
             start = time.perf_counter()
@@ -400,22 +427,7 @@ def export(
                     if file.exists():
                         (target_root / report.file_name).parent.mkdir(parents=True, exist_ok=True)
                         os.replace(file, target_root / Path(report.file_name).parent / file.name)
-    result = ExportReport(model_dir=str(model_dir), variants=reports, parity_texts=len(texts))
-    if not result.ok:
-        raise ExportParityError("\n".join(r.message for r in reports if not r.written), result)
-    return result
-
-
-def export_onnx(
-    model_dir: str | Path,
-    *,
-    quantize: str | None = None,
-    optimize: bool = False,
-    **kwargs: Any,
-) -> ExportReport:
-    """``export(model_dir, format="onnx", ...)`` with the earlier defaults: ``onnx/model.onnx`` and, with
-    ``quantize="int8"``, the dynamically quantised ``onnx/model_qint8.onnx``, no fused graph unless asked for."""
-    return export(model_dir, "onnx", quantize, optimize=optimize, **kwargs)
+    return reports
 
 
 __all__ = [
@@ -427,6 +439,5 @@ __all__ = [
     "QUANTIZE",
     "VariantReport",
     "export",
-    "export_onnx",
     "parity",
 ]

@@ -15,9 +15,9 @@ Python API::
 from __future__ import annotations
 
 from gte_st.corpus import CorpusError, read_corpus
-from gte_st.search.bm25 import BM25Retriever
+from gte_st.ranking.bm25 import BM25Retriever
+from gte_st.ranking.fusion import check_bm25_weight, fuse_scores
 from gte_st.search.build import build_index
-from gte_st.search.fusion import check_bm25_weight, fuse_scores
 from gte_st.search.index import (
     CorruptIndexError,
     Hit,

@@ -23,8 +23,8 @@ import numpy as np
 from gte_st.encoding import encode
 from gte_st.errors import GteStError
 from gte_st.fingerprint import file_digest
-from gte_st.search.bm25 import BM25Retriever
-from gte_st.search.fusion import check_bm25_weight, fuse_scores
+from gte_st.ranking.bm25 import BM25Retriever
+from gte_st.ranking.fusion import check_bm25_weight, fuse_scores
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

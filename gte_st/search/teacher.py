@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gte_st.search.bm25 import BM25Retriever
-from gte_st.search.fusion import check_bm25_weight, fuse_scores
+from gte_st.ranking.bm25 import BM25Retriever
+from gte_st.ranking.fusion import check_bm25_weight, fuse_scores
 
 
 def hybrid_teacher_rows(

@@ -53,7 +53,17 @@ class RecipeArguments:
             "gte-*-v1.5; a bare encoder gets GTE mean pooling), or mean, cls, max, ... to override."
         },
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Truncation length (tokens) of this stage."})
+    max_seq_length: int = field(
+        default=128, metadata={"help": "Training truncation length (tokens) of this stage; not saved with the model."}
+    )
+    serving_max_seq_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Truncation length (tokens) the saved model serves at. Default: the base model's own (e.g. 256 "
+            "for all-MiniLM-L6-v2), bounded by its positions: training on short pairs must not cut documents short "
+            "at serving time."
+        },
+    )
     loss: Literal["mse", "gte", "mnrl", "cosent"] = field(
         default="mse",
         metadata={

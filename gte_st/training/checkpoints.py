@@ -13,7 +13,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from gte_st.checkpoints import latest_checkpoint
-from gte_st.files import replace_directory
+from gte_st.files import remove_leftovers, replace_directory, temporary_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +41,24 @@ def save_atomically(
     ``keep`` (a sub-directory of the old ``final_dir``, e.g. checkpoints) is moved into the new one."""
     final_dir = final_dir.resolve()
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final_dir.parent / f".{final_dir.name}.tmp-{os.getpid()}"
+    remove_leftovers(final_dir.parent, of=final_dir.name)
+    tmp = temporary_sibling(final_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(str(tmp))
-    for name, content in extra_files.items():
-        (tmp / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf8")
-    if keep is not None and keep.exists():
-        os.replace(keep, tmp / keep.relative_to(final_dir))
-    replace_directory(tmp, final_dir)
+    moved = None
+    try:
+        model.save(str(tmp))
+        for name, content in extra_files.items():
+            (tmp / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf8")
+        if keep is not None and keep.exists():
+            moved = tmp / keep.relative_to(final_dir)
+            os.replace(keep, moved)
+        replace_directory(tmp, final_dir)
+    except BaseException:
+        if moved is not None and moved.exists() and not keep.exists():
+            os.replace(moved, keep)  # the kept folder goes back where it was: a failed save loses nothing
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["discard_non_finite_checkpoints", "latest_checkpoint", "save_atomically"]
+__all__ = ["discard_non_finite_checkpoints", "save_atomically"]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformer
 
-from gte_st.evaluation._embed import RetrievalEvaluator, STSEvaluator, make_evaluator
+from gte_st.evaluation.embedding import RetrievalEvaluator, STSEvaluator, make_evaluator
 from gte_st.evaluation.readers import read_beir, read_sts
 from gte_st.evaluation.result import EvalResult
 from gte_st.evaluation.retrieval import limit_corpus

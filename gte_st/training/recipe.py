@@ -7,23 +7,28 @@ for one stage (``name:`` names it). Command-line ``--key value`` options overrid
 
 from __future__ import annotations
 
+import enum
 import json
+import math
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from transformers import HfArgumentParser
 
 from gte_st.errors import UsageError
+from gte_st.files import check_output_path, check_path_component
 from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
 from gte_st.training.loss import check_loss, check_scored_pair_options, parse_loss_kwargs
 
 # The embedded default job's recipe (used when neither --config nor --data is given; command-line options still
 # override it): the default loss, NormalizedMSELoss, with self-distillation to the frozen base model so that the
 # docstring pairs do not cost general STS quality. Chosen on dev data (held-out docstrings, STS-B dev, SICK trial);
-# see docs/benchmarks.md ("The embedded default job"). Its loss_kwargs apply only while the loss is its own.
+# see docs/benchmarks.md ("Default job"). Its loss_kwargs apply only while the loss is its own.
 DEFAULT_JOB: dict[str, Any] = {
     "loss": "mse",
     "loss_kwargs": {"distillation_weight": 30.0},
@@ -34,13 +39,104 @@ DEFAULT_JOB: dict[str, Any] = {
 
 @dataclass
 class Stage:
-    """One parsed stage of a recipe: its options, its loss options as a mapping, and where the final model goes."""
+    """One parsed stage of a recipe: its options, its loss options as a mapping, and where the final model goes.
+
+    ``hub_token`` is the ``--hub_token`` the user gave, taken out of ``args`` before the Trainer sees them: the
+    Trainer pickles its arguments into every checkpoint (``training_args.bin``), and a token must never be written.
+    """
 
     name: str
     recipe: RecipeArguments
     args: GTETrainingArguments
     final_dir: Path
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    hub_token: str | None = field(default=None, repr=False)
+
+
+# Recipe options that are lists of paths: a single string in a recipe file is one entry, never a sequence of
+# characters (``data: /abs/path.jsonl`` is one source).
+LIST_OPTIONS = ("data", "columns", "eval_sts", "eval_beir")
+# Options that are mappings in a recipe file and JSON text on the command line.
+MAPPING_OPTIONS = ("loss_kwargs",)
+_TRUE, _FALSE = ("true", "yes", "1", "t", "y"), ("false", "no", "0", "f", "n")
+
+
+def _option_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(GTETrainingArguments)
+    hints.update(typing.get_type_hints(RecipeArguments))
+    return hints
+
+
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether a recipe ``value`` fits a dataclass field ``annotation``. Numbers written as strings (YAML reads
+    ``1e-5`` as text) and booleans written as words are accepted where the command line would accept them; an
+    annotation this check does not know (a callable, a class) is left to the parser."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(arg, value) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if annotation is bool:
+        return isinstance(value, bool) or (isinstance(value, str) and value.lower() in _TRUE + _FALSE)
+    if annotation in (int, float):
+        if isinstance(value, str):
+            try:
+                value = annotation(value)
+            except ValueError:
+                return False
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return (annotation is float or isinstance(value, int)) and math.isfinite(value)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return isinstance(value, list) and all(_accepts(item, v) for v in value)
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return isinstance(value, (annotation, str))
+    return True
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in typing.get_args(annotation)))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(annotation)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a finite number", str: "text"}.get(
+        annotation, getattr(annotation, "__name__", str(annotation))
+    )
+
+
+def check_recipe_values(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Type-check the values of one level of a recipe file against the option dataclasses, before any work: a
+    one-line error names the stage (or top level) and the key. Returns the values with single strings of the list
+    options made one-entry lists."""
+    types_ = _option_types()
+    checked = dict(values)
+    for key, value in values.items():
+        if key == "name":
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise ValueError(f"{where}: 'name' must be text, got {value!r}")
+            continue
+        if key in LIST_OPTIONS and isinstance(value, str):
+            value = checked[key] = [value]
+        if key in MAPPING_OPTIONS and (value is None or isinstance(value, (dict, str))):
+            continue
+        annotation = types_.get(key)
+        if annotation is not None and not _accepts(annotation, value):
+            raise ValueError(f"{where}: {key} must be {_describe(annotation)}, got {value!r:.80}")
+    return checked
 
 
 def _load_config(path: str) -> dict[str, Any]:
@@ -104,14 +200,24 @@ def check_stage(stage: Stage, where: str) -> None:
         )
     if not args.learning_rate >= 0:
         raise ValueError(f"{where}: --learning_rate must be >= 0, got {args.learning_rate}")
+    # A stage that trains no step would replace OUTPUT_DIR with the untrained base model: refused up front. -1 is the
+    # Trainer's "not set" (the epoch count decides).
+    if args.max_steps == 0 or args.max_steps < -1:
+        raise ValueError(f"{where}: --max_steps must be a positive number of steps, got {args.max_steps}")
+    if args.max_steps == -1 and not (math.isfinite(args.num_train_epochs) and args.num_train_epochs > 0):
+        raise ValueError(f"{where}: --num_train_epochs must be > 0 (or set --max_steps), got {args.num_train_epochs}")
     if recipe.max_seq_length < 1:
         raise ValueError(f"{where}: --max_seq_length must be a positive integer, got {recipe.max_seq_length}")
+    if recipe.serving_max_seq_length is not None and recipe.serving_max_seq_length < 1:
+        raise ValueError(
+            f"{where}: --serving_max_seq_length must be a positive integer, got {recipe.serving_max_seq_length}"
+        )
     from gte_st.model import POOLING_CHOICES
 
     if recipe.pooling not in POOLING_CHOICES:
         raise ValueError(f"{where}: --pooling must be one of {list(POOLING_CHOICES)}, got {recipe.pooling!r}")
-    if recipe.alpha < 0:
-        raise ValueError(f"{where}: --alpha must be >= 0, got {recipe.alpha}")
+    if not (math.isfinite(recipe.alpha) and recipe.alpha >= 0):
+        raise ValueError(f"{where}: --alpha must be a finite number >= 0, got {recipe.alpha}")
     if recipe.mini_batch_size is not None and recipe.mini_batch_size < 1:
         raise ValueError(f"{where}: --mini_batch_size must be >= 1, got {recipe.mini_batch_size}")
     if recipe.resume_from_hub:
@@ -133,26 +239,27 @@ def check_base_model_positions(base_model: str, stages: list[Stage]) -> None:
     from its ``config.json``; models whose config cannot be read here are checked when they load)."""
     from transformers import AutoConfig
 
+    from gte_st.loading import check_model_location
+
+    check_model_location(base_model, option="--base_model")
     local = Path(base_model).expanduser()
-    if local.exists() and not (local / "config.json").is_file() and not (local / "modules.json").is_file():
-        raise FileNotFoundError(f"--base_model {base_model}: not a model directory (no config.json or modules.json)")
-    if not local.exists() and (base_model.startswith((".", "/", "~")) or base_model.count("/") > 1):
-        raise FileNotFoundError(f"--base_model {base_model}: directory not found")
     try:
         config = AutoConfig.from_pretrained(str(local) if local.exists() else base_model)
     except Exception:  # noqa: BLE001 -- a Hub id offline, remote code, ...: checked when the model loads
         return
-    positions = getattr(config, "max_position_embeddings", None)
-    if not positions:
+    from gte_st.model import usable_positions
+
+    usable = usable_positions(config)
+    if usable is None:
         return
-    # RoBERTa-style position ids start after the padding index.
-    usable = positions - (config.pad_token_id + 1 if config.model_type in ("roberta", "xlm-roberta") else 0)
     for stage in stages:
-        if stage.recipe.max_seq_length > usable:
-            raise ValueError(
-                f"stage {stage.name}: --max_seq_length {stage.recipe.max_seq_length} exceeds the {usable} positions "
-                f"of {base_model} (max_position_embeddings in its config.json)"
-            )
+        for option in ("max_seq_length", "serving_max_seq_length"):
+            length = getattr(stage.recipe, option)
+            if length is not None and length > usable:
+                raise ValueError(
+                    f"stage {stage.name}: --{option} {length} exceeds the {usable} positions of {base_model} "
+                    "(max_position_embeddings in its config.json)"
+                )
 
 
 def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
@@ -165,20 +272,32 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
     config = _load_config(config_path) if config_path else {}
     if not config_path and not any(a == "--data" or a.startswith("--data=") for a in argv):
         config = dict(DEFAULT_JOB)
-    stage_configs = config.pop("stages", None) or [{}]
-    if not isinstance(stage_configs, list) or not all(isinstance(s, dict) for s in stage_configs):
-        raise ValueError(f"--config {config_path}: 'stages' must be a list of mappings")
+    if "stages" in config:
+        stage_configs = config.pop("stages")
+        if not isinstance(stage_configs, list) or not all(isinstance(s, dict) for s in stage_configs):
+            raise ValueError(f"--config {config_path}: 'stages' must be a list of mappings, got {stage_configs!r:.80}")
+        if not stage_configs:
+            raise ValueError(f"--config {config_path}: 'stages' is empty; list at least one stage or leave it out")
+    else:
+        stage_configs = [{}]
     known = {f.name for f in fields(RecipeArguments)} | {f.name for f in fields(GTETrainingArguments)}
-    for where, values in [("top level", config)] + [(f"stage {i}", s) for i, s in enumerate(stage_configs)]:
+    levels = [("top level", config)] + [(f"stage {i}", s) for i, s in enumerate(stage_configs)]
+    for where, values in levels:
         if unknown := sorted(set(values) - known - {"name"}):
             raise ValueError(
                 f"--config {config_path} ({where}): unknown option(s) {unknown}; see `gte-st train --help`"
             )
+    config = check_recipe_values(config, f"--config {config_path} (top level)")
+    stage_configs = [
+        check_recipe_values(s, f"--config {config_path} (stage {s.get('name', i)})")
+        for i, s in enumerate(stage_configs)
+    ]
     recipe_names = {f.name for f in fields(RecipeArguments)}
     stages: list[Stage] = []
     for index, stage_config in enumerate(stage_configs):
         stage_config = dict(stage_config)
         name = str(stage_config.pop("name", "train" if len(stage_configs) == 1 else f"stage{index + 1}"))
+        check_path_component(name, what=f"--config {config_path}: stage name")  # checkpoints go to OUTPUT_DIR/<name>
         defaults = {**config, **stage_config}
         loss_kwargs_default = defaults.pop("loss_kwargs", None)  # a mapping in a recipe file
         # First pass: the recipe options alone, to resolve the precision flags before TrainingArguments validates.
@@ -197,16 +316,37 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
         loss_kwargs = parse_loss_kwargs(recipe.loss_kwargs if recipe.loss_kwargs else loss_kwargs_default, where)
         final_dir = Path(args.output_dir)
         args.output_dir = str(final_dir / "checkpoints" / name)
+        hub_token, args.hub_token = args.hub_token, None  # never pickled into a checkpoint (see Stage)
         _ = args.device  # sets up accelerate's (distributed) state with the parsed use_cpu/backend options
-        stage = Stage(name=name, recipe=recipe, args=args, final_dir=final_dir, loss_kwargs=loss_kwargs)
+        stage = Stage(
+            name=name, recipe=recipe, args=args, final_dir=final_dir, loss_kwargs=loss_kwargs, hub_token=hub_token
+        )
         check_stage(stage, where)
         stages.append(stage)
     if len({s.name for s in stages}) != len(stages):
         raise ValueError(f"--config {config_path}: stage names must be unique, got {[s.name for s in stages]}")
     from gte_st.model import default_base_model
 
-    check_base_model_positions(stages[0].recipe.base_model or default_base_model(), stages)
+    base_model = stages[0].recipe.base_model or default_base_model()
+    check_output_dir(stages, base_model, config_path)
+    check_base_model_positions(base_model, stages)
     return stages
+
+
+def check_output_dir(stages: list[Stage], base_model: str, config_path: str | None) -> None:
+    """``--output_dir`` is the run's own folder (replaced by the final model): it never equals, contains or lies
+    inside what the run reads -- the base model, the recipe, a data source, an evaluation file."""
+    from gte_st.data import SourceSpec
+
+    inputs: dict[str, Any] = {"--base_model": base_model, "--config": config_path}
+    for stage in stages:
+        recipe = stage.recipe
+        for i, spec in enumerate(recipe.data or []):
+            inputs[f"stage {stage.name} --data #{i + 1}"] = SourceSpec.parse(spec).location
+        for option in ("eval_sts", "eval_beir"):
+            for i, path in enumerate(getattr(recipe, option) or []):
+                inputs[f"--{option} #{i + 1}"] = path
+    check_output_path(stages[0].final_dir, inputs, option="--output_dir")
 
 
 __all__ = ["DEFAULT_JOB", "Stage", "check_base_model_positions", "check_stage", "make_parser", "parse_stages"]

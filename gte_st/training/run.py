@@ -3,6 +3,7 @@ after, the final model written atomically with its summary, and the optional Hub
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -30,9 +31,10 @@ from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
 from gte_st.training.loss import build_loss, uses_scores
 from gte_st.training.recipe import Stage
-from gte_st.training.summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
 from gte_st.training.vocabulary import new_token_callbacks, prepare_vocabulary
+from gte_st.training_summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
+from gte_st.weights import naming_weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,11 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     tasks = build_eval_tasks(first.recipe, held_out)
     torch.manual_seed(first.args.seed)
     base_model = first.recipe.base_model or gte_st.default_base_model()
-    model = build_model(base_model, max_seq_length=first.recipe.max_seq_length, pooling=first.recipe.pooling)
+    model = build_model(base_model, pooling=first.recipe.pooling)
     vocabulary = prepare_vocabulary(model, stages, stage_data)  # --extend_vocab, then the [UNK] guard
+    serving_length = resolve_serving_length(model, first.recipe.serving_max_seq_length)
+    # Evaluated as it is served: at its serving length, before and after training.
+    model.max_seq_length = serving_length
     before = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
     _wait_for_everyone()
 
@@ -78,6 +83,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     for stage, (data, locations) in zip(stages, stage_data):
         stage_summaries.append(_run_stage(stage, model, data, locations, tasks, callbacks))
 
+    model.max_seq_length = serving_length
     after = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
     summary = {
         "gte_st_version": gte_st.__version__,
@@ -85,6 +91,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         "seed": first.args.seed,
         "precision": "bf16" if stages[-1].args.bf16 else "fp16" if stages[-1].args.fp16 else "fp32",
         "max_seq_length": stages[-1].recipe.max_seq_length,
+        "serving_max_seq_length": serving_length,
         "stages": stage_summaries,
         "vocabulary_extension": vocabulary,
         "eval": {"before": before, "after": after},
@@ -93,16 +100,35 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     }
     if _is_main_process():
         checkpoints = final_dir / "checkpoints"
-        save_atomically(
-            model, final_dir, {SUMMARY_FILE: summary}, checkpoints if first.recipe.keep_checkpoints else None
-        )
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        keep = first.recipe.keep_checkpoints
+        save_atomically(model, final_dir, {SUMMARY_FILE: summary}, checkpoints if keep else None)
+        if not keep:
+            shutil.rmtree(checkpoints, ignore_errors=True)
         if repo_id := first.args.hub_repo_id:
             from gte_st.hub import push_model
 
-            push_model(str(final_dir), repo_id, private=bool(first.args.hub_private_repo), token=first.args.hub_token)
+            push_model(str(final_dir), repo_id, private=bool(first.args.hub_private_repo), token=first.hub_token)
     _wait_for_everyone()
     return summary
+
+
+def resolve_serving_length(model: SentenceTransformer, requested: int | None) -> int:
+    """The length the saved model serves at: ``requested`` (``--serving_max_seq_length``) or the base model's own,
+    bounded by its position embeddings. The training length (``--max_seq_length``) is a training option only: a model
+    trained on short pairs still reads long documents whole at serving time, as its base did."""
+    from gte_st.model import max_positions
+
+    positions = max_positions(model)
+    length = requested if requested is not None else model.max_seq_length
+    if length is None or length <= 0:
+        length = positions
+    if positions is not None and length > positions:
+        if requested is not None:
+            raise ValueError(f"--serving_max_seq_length {requested} exceeds the model's {positions} positions")
+        length = positions
+    if length is None:
+        raise ValueError("the base model states no serving length and no positions; set --serving_max_seq_length")
+    return int(length)
 
 
 def load_stage_data(stage: Stage, default_train: dict[str, Dataset] | None) -> tuple[DatasetDict, dict[str, str]]:
@@ -123,6 +149,7 @@ def load_stage_data(stage: Stage, default_train: dict[str, Dataset] | None) -> t
         scored=uses_scores(recipe.loss),
     )
     check_teacher_scores(stage, data)
+    sampling_probabilities([len(d) for d in data.values()], recipe.alpha)  # checked before the model loads
     return data, {name: SourceSpec.parse(spec).location for name, spec in zip(data, recipe.data)}
 
 
@@ -174,7 +201,7 @@ def _run_stage(
     throughput = ThroughputCallback()
     extra: list[TrainerCallback] = [throughput, *callbacks, *new_token_callbacks(model, recipe)]
     if recipe.hub_checkpoints:
-        extra.append(HubCheckpointCallback(args.hub_repo_id, token=args.hub_token))
+        extra.append(HubCheckpointCallback(args.hub_repo_id, token=stage.hub_token))
     evaluator = None
     if args.eval_strategy != "no" and tasks:
         from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
@@ -196,7 +223,7 @@ def _run_stage(
         repo_id, revision = split_repo_revision(recipe.resume_from_hub)
         resume_from = str(
             pull_latest_checkpoint(
-                repo_id, revision=revision or "checkpoints", local_dir=checkpoint_dir, token=args.hub_token
+                repo_id, revision=revision or "checkpoints", local_dir=checkpoint_dir, token=stage.hub_token
             )
         )
     elif recipe.resume and resume_from is None:
@@ -204,7 +231,8 @@ def _run_stage(
         resume_from = str(found) if found is not None else None
         logger.info(f"stage {stage.name}: resuming from {resume_from or 'the start (no checkpoint found)'}")
     try:
-        trainer.train(resume_from_checkpoint=resume_from)
+        with naming_weight_files(resume_from) if resume_from else contextlib.nullcontext():
+            trainer.train(resume_from_checkpoint=resume_from)
     except NonFiniteLossError as exc:
         good = discard_non_finite_checkpoints(checkpoint_dir) if _is_main_process() else None
         where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"

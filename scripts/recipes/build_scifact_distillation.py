@@ -1,8 +1,8 @@
 #!/usr/bin/env python
-"""Training files for the SciFact hybrid-distillation recipe (scripts/recipes/scifact-hybrid.sh), from train-side
+"""Training files for the SciFact hybrid-distillation recipe (``scifact-hybrid.sh`` beside this file), from train-side
 data only: SciFact's corpus and its *train* claims/qrels (never the test queries or qrels).
 
-    python scripts/build_scifact_distillation.py --out-dir scifact-distill [--holdout 200] [--bm25-weight 0.4]
+    python scripts/recipes/build_scifact_distillation.py --out-dir scifact-distill [--holdout 200] [--bm25-weight 0.4]
 
 Writes, in FlagEmbedding's distillation layout (``query``, ``pos``, ``neg``, ``pos_scores``, ``neg_scores``; the
 scores are the BM25 + dense hybrid's on the model's cosine scale, :func:`gte_st.search.teacher.hybrid_teacher_rows`):
@@ -28,7 +28,8 @@ import shutil
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "beir_scifact"
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data" / "beir_scifact"  # the data folder beside the checkout
 STSB = DATA.parent / "stsb" / "sts-train.csv"
 
 

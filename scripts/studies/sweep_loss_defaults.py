@@ -8,7 +8,7 @@ MultipleNegativesRankingLoss on the same budget is the reference. No test split 
 A setting is ``mnrl``, ``MARGIN:WEIGHT`` (the original two-parameter form) or ``NAME={JSON NormalizedMSELoss
 arguments}``; settings are separated by ``;``. Every setting runs once per seed of ``--seeds``.
 
-    python scripts/sweep_loss_defaults.py --steps 30 --max-seq-length 64 --seeds 0 \
+    python scripts/studies/sweep_loss_defaults.py --steps 30 --max-seq-length 64 --seeds 0 \
         --settings 'mnrl;0.3:2048;infonce={"weighting": "infonce", "negative_penalty": "hinge", "margin": -1}'
 """
 
@@ -19,22 +19,13 @@ import csv
 import gzip
 import json
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
-import torch
-from datasets import Dataset
-from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from sentence_transformers.sentence_transformer.evaluation import (
-    EmbeddingSimilarityEvaluator,
-    InformationRetrievalEvaluator,
-)
-from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
-import gte_st
-from gte_st.losses import NormalizedMSELoss
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = REPO.parent / "shared" / "data"  # the data folder beside the checkout
 DATA = DEFAULT_DATA
 
 
@@ -92,6 +83,18 @@ def main() -> None:
     global DATA
     DATA = Path(args.data_dir)
 
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.evaluation import (
+        EmbeddingSimilarityEvaluator,
+        InformationRetrievalEvaluator,
+    )
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    import gte_st
+    from gte_st.losses import NormalizedMSELoss
+
     train, dev_corpus, dev_queries, dev_qrels = load_scifact_train()
     s1, s2, scores = load_stsb_dev()
     evaluators = {
@@ -116,6 +119,7 @@ def main() -> None:
     results["before"] = evaluate(base)
     print("before", results["before"], flush=True)
     runs = [(setting, int(seed)) for setting in args.settings.split(";") for seed in args.seeds.split(",")]
+    work = tempfile.mkdtemp(prefix="sweep-loss-defaults-")
     for setting, seed in runs:
         base.load_state_dict(state)
         torch.manual_seed(seed)
@@ -129,7 +133,7 @@ def main() -> None:
             margin, weight = (float(x) for x in setting.split(":"))
             loss, label = NormalizedMSELoss(base, margin=margin, negative_weight=weight), f"mse m={margin} w={weight}"
         training_args = SentenceTransformerTrainingArguments(
-            output_dir="/tmp/sweep_loss_defaults", max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+            output_dir=work, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
             learning_rate=args.lr, warmup_steps=int(0.1 * args.steps), bf16=True, use_cpu=True, report_to=[],
             save_strategy="no", logging_steps=10, seed=seed, batch_sampler="no_duplicates",
         )  # fmt: skip
@@ -140,6 +144,7 @@ def main() -> None:
         results["runs"].append(run)
         print(run, flush=True)
         Path(args.out).write_text(json.dumps(results, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

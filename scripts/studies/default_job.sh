@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The embedded default job's study (docs/benchmarks.md, "The embedded default job"): the job with each variant's
-# overrides, then STS-B dev / SICK trial (dev, used for the choice) and STS-B / SICK-R test (reported only).
-#   scripts/study_default_job.sh [OUT_DIR] [DATA_DIR]      # about 4 minutes per variant on 2 cores
+# The embedded default job's study (docs/benchmarks.md, "Default job"): the job with each variant's overrides,
+# then STS-B dev / SICK trial (dev, used for the choice) and STS-B / SICK-R test (reported only).
+#   scripts/studies/default_job.sh [OUT_DIR] [DATA_DIR]    # about 4 minutes per variant on 2 cores
+# DATA_DIR defaults to the data folder beside the checkout (../shared/data from the repository root).
 set -euo pipefail
+case "${1:-}" in -h | --help) sed -n '2,5s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 OUT=$(realpath -m "${1:-default-job-study}")
-DATA=$(realpath "${2:-$(dirname "$0")/../../shared/data}")
+DATA=$(realpath "${2:-$(dirname "$0")/../../../shared/data}")
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT"
 evaluate() {

@@ -1,0 +1,118 @@
+"""One registry per extension point: a name -> implementation mapping, looked up in one call.
+
+In the manner of transformers' ``AttentionInterface`` (and its ``CONFIG_MAPPING_NAMES``), each extension point of
+gte-st is one :class:`Registry`, declared here with every built-in entry. An entry names its implementation as
+``"module:attribute"`` and is imported only when it is looked up, so the command line can build its ``choices`` and
+its checks from a registry (``gte-st eval --help``) without importing torch. Everything that offers a choice -- the
+CLI options, the up-front checks, the training-time evaluation, the docs tables -- reads it from here, so adding a
+backend, an encode precision, an export variant, an evaluation task or a loss is one module plus one entry below
+(plus its tests).
+
+Example::
+
+    from gte_st.registry import BACKENDS
+
+    BACKENDS.names()                     # ('torch', 'onnx', 'openvino')
+    load = BACKENDS.get("onnx")          # the loader function, imported on first use
+    BACKENDS.register("tensorrt", "my_package.trt:load_trt_model", help="TensorRT engine")
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from gte_st.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered implementation: ``target`` is ``"module:attribute"`` (imported on lookup) or the object
+    itself; ``help`` is the one line the CLI and docs show; ``metadata`` holds what the extension point needs to know
+    without importing the implementation (file names, metric keys, ...)."""
+
+    name: str
+    target: Any
+    help: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> Any:
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attribute = self.target.partition(":")
+        value = importlib.import_module(module)
+        for part in attribute.split(".") if attribute else []:
+            value = getattr(value, part)
+        return value
+
+
+class Registry:
+    """A name -> implementation mapping for one extension point (``kind`` names it in messages)."""
+
+    def __init__(self, kind: str, option: str | None = None) -> None:
+        self.kind = kind
+        self.option = option
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: Any, *, help: str = "", **metadata: Any) -> None:
+        """Add (or replace) the implementation of ``name``."""
+        self._entries[name] = Entry(name, target, help, dict(metadata))
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entry(self, name: str) -> Entry:
+        """The entry of ``name``; a :class:`~gte_st.errors.UsageError` naming the choices when there is none."""
+        if name not in self._entries:
+            where = f"{self.option} " if self.option else ""
+            raise UsageError(f"{where}{name!r} is not a known {self.kind}; choose one of {', '.join(self._entries)}")
+        return self._entries[name]
+
+    def get(self, name: str) -> Any:
+        """The implementation of ``name`` (imported now if it was given as ``"module:attribute"``)."""
+        return self.entry(name).load()
+
+    def check(self, name: str) -> str:
+        """``name`` when it is registered, else the :meth:`entry` error."""
+        self.entry(name)
+        return name
+
+    def help_table(self) -> str:
+        """``name: help`` lines, for ``--help`` texts and the docs."""
+        return "; ".join(f"{name}: {entry.help}" for name, entry in self._entries.items())
+
+
+# ------------------------------------------------------------------------------------------------ backends
+BACKENDS = Registry("backend", option="--backend")
+BACKENDS.register("torch", "gte_st.loading:load", help="the model's own weights in PyTorch")
+BACKENDS.register(
+    "onnx", "gte_st.export.runtime:load_onnx_model", help="an exported ONNX graph on ONNX Runtime",
+    default_file="onnx/model.onnx", suffix=".onnx",
+)  # fmt: skip
+BACKENDS.register(
+    "openvino", "gte_st.export.runtime:load_openvino_model", help="an exported OpenVINO IR",
+    default_file="openvino/openvino_model.xml", suffix=".xml",
+)  # fmt: skip
+
+# ------------------------------------------------------------------------------------------ encode precisions
+PRECISIONS = Registry("encode precision", option="--precision")
+PRECISIONS.register(
+    "auto", "bf16", help="bf16 where the hardware runs it natively (AMX / AVX512-BF16 CPUs, bf16 GPUs), else fp32"
+)
+PRECISIONS.register("fp32", "fp32", help="float32 weights and activations (reproduces published scores)")
+PRECISIONS.register("bf16", "bf16", help="a bf16 copy of the model: every op in bf16, normalisation in float32")
+PRECISIONS.register("bf16-autocast", "bf16-autocast", help="float32 weights under torch.autocast(bf16)")
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "Entry", "Registry"]
