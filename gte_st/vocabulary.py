@@ -15,7 +15,7 @@ pieces are single characters; a word of another script needs each missing charac
 a ``##`` continuation piece, after which WordPiece can spell every such word. :func:`extend_vocabulary` adds pieces
 to the tokenizer's WordPiece vocabulary (``tokenizer.json``: they are ordinary vocabulary entries, so stock
 ``SentenceTransformer`` / transformers / TEI read them as single tokens), grows the input embeddings and initialises
-the new rows (:data:`INIT_METHODS`); :func:`keep_old_rows` lets the new rows learn at a rate of their own.
+the new rows (:data:`INIT_METHODS`); :func:`new_rows_only` lets the new rows learn at a rate of their own.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ SAMPLE_SIZE = 2000
 #   starts from the mean of the rows of those pieces, whatever the method.
 INIT_METHODS = ("unk", "mean", "random")
 
-_EXTENSIONS: weakref.WeakKeyDictionary[torch.nn.Module, VocabularyExtension] = weakref.WeakKeyDictionary()
+# The embedding rows extend_vocabulary added to a model in this process, as [first, end) (successive extensions
+# append, so they form one range).
+_NEW_ROWS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[int, int]] = weakref.WeakKeyDictionary()
 
 
 def _tokenizer_of(model_or_tokenizer: Any) -> Any:
@@ -352,7 +354,8 @@ def extend_vocabulary(model: Any, tokens: Sequence[str], init: str = "random", s
                 fill[offset] = old[pieces].mean(dim=0)
                 extension.decomposed.append(token)
         weight[first_id : first_id + len(new)] = fill.to(weight.dtype)
-    _EXTENSIONS[model] = extension
+    first, _ = _NEW_ROWS.get(model, (first_id, first_id))
+    _NEW_ROWS[model] = (min(first, first_id), first_id + len(new))
     logger.info(
         f"vocabulary extended by {len(new)} tokens (ids {first_id}-{first_id + len(new) - 1}, init {init}, "
         f"{len(extension.decomposed)} from a decomposition): {' '.join(new[:30])}{' ...' if len(new) > 30 else ''}"
@@ -363,23 +366,24 @@ def extend_vocabulary(model: Any, tokens: Sequence[str], init: str = "random", s
 def new_token_rows(model: Any) -> tuple[torch.nn.Parameter, int, int] | None:
     """(input-embedding matrix, first new row, number of new rows) of a model :func:`extend_vocabulary` extended in
     this process, else None."""
-    extension = _EXTENSIONS.get(model)
-    if extension is None or not extension.tokens:
+    if model not in _NEW_ROWS:
         return None
-    return _input_embeddings(model).get_input_embeddings().weight, extension.first_id, len(extension.tokens)
+    first, end = _NEW_ROWS[model]
+    return _input_embeddings(model).get_input_embeddings().weight, first, end - first
 
 
-def keep_old_rows(weight: torch.Tensor, first_new: int, count: int) -> None:
-    """Zero the gradient of every row of ``weight`` but the new ones (``first_new`` onwards, ``count`` of them), so
-    that an optimizer step at the new tokens' learning rate moves only those. The rows from before the extension keep
-    the base model's embeddings, which the other texts (English, digits, punctuation) rely on.
+def new_rows_only(grad: torch.Tensor, first_new: int, count: int) -> torch.Tensor:
+    """``grad`` (of the input-embedding matrix) with every row but the new ones (``first_new`` onwards, ``count`` of
+    them) zeroed: a gradient hook with which an optimizer step at the new tokens' learning rate moves only those
+    rows. The rows from before the extension keep the base model's embeddings, which the other texts (English,
+    digits, punctuation) rely on.
 
     A matrix cannot hold two learning rates in one Adam group, and scaling the old rows' gradient down instead would
     not slow them: Adam divides the gradient by its own running scale. With a zero gradient from the first step an
-    Adam row does not move (its moments stay zero), and the group has no weight decay."""
-    if weight.grad is not None:
-        weight.grad[:first_new].zero_()
-        weight.grad[first_new + count :].zero_()
+    Adam row does not move (its moments stay zero), as long as its group has no weight decay."""
+    kept = torch.zeros_like(grad)
+    kept[first_new : first_new + count] = grad[first_new : first_new + count]
+    return kept
 
 
 __all__ = [
@@ -390,7 +394,7 @@ __all__ = [
     "VocabularyExtension",
     "check_unknown_tokens",
     "extend_vocabulary",
-    "keep_old_rows",
+    "new_rows_only",
     "new_token_rows",
     "read_token_file",
     "unknown_pieces",

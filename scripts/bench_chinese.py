@@ -25,6 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
+from bench_serving import cpu_details  # noqa: E402
+from build_chinese_pairs import SOURCES as TRAIN_SETS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 ZH = DATA / "zh_pairs"
@@ -36,6 +41,8 @@ STS_SETS = {
     "SICK-R": DATA / "sick" / "SICK_test_annotated.txt",
 }
 PAIR_SETS = {"LCQMC": STS_SETS["LCQMC"], "BQ": STS_SETS["BQ"]}
+# The choice sets: the recipe's settings were chosen on these, never on a test split.
+DEV_SETS = {"STS-B-zh valid": ZH / "stsb_zh" / "STS-B.valid.data", "STS-B dev": DATA / "stsb" / "sts-dev.csv"}
 
 
 def _env() -> dict[str, str]:
@@ -77,6 +84,55 @@ def evaluate(model: str, work: Path, log: Path) -> dict:
     return results
 
 
+def init_study(min_count: int, seed: int) -> dict:
+    """STS-B-zh valid and English STS-B dev Spearman before any training: the base model, and the base model extended
+    with the recipe's pieces (``--extend_vocab auto`` on its training texts) under each ``--extend_vocab_init``."""
+    from gte_st.evaluation import evaluate_sts
+    from gte_st.evaluation.readers import read_sts
+    from gte_st.model import build_model, default_base_model
+    from gte_st.vocabulary import INIT_METHODS, extend_vocabulary, unknown_pieces
+
+    texts = [
+        t for path in TRAIN_SETS.values() for pairs in [read_sts(path)] for t in pairs.sentences1 + pairs.sentences2
+    ]
+    results: dict[str, dict] = {}
+    for init in ("base", *INIT_METHODS):
+        model = build_model(default_base_model())
+        if init != "base":
+            counts = unknown_pieces(model.tokenizer, texts)
+            tokens = sorted((t for t, n in counts.items() if n >= min_count), key=lambda t: (-counts[t], t))
+            extension = extend_vocabulary(model, tokens, init=init, seed=seed)
+            results.setdefault("added", len(extension.tokens))
+        results[init] = {name: round(100 * evaluate_sts(model, path).score, 2) for name, path in DEV_SETS.items()}
+        print(init, results[init], flush=True)
+    return results
+
+
+def choice(directory: Path) -> dict:
+    """A trained variant's settings and its choice-set scores, from its ``training_summary.json``."""
+    summary = json.loads((directory / "training_summary.json").read_text())
+    keys = ("loss", "learning_rate", "steps", "per_device_batch_size", "max_seq_length")
+    return {
+        "seed": summary["seed"],
+        "stages": [
+            {
+                **{key: stage[key] for key in keys},
+                "data": {d["name"]: d["sampling_probability"] for d in stage["data"]},
+            }
+            for stage in summary["stages"]
+        ],
+        "vocabulary_extension": [
+            {k: v for k, v in added.items() if k != "tokens_head"}
+            for added in summary.get("vocabulary_extension") or []
+        ],
+        **{
+            moment: {f"{r['dataset']} {r['split']}": round(100 * r["metrics"][r["main_score"]], 2) for r in results}
+            for moment, results in summary["eval"].items()
+        },
+        "runtime_s": summary["total_runtime_s"],
+    }
+
+
 def train(seed: int, work: Path, log: Path) -> tuple[str, dict]:
     """Run the Chinese recipe with ``seed``; returns the model directory and the run's timing."""
     out = work / f"seed{seed}"
@@ -109,6 +165,13 @@ def main() -> None:
     parser.add_argument("--base-model", default=None, help="default: the offline all-MiniLM-L6-v2")
     parser.add_argument("--train-seeds", type=int, nargs="*", default=[], help="train the recipe with these seeds")
     parser.add_argument("--skip-base", action="store_true", help="do not evaluate the base model")
+    parser.add_argument(
+        "--choice", nargs="*", default=[], metavar="NAME=MODEL_DIR",
+        help="record a trained variant's settings and choice-set scores (from its training_summary.json)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--init-study", action="store_true", help="the choice sets before training, per --extend_vocab_init"
+    )
     args = parser.parse_args()
     import gte_st
 
@@ -117,9 +180,31 @@ def main() -> None:
     log = work / "log.txt"
     output = Path(args.output)
     report = json.loads(output.read_text()) if output.is_file() else {}
+    import sentence_transformers
+    import torch
+    import transformers
+
+    run = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python", *sys.argv]),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "cpu": cpu_details(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {
+            "torch": torch.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+            "transformers": transformers.__version__,
+            "gte_st": gte_st.__version__,
+        },
+    }
     report["protocol"] = __doc__.split("\n\n", 2)[2].strip()
     report["sets"] = {name: str(path.relative_to(DATA.parent)) for name, path in STS_SETS.items()}
     base = args.base_model or gte_st.default_base_model()
+    for spec in args.choice:
+        name, _, directory = spec.partition("=")
+        report.setdefault("choices", {})[name] = choice(Path(directory))
+    if args.init_study:
+        report["init_study"] = {"min_count": 3, "seed": 42, "results": init_study(min_count=3, seed=42)}
     if not args.skip_base:
         report["base"] = {"model": "all-MiniLM-L6-v2 (offline copy)", "results": evaluate(base, work, log)}
     runs = []
@@ -140,6 +225,8 @@ def main() -> None:
                     "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
                 }
         report["recipe"]["mean_std"] = mean
+    run["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report.setdefault("runs", []).append(run)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
     print(json.dumps(report, indent=2, ensure_ascii=False))

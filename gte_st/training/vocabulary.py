@@ -15,7 +15,7 @@ from gte_st.training.arguments import RecipeArguments
 from gte_st.vocabulary import (
     check_unknown_tokens,
     extend_vocabulary,
-    keep_old_rows,
+    new_rows_only,
     new_token_rows,
     read_token_file,
     unknown_pieces,
@@ -64,7 +64,10 @@ def prepare_vocabulary(
         else:
             tokens = read_token_file(recipe.extend_vocab, model.tokenizer)
         extension = extend_vocabulary(model, tokens, init=recipe.extend_vocab_init, seed=stage.args.seed)
-        added.append({"stage": stage.name, "source": recipe.extend_vocab, **extension.to_dict()})
+        added.append({
+            "stage": stage.name, "source": recipe.extend_vocab, "min_count": recipe.extend_vocab_min_count,
+            "new_token_learning_rate": recipe.new_token_learning_rate, **extension.to_dict(),
+        })  # fmt: skip
     for stage, (data, locations) in zip(stages, stage_data):
         if stage.recipe.new_token_learning_rate is not None and new_token_rows(model) is None:
             raise ValueError(
@@ -81,15 +84,22 @@ def prepare_vocabulary(
 
 class NewTokenLearningRate(TrainerCallback):
     """Trains the input-embedding matrix in a parameter group of its own at ``learning_rate``, moving only the rows
-    :func:`gte_st.vocabulary.extend_vocabulary` added (:func:`gte_st.vocabulary.keep_old_rows` before every optimizer
-    step). :class:`~gte_st.training.trainer.GTETrainer` builds its optimizer with ``parameter_groups``."""
+    :func:`gte_st.vocabulary.extend_vocabulary` added: while training runs, a gradient hook keeps only their rows
+    (:func:`gte_st.vocabulary.new_rows_only`; before gradient clipping, so the old rows count for nothing).
+    :class:`~gte_st.training.trainer.GTETrainer` builds its optimizer with ``parameter_groups``."""
 
     def __init__(self, weight: torch.nn.Parameter, first_new: int, count: int, learning_rate: float) -> None:
         self.weight, self.first_new, self.count = weight, first_new, count
         self.parameter_groups = [{"params": [weight], "lr": learning_rate, "weight_decay": 0.0}]
+        self._hook: Any = None
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        keep_old_rows(self.weight, self.first_new, self.count)
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._hook = self.weight.register_hook(lambda grad: new_rows_only(grad, self.first_new, self.count))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
 
 
 def new_token_callbacks(model: Any, recipe: RecipeArguments) -> list[TrainerCallback]:
