@@ -53,7 +53,7 @@ def test_sts_readers_on_every_layout(shared_data, tmp_path):
         read_sts(jsonl)
     other_header = tmp_path / "pairs.csv"
     other_header.write_text("text_a,text_b,label\nx,y,1\n")
-    with pytest.raises(ValueError, match=r"pairs.csv:1: need a header naming sentence1, sentence2 and one of score"):
+    with pytest.raises(ValueError, match=r"pairs.csv:2: missing 'sentence1' \(need sentence1, sentence2, score"):
         read_sts(other_header)
     bad = tmp_path / "bad.tsv"
     bad.write_text("only\ttwo\n")
