@@ -198,7 +198,7 @@ def main() -> None:
         },
     }
     report["protocol"] = __doc__.split("\n\n", 2)[2].strip()
-    report["sets"] = {name: str(path.relative_to(DATA.parent)) for name, path in STS_SETS.items()}
+    report["sets"] = {name: f"../{path.relative_to(ROOT.parent)}" for name, path in STS_SETS.items()}
     base = args.base_model or gte_st.default_base_model()
     for spec in args.choice:
         name, _, directory = spec.partition("=")

@@ -241,6 +241,24 @@ def test_train_extend_vocab_trains_the_new_rows_at_their_own_rate(tiny_bert_dir,
     assert not torch.equal(load_file(out / "model.safetensors")[EMBEDDING][: len(initial)], initial)
 
 
+def test_learning_rate_zero_trains_only_the_new_rows(tiny_bert_dir, zh_pairs, tmp_path):
+    """``--learning_rate 0 --new_token_learning_rate X``: the model learns the new tokens and nothing else, so it
+    embeds every text without a new token exactly as the base model does."""
+    data = _write_scored(tmp_path / "zh.jsonl", zh_pairs)
+    out = tmp_path / "rows-only"
+    assert _train(["--base_model", str(tiny_bert_dir), "--data", str(data), "--loss", "cosent", "--precision", "fp32",
+                   "--per_device_train_batch_size", "8", "--max_steps", "3", "--learning_rate", "0",
+                   "--new_token_learning_rate", "1e-2", "--extend_vocab", "auto", "--output_dir", str(out)]) == 0  # fmt: skip
+    base, trained = load_file(Path(tiny_bert_dir) / "model.safetensors"), load_file(out / "model.safetensors")
+    for name, tensor in base.items():
+        kept = trained[name][: len(tensor)] if name == EMBEDDING else trained[name]
+        torch.testing.assert_close(kept, tensor, rtol=0, atol=0, msg=name)
+    english = ["a man is playing a guitar.", "a woman is slicing an onion."]
+    base_model = gte_st.build_model(str(tiny_bert_dir))
+    np.testing.assert_allclose(SentenceTransformer(str(out), device="cpu").encode(english), base_model.encode(english),
+                               atol=1e-6)  # fmt: skip
+
+
 def test_vocabulary_options_are_checked_before_loading(tiny_bert_dir, tmp_path, capsys):
     data = tmp_path / "en.jsonl"
     data.write_text('{"anchor": "a man", "positive": "a woman"}\n' * 8)
