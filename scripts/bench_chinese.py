@@ -179,6 +179,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "log.txt"
     output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     report = json.loads(output.read_text()) if output.is_file() else {}
     import sentence_transformers
     import torch
@@ -207,12 +208,16 @@ def main() -> None:
         report["init_study"] = {"min_count": 3, "seed": 42, "results": init_study(min_count=3, seed=42)}
     if not args.skip_base:
         report["base"] = {"model": "all-MiniLM-L6-v2 (offline copy)", "results": evaluate(base, work, log)}
-    runs = []
+    # runs of earlier invocations are kept (one per seed), so the seeds may be trained one invocation at a time
+    by_seed = {run["seed"]: run for run in report.get("recipe", {}).get("runs", [])}
     for seed in args.train_seeds:
         model, timing = train(seed, work, log)
-        runs.append({"seed": seed, "timing": timing, "results": evaluate(model, work, log)})
+        by_seed[seed] = {"seed": seed, "timing": timing, "results": evaluate(model, work, log)}
+        by_seed[seed]["choice_sets"] = choice(Path(model))
+        report["recipe"] = {"recipe": "scripts/recipes/chinese.sh", "runs": [by_seed[k] for k in sorted(by_seed)]}
+        output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
+    runs = report.get("recipe", {}).get("runs", [])
     if runs:
-        report["recipe"] = {"recipe": "scripts/recipes/chinese.sh", "runs": runs}
         mean: dict[str, dict] = {}
         for name in STS_SETS:
             for task in ("sts", "pair-classification"):
@@ -227,7 +232,6 @@ def main() -> None:
         report["recipe"]["mean_std"] = mean
     run["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report.setdefault("runs", []).append(run)
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
