@@ -106,6 +106,20 @@ def _counting_tokenizer(tokenizer) -> tuple[tokenizers.Tokenizer, int]:
     return cached[1], cached[2]
 
 
+def unknown_token_share(tokenizer, texts: Sequence[str]) -> float | None:
+    """The share of ``tokenizer``'s unknown token (``[UNK]``) among the tokens of ``texts`` (special tokens not
+    counted), by the same padding- and truncation-free copy of the Rust tokenizer that orders :func:`encode`'s
+    batches. ``None`` when it cannot be measured: a slow tokenizer, one without an unknown token (byte-level BPE
+    never produces one), or texts without tokens."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    if unk_id is None or not getattr(tokenizer, "is_fast", False):
+        return None
+    backend, _ = _counting_tokenizer(tokenizer)
+    encodings = backend.encode_batch_fast(list(texts), add_special_tokens=False)
+    total = sum(len(e.ids) for e in encodings)
+    return sum(e.ids.count(unk_id) for e in encodings) / total if total else None
+
+
 _SPACE_BEFORE_NON_SPACE = re.compile(r" \S")  # searched in the reversed window: a space that follows a non-space
 
 

@@ -6,6 +6,7 @@ embeddings, so the test can compare them with the torch model of the main enviro
     python consumers_check.py st-openvino MODEL_DIR XML_FILE  OUT_PREFIX TEXT [TEXT ...]
     python consumers_check.py fastembed   MODEL_DIR ONNX_FILE OUT_PREFIX TEXT [TEXT ...]
     python consumers_check.py st-load     MODEL_DIR -         OUT_PREFIX TEXT [TEXT ...]
+    python consumers_check.py st-torch    MODEL_DIR -         OUT_PREFIX TEXT [TEXT ...]
 
 ``st-onnx`` loads the directory with sentence-transformers' torch backend (``OUT_PREFIX + "torch.npy"``) and with
 its ONNX backend (``"onnx.npy"``); ``st-openvino`` with its OpenVINO backend (``"openvino.npy"``); ``fastembed``
@@ -13,6 +14,8 @@ registers the directory as a custom mean-pooled, normalised model and embeds wit
 ``st-load`` loads the directory with whichever sentence-transformers release the interpreter imports (``"st.npy"``)
 and writes what it said while loading -- warnings and log records of level WARNING and above -- with its version and
 ``max_seq_length`` to ``"st_load.json"``.
+``st-torch`` loads it with sentence-transformers' torch backend (``"torch.npy"``) and prints each text's tokens as
+JSON.
 """
 
 import json
@@ -83,5 +86,11 @@ elif consumer == "st-load":
     }
     Path(f"{out_prefix}st_load.json").write_text(json.dumps(report))
     print(report["version"])
+elif consumer == "st-torch":
+    from sentence_transformers import SentenceTransformer
+
+    torch_model = SentenceTransformer(model_dir, device="cpu")
+    np.save(f"{out_prefix}torch.npy", torch_model.encode(texts, convert_to_numpy=True))
+    print(json.dumps([torch_model.tokenizer.tokenize(text) for text in texts], ensure_ascii=False))
 else:
     raise SystemExit(f"unknown consumer {consumer!r}")

@@ -40,11 +40,21 @@ def test_sts_readers_on_every_layout(shared_data, tmp_path):
     assert len(sick.scores) == 4927 and 1.0 <= min(sick.scores) and max(sick.scores) <= 5.0
     assert not any("\r" in s for s in sick.sentences2)
     assert len(read_sts(shared_data / "zh_pairs" / "stsb_zh" / "STS-B.test.data").scores) == 1361
+    # the Chinese pair sets as STS (C-MTEB scores LCQMC / BQ / ATEC by Spearman, their 0/1 labels as gold scores)
+    bq = read_sts(shared_data / "zh_pairs" / "bq" / "test.csv")  # comma-separated, BOM, sentence1,sentence2,label
+    assert (len(bq.scores), sum(bq.scores), bq.split) == (10000, 5000.0, "test")
+    atec = read_sts(shared_data / "zh_pairs" / "atec" / "atec_nlp_sim_train.csv")  # tab-separated id,s1,s2,label
+    assert (len(atec.scores), sum(atec.scores), atec.split) == (39346, 8549.0, "train")
+    assert not atec.sentences1[0].startswith("\ufeff") and atec.sentences1[0] == "怎么更改花呗手机号码"
 
     jsonl = tmp_path / "pairs.jsonl"
     jsonl.write_text('{"sentence1": "a", "sentence2": "b", "score": 0.5}\n{"sentence1": "c", "sentence2": "d"}\n')
     with pytest.raises(ValueError, match=r"pairs.jsonl:2: missing key 'score'"):
         read_sts(jsonl)
+    other_header = tmp_path / "pairs.csv"
+    other_header.write_text("text_a,text_b,label\nx,y,1\n")
+    with pytest.raises(ValueError, match=r"pairs.csv:2: missing 'sentence1' \(need sentence1, sentence2, score"):
+        read_sts(other_header)
     bad = tmp_path / "bad.tsv"
     bad.write_text("only\ttwo\n")
     with pytest.raises(ValueError, match=r"bad.tsv:1: unrecognised STS row"):
@@ -58,7 +68,9 @@ def test_pair_text_reranking_and_beir_readers(shared_data):
     lcqmc = read_pairs(shared_data / "zh_pairs" / "lcqmc" / "test.txt")
     assert (len(lcqmc.labels), sum(lcqmc.labels)) == (12500, 6250)
     bq = read_pairs(shared_data / "zh_pairs" / "bq" / "test.csv")
-    assert len(bq.labels) == 10000
+    assert (len(bq.labels), sum(bq.labels)) == (10000, 5000) and bq.sentences1[0] == "为什么我无法看到额度"
+    atec = read_pairs(shared_data / "zh_pairs" / "atec" / "atec_nlp_sim_train.csv")
+    assert (len(atec.labels), sum(atec.labels)) == (39346, 8549)
 
     banking = read_labelled_texts(shared_data / "banking77" / "train.csv")
     assert len(banking.texts) == 10003 and len(set(banking.labels)) == 77 and banking.splits is None

@@ -44,6 +44,7 @@ def embed(args, texts: list[str]):
     """Embeddings of ``texts`` by the model the user named (default: the offline MiniLM)."""
     from gte_st.encoding import encode
     from gte_st.model import default_base_model
+    from gte_st.vocabulary import warn_unknown_tokens
 
     model = load_model(
         args.model or default_base_model(),
@@ -51,6 +52,7 @@ def embed(args, texts: list[str]):
         file_name=args.file_name,
         truncate_dim=args.truncate_dim,
     )
+    warn_unknown_tokens(model, texts, args.file)
     return encode(
         model, texts, batch_size=args.batch_size, show_progress_bar=not args.no_progress, compile=args.compile
     )

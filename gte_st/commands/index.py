@@ -45,6 +45,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     from gte_st.corpus import read_corpus
     from gte_st.search import build_index
+    from gte_st.vocabulary import warn_unknown_tokens
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +57,7 @@ def main(argv: list[str]) -> int:
     model = args.model
     if args.backend != "torch" or args.file_name:  # encode the corpus with the exported artifact
         model = load_model(args.model, backend=args.backend, file_name=args.file_name)
+    warn_unknown_tokens(model, corpus[1], str(args.corpus))
     index = build_index(
         corpus,
         model,

@@ -11,6 +11,7 @@ from gte_st.encoding import encode
 from gte_st.evaluation.readers import read_labelled_texts
 from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.evaluation.sampling import stratified_subsample
+from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_classification(
@@ -65,6 +66,7 @@ def evaluate_classification(
         protocol = f"fit on split {train_split}" if has_splits else f"{n_folds}-fold stratified cross-validation"
 
     test_texts, y_test = stratified_subsample(test, max_samples, seed)
+    warn_unknown_tokens(model, {"text": test_texts}, str(path))
     x_test = encode(model, test_texts, batch_size=batch_size, precision=precision, compile=compile)
     if train is not None:
         train_texts, y_train = stratified_subsample(train, max_samples, seed)

@@ -11,6 +11,7 @@ from gte_st.encoding import encode
 from gte_st.evaluation.readers import read_labelled_texts
 from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.evaluation.sampling import stratified_subsample
+from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_clustering(
@@ -47,6 +48,7 @@ def evaluate_clustering(
     if not split and "test" in available:
         data = read_labelled_texts(path, "test")
     texts, labels = stratified_subsample(data, max_samples, seed)
+    warn_unknown_tokens(model, {"text": texts}, str(path))
     k = n_clusters or len(np.unique(labels))
     if k < 2 or len(texts) < k:
         raise ValueError(f"{path}: need at least 2 clusters and one text per cluster (k={k}, texts={len(texts)})")

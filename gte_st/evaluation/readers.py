@@ -9,9 +9,11 @@ non-empty string (training refuses those too), a score that is not a finite numb
 * pairs with a gold score (STS): STS-B ``sts-<split>.csv`` (tab-separated, no header: genre, file, year, id, score,
   sentence1, sentence2[, ...]), the sentence-transformers ``stsbenchmark.tsv.gz`` (header with ``split``), SICK
   (``pair_ID  sentence_A  sentence_B  relatedness_score ...``, or the full SICK.txt with ``SemEval_set``), jsonl with
-  ``sentence1``/``sentence2``/``score``, and plain ``s1<TAB>s2<TAB>score`` files;
+  ``sentence1``/``sentence2``/``score``, csv with a ``sentence1,sentence2,score`` (or ``label``) header, and plain
+  ``[id<TAB>]s1<TAB>s2<TAB>score`` files (STS-B-zh's ``.data``; LCQMC, BQ and ATEC read as STS, 0/1 labels as scores);
 * labelled pairs (pair classification): MRPC (``Quality  #1 ID  #2 ID  #1 String  #2 String``), csv/tsv with a
-  ``sentence1,sentence2,label`` header, jsonl with those keys, plain ``s1<TAB>s2<TAB>label`` (LCQMC);
+  ``sentence1,sentence2,label`` header (BQ), jsonl with those keys, plain ``[id<TAB>]s1<TAB>s2<TAB>label`` (LCQMC,
+  and ATEC's tab-separated ``.csv``);
 * labelled texts (classification, clustering): csv/tsv with a header naming a text column (``text``, ``sentence``,
   ``subject``, ``title``) and a label column (``label``, ``category``) and optionally ``split``; jsonl with those keys;
 * reranking: WikiQA (``question<TAB>candidate<TAB>label``) or jsonl ``{"query", "positive": [...], "negative": [...]}``;
@@ -27,7 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from gte_st.corpus import read_corpus
-from gte_st.readers import as_number, as_text, file_format, json_records, read_records, tab_rows, table_records, where
+from gte_st.readers import (
+    as_number,
+    as_text,
+    file_format,
+    json_records,
+    read_records,
+    tab_rows,
+    table_records,
+    text_lines,
+    where,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +110,14 @@ def _fields(fields: list[str], indices: tuple[int, ...], file: Path, number: int
     return [fields[i] for i in indices]
 
 
+def _comma_separated(file: Path) -> bool:
+    """Whether a ``.csv`` file is comma-separated: its first non-blank line has no tab (ATEC's ``.csv`` is
+    tab-separated ``id, s1, s2, label`` without a header)."""
+    if file_format(file) != "csv":
+        return False
+    return "\t" not in next((line for _, line in text_lines(file) if line.strip()), "")
+
+
 def _records(file: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """:func:`gte_st.readers.read_records`, with a ``.txt`` file read as TSV (a header row, no quoting)."""
     if file.name.lower().removesuffix(".gz").endswith(".txt"):
@@ -138,6 +158,15 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
                 raise ValueError(f"{file}:{number}: missing key {missing[0]!r} (need sentence1, sentence2, score)")
             add(row["sentence1"], row["sentence2"], score, number)
         return ScoredPairs(s1, s2, scores, split or "test")
+    if _comma_separated(file):  # sentence1,sentence2,score|label (BQ read as STS: the 0/1 labels are the scores)
+        for number, row in read_records(file):
+            score = next((row[key] for key in ("score", "label") if key in row), None)
+            if missing := [key for key in ("sentence1", "sentence2") if key not in row] + ["score"] * (score is None):
+                raise ValueError(
+                    f"{file}:{number}: missing {missing[0]!r} (need sentence1, sentence2, score or label)"
+                )
+            add(row["sentence1"], row["sentence2"], score, number)
+        return ScoredPairs(s1, s2, scores, split or _inferred_split(name) or "test")
 
     rows = tab_rows(file)
     first_number, first = next(rows, (0, []))
@@ -175,10 +204,13 @@ def read_sts(path: str | Path, split: str | None = None) -> ScoredPairs:
             score, a, b = fields[4], fields[5], fields[6]
         elif len(fields) == 3 and _is_float(fields[2]):  # s1 \t s2 \t score
             a, b, score = fields
+        elif len(fields) == 4 and _is_float(fields[3]):  # id \t s1 \t s2 \t score (ATEC)
+            a, b, score = fields[1:]
         else:
             raise ValueError(
                 f"{file}:{number}: unrecognised STS row with {len(fields)} tab-separated fields; expected the STS-B "
-                "layout (score in column 5, sentences in 6-7), SICK, s1<TAB>s2<TAB>score, or jsonl"
+                "layout (score in column 5, sentences in 6-7), SICK, [id<TAB>]s1<TAB>s2<TAB>score, "
+                "sentence1,sentence2,score csv, or jsonl"
             )
         add(a, b, score, number)
     return ScoredPairs(s1, s2, scores, split or _inferred_split(name) or "test")
@@ -205,7 +237,7 @@ def read_pairs(path: str | Path, split: str | None = None) -> LabelledPairs:
         s2.append(_text(b, file, number, "sentence2"))
         labels.append(_binary_label(label, file, number))
 
-    if file_format(file) in ("json", "csv"):
+    if file_format(file) == "json" or _comma_separated(file):
         for number, row in read_records(file):
             if missing := [key for key in ("sentence1", "sentence2", "label") if key not in row]:
                 raise ValueError(f"{file}:{number}: missing {missing[0]!r} (need sentence1, sentence2, label)")

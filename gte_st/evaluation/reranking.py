@@ -9,6 +9,7 @@ from sentence_transformers import SentenceTransformer
 from gte_st.evaluation.embedding import RerankEvaluator, make_evaluator
 from gte_st.evaluation.readers import read_reranking
 from gte_st.evaluation.result import EvalResult, dataset_name
+from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_reranking(
@@ -35,6 +36,8 @@ def evaluate_reranking(
     """
     samples = read_reranking(path, split)
     samples = [s for s in samples if s["positive"] and s["negative"]][:max_samples]
+    candidates = [text for s in samples for text in [*s["positive"], *s["negative"]]]
+    warn_unknown_tokens(model, {"query": [s["query"] for s in samples], "candidates": candidates}, str(path))
     if not samples:
         raise ValueError(f"{path}: no query with at least one positive and one negative candidate")
     evaluator = make_evaluator(

@@ -17,6 +17,7 @@ from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_save_npy
 from gte_st.fingerprint import corpus_fingerprint, model_fingerprint
 from gte_st.ranking.fusion import check_bm25_weight, fuse_scores
+from gte_st.vocabulary import warn_unknown_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,9 @@ def evaluate_retrieval(
         **IR_EVALUATOR_SETTINGS,
     )
     query_texts = [data.queries[qid] for qid in evaluator.queries_ids]
+    warn_unknown_tokens(
+        model, {"queries": query_texts, "corpus": [data.corpus[doc] for doc in corpus_ids]}, str(beir_dir)
+    )
     k = min(top_k, len(corpus_ids))
     details: dict = {"queries": len(query_texts), "corpus": len(corpus_ids), "retriever": retriever}
     encoding = {"batch_size": batch_size, "precision": precision, "compile": compile}

@@ -118,6 +118,36 @@ class RecipeArguments:
     eval_max_corpus: int | None = field(
         default=None, metadata={"help": "Keep at most this many BEIR documents (all relevant ones are kept)."}
     )
+    extend_vocab: str | None = field(
+        default=None,
+        metadata={
+            "help": "Teach a WordPiece model tokens its vocabulary lacks before training: auto (the characters of "
+            "the training texts that it reads as [UNK], seen at least --extend_vocab_min_count times) or a file of "
+            "tokens, one per line. The saved model loads with stock SentenceTransformer. See docs/chinese.md."
+        },
+    )
+    extend_vocab_min_count: int = field(
+        default=3, metadata={"help": "--extend_vocab auto: add a piece seen at least this many times."}
+    )
+    extend_vocab_init: Literal["unk", "mean", "random"] = field(
+        default="random",
+        metadata={
+            "help": "Initial embedding of a new token: random (the existing rows' mean and spread per dimension), "
+            "mean (their mean) or unk (the [UNK] row: the model starts out unchanged). A token whose NFKC form the "
+            "vocabulary spells (full-width punctuation, letters) starts from those pieces' mean."
+        },
+    )
+    new_token_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the new tokens' embeddings (the other rows of the embedding matrix are then "
+            "kept as they are). Default: the embedding matrix trains at --learning_rate like everything else."
+        },
+    )
+    allow_unknown_tokens: bool = field(
+        default=False,
+        metadata={"help": "Train even when more than half of a source's tokens are [UNK] for the model."},
+    )
     default_train_pairs: int = field(
         default=768, metadata={"help": "Embedded default job only: number of training pairs used."}
     )

@@ -238,6 +238,9 @@ def check_stage(stage: Stage, where: str) -> None:
             raise ValueError(f"{where}: --resume_from_hub: {exc}") from None
     if recipe.hub_checkpoints and not args.hub_repo_id:
         raise ValueError(f"{where}: --hub_checkpoints needs --push-to-hub REPO_ID")
+    from gte_st.training.vocabulary import check_vocabulary_options
+
+    check_vocabulary_options(recipe, where)
 
 
 def check_base_model_positions(base_model: str, stages: list[Stage]) -> None:

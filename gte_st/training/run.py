@@ -33,6 +33,7 @@ from gte_st.training.loss import build_loss, describe_loss, uses_scores
 from gte_st.training.prompts import check_prompts, column_prompts, served_prompts
 from gte_st.training.recipe import Stage
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
+from gte_st.training.vocabulary import new_token_callbacks, prepare_vocabulary
 from gte_st.training_summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.weights import naming_weight_files
 
@@ -74,6 +75,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     torch.manual_seed(first.args.seed)
     base_model = first.recipe.base_model or gte_st.default_base_model()
     model = build_model(base_model, pooling=first.recipe.pooling)
+    vocabulary = prepare_vocabulary(model, stages, stage_data)  # --extend_vocab, then the [UNK] guard
     serving_length = resolve_serving_length(model, first.recipe.serving_max_seq_length)
     # Evaluated as it is served: at its serving length, before and after training.
     model.max_seq_length = serving_length
@@ -98,6 +100,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         "max_seq_length": stages[-1].recipe.max_seq_length,
         "serving_max_seq_length": serving_length,
         "stages": stage_summaries,
+        "vocabulary_extension": vocabulary,
         "eval": {"before": before, "after": after},
         "total_runtime_s": round(time.perf_counter() - start, 2),
         "world_size": first.args.world_size,
@@ -208,7 +211,7 @@ def _run_stage(
         **stage.loss_kwargs,
     )
     throughput = ThroughputCallback()
-    extra: list[TrainerCallback] = [throughput, *callbacks]
+    extra: list[TrainerCallback] = [throughput, *callbacks, *new_token_callbacks(model, recipe)]
     if recipe.hub_checkpoints:
         extra.append(HubCheckpointCallback(args.hub_repo_id, token=stage.hub_token))
     evaluator = None

@@ -69,6 +69,22 @@ class GTETrainer(SentenceTransformerTrainer):
             return
         super()._save(output_dir, state_dict=state_dict)
 
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, plus the parameter groups callbacks ask for (``callback.parameter_groups``, e.g.
+        the new tokens' learning rate of :class:`~gte_st.training.vocabulary.NewTokenLearningRate`): their
+        parameters leave the default groups for groups with their own options."""
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer = super().create_optimizer(model)
+        groups = [g for c in self.callback_handler.callbacks for g in getattr(c, "parameter_groups", ())]
+        moved = {id(p) for group in groups for p in group["params"]}
+        if moved:
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in moved]
+            for group in groups:
+                optimizer.add_param_group(dict(group))
+        return optimizer
+
     def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):  # noqa: D102
         return AlphaSourceBatchSampler(
             dataset, batch_samplers, generator=generator, seed=seed, alpha=self.alpha, world_size=self.args.world_size
