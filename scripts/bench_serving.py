@@ -176,9 +176,10 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     import gte_st
-    from gte_st.encoding import cpu_supports_bf16, encode
+    from gte_st.encoding import encode
     from gte_st.export import PARITY_SAMPLE, PARITY_THRESHOLDS, ExportParityError, export, load_exported
     from gte_st.export.runtime import transformer_subdir
+    from gte_st.hardware import cpu_supports_bf16
 
     limited = args.isa != "native"
     paths = [p for p in args.paths if not (limited and p in ("stock-bf16-autocast",))]

@@ -55,7 +55,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only N pairs/texts/queries")
     parser.add_argument("--dataset", default=None, help="dataset name to report (default: the data folder's name)")
     parser.add_argument("--trust-remote-code", action="store_true")
-    add_backend_arguments(parser)
+    add_backend_arguments(parser, default="torch")  # torch fp32 by default: reproducible, published scores
     add_compile_argument(parser, "the evaluation texts")
 
     group = parser.add_argument_group("retrieval")
@@ -185,7 +185,7 @@ def main(argv: list[str]) -> int:
     if not (args.task == "retrieval" and args.retriever == "bm25"):
         model = load_model(
             args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
-            backend=args.backend, file_name=args.file_name,
+            backend=args.backend, file_name=args.file_name, torch_precision=args.precision,
         )  # fmt: skip
     results = [_run_task(args, model, path) for path in args.data]
     print(format_table(results))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from gte_st.commands._args import ArgumentParser, positive_int
+from gte_st.commands._args import ArgumentParser, add_backend_arguments, load_model, positive_int
 
 
 def build_parser() -> ArgumentParser:
@@ -25,6 +25,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--ef-search", type=positive_int, help="HNSW search breadth")
     parser.add_argument("--nprobe", type=positive_int, help="IVF cells visited")
     parser.add_argument("--json", action="store_true", help="print JSON lines {query, hits}")
+    add_backend_arguments(parser)
     return parser
 
 
@@ -37,7 +38,17 @@ def main(argv: list[str]) -> int:
         check_bm25_weight(args.bm25_weight, args.rerank_bm25)
     except ValueError as exc:
         raise UsageError(f"--bm25-weight: {exc}") from None
-    index = Index.load(args.index, model=args.model)
+    index = Index.load(args.index)
+    if not args.bm25_only:  # the query model: the one named, else the one recorded, run by --backend
+        name = args.model or index.meta["model"].get("name")
+        if not name:
+            raise UsageError(f"{args.index}: the index records no model name; pass --model")
+        index.set_model(
+            load_model(
+                name, backend=args.backend, file_name=args.file_name,
+                torch_precision=index.meta.get("encode_precision", "auto"),
+            )
+        )  # fmt: skip
     kwargs = {}
     if not args.rerank_bm25 and not args.bm25_only:
         kwargs = {"ef_search": args.ef_search, "nprobe": args.nprobe}

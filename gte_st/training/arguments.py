@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-from gte_st.encoding import cpu_supports_bf16
+from gte_st.hardware import cpu_supports_bf16
 
 
 @dataclass
