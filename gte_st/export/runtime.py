@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gte_st.hardware import isa_limit_allows_bf16
 from gte_st.model import usable_positions
 from gte_st.registry import BACKENDS
 
@@ -102,8 +103,9 @@ class OpenVINOEncoder(torch.nn.Module):
         xml_path: The IR's ``.xml`` file.
         config: The Hugging Face config of the exported model.
         precision: ``None`` for OpenVINO's default inference precision on this CPU (bf16 on AMX / AVX512-BF16 CPUs,
-            else f32), or ``"fp32"`` / ``"bf16"`` (``INFERENCE_PRECISION_HINT``). It applies to the layers that
-            are not int8-quantised.
+            else f32; f32 under an ``ONEDNN_MAX_CPU_ISA`` limit below AVX512-BF16, as on a CPU without it:
+            :func:`gte_st.hardware.isa_limit_allows_bf16`), or ``"fp32"`` / ``"bf16"``
+            (``INFERENCE_PRECISION_HINT``). It applies to the layers that are not int8-quantised.
         ov_config: More OpenVINO properties (default ``{"PERFORMANCE_HINT": "LATENCY"}``: one stream using every
             core). With ``{"PERFORMANCE_HINT": "THROUGHPUT"}`` OpenVINO compiles several streams (each on its own
             cores); the slices of a batch (at least one per stream) then run at the same time, one infer request
@@ -151,6 +153,8 @@ class OpenVINOEncoder(torch.nn.Module):
         self.max_positions = usable_positions(config)
         self.pad_token_id = getattr(config, "pad_token_id", None) or 0
         self.properties: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", **(ov_config or {})}
+        if precision is None and not isa_limit_allows_bf16():
+            precision = "fp32"  # OpenVINO decides bf16 from CPUID, which an ONEDNN_MAX_CPU_ISA limit does not change
         if precision is not None:
             if precision not in OPENVINO_PRECISIONS:
                 raise ValueError(f"precision must be None, 'fp32' or 'bf16', got {precision!r}")
