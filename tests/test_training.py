@@ -13,11 +13,11 @@ from sentence_transformers.sentence_transformer import losses as st_losses
 
 import gte_st
 from gte_st import losses as gte_losses
+from gte_st.checkpoints import latest_checkpoint
 from gte_st.cli import main as cli_main
 from gte_st.training import (
     GTE_DIRECTIONS,
     build_loss,
-    latest_checkpoint,
     mixed_precision_flags,
     parse_stages,
 )
