@@ -95,3 +95,29 @@ def test_length_grouping_pads_less_and_keeps_batches_random(tiny_model, pairs):
     assert firsts != sorted(firsts, reverse=True)
     with pytest.raises(ValueError, match="lengths has"):
         LengthGroupedBatchSampler(pairs, 16, True, lengths=lengths[:-1])
+
+
+@pytest.mark.parametrize("options", [{}, {"length_grouping": 0, "pretokenize": False}], ids=["defaults", "off"])
+def test_the_trainer_uses_the_options(tiny_model, pairs, tmp_path, options):
+    from sentence_transformers.base.sampler import NoDuplicatesBatchSampler
+
+    from gte_st.training import GTETrainer, GTETrainingArguments, build_loss
+
+    args = GTETrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=16, use_cpu=True, report_to="none"
+    )
+    trainer = GTETrainer(
+        model=tiny_model, args=args, train_dataset=pairs.remove_columns("label"), loss=build_loss(tiny_model, "mnrl"),
+        **options,
+    )  # fmt: skip
+    loader = trainer.get_train_dataloader()
+    sampler = getattr(loader, "batch_sampler", None)
+    sampler = getattr(sampler, "batch_sampler", sampler)  # accelerate's shard wrapper, if any
+    batch = next(iter(loader))
+    if options:
+        assert isinstance(sampler, NoDuplicatesBatchSampler)
+        assert trainer.data_collator.preprocess_fn == tiny_model.preprocess
+    else:
+        assert isinstance(sampler, LengthGroupedBatchSampler) and sampler.window == 8
+        assert trainer.data_collator.preprocess_fn == trainer.token_cache.preprocess
+    assert batch["anchor_input_ids"].shape[0] == 16
