@@ -1,15 +1,19 @@
-"""The fast encode path: token-length-sorted batches, bf16 autocast where the hardware runs it natively.
+"""The fast encode path: token-length-sorted batches, and bf16 where it is the faster path on the CPU at hand.
 
 :func:`encode` returns the same thing as ``model.encode(texts, normalize_embeddings=True)`` -- float32, L2-normalised
 rows in input order -- but
 
 * sorts the texts by their *token* length (stock ``encode`` sorts by character length), so every batch is padded to
   nearly the length of its own texts, and packs short texts into larger batches under the same token budget;
-* runs the model in bf16 on CPUs with AMX / AVX512-BF16 and on GPUs with bf16 support (``precision="auto"``): on a
-  bf16 copy of the model (``"bf16"``; made on the first call and kept while the model's weights are unchanged, the
-  model itself is not modified, so threads may share it), or under
-  ``torch.autocast`` (``"bf16-autocast"``); the final normalisation is done in float32. On an AMX CPU either is
-  about 2x fp32 (docs/benchmarks.md); the bf16 matmuls are the gain, not the batching.
+* runs the model in bf16 where that is faster: on a bf16 copy of the model (``"bf16"``; made on the first call and
+  kept while the model's weights are unchanged, the model itself is not modified, so threads may share it), or under
+  ``torch.autocast`` (``"bf16-autocast"``); the final normalisation is done in float32. ``precision="auto"`` picks
+  fp32, the bf16 copy or autocast by measurement: on a CPU with native bf16 (AMX / AVX512-BF16) the three are timed
+  once per model shape and CPU on one short batch, interleaved, and the fastest is kept on disk
+  (:func:`calibrated_precision`, :mod:`gte_st.calibration`), because the ranking differs between CPUs (on the AMX hosts of
+  docs/benchmarks.md the two bf16 paths were level, on an AVX512-BF16 CPU without AMX autocast led); the bf16 matmuls are the gain, not the batching. A bf16 path is only chosen when its
+  embeddings keep a cosine of at least 0.99 with fp32's on the calibration batch. Without native bf16 (or under an
+  ``ONEDNN_MAX_CPU_ISA`` limit below it) "auto" is fp32; on a GPU, bf16 where supported.
 
 The same batching serves exported artifacts: pass a model loaded with :func:`gte_st.export.load_exported` (or
 sentence-transformers' ``backend="onnx"`` / ``"openvino"``); the precision of those is the artifact's, so
@@ -26,13 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
+import json
 import logging
 import re
+import statistics
+import threading
+import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tokenizers
@@ -41,6 +48,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import batch_to_device
 from tqdm.autonotebook import tqdm
 
+from gte_st.calibration import interleaved_times, paired_ratios, read_decision, write_decision
+from gte_st.hardware import cpu_key, cpu_supports_bf16, describe_cpu
 from gte_st.registry import PRECISIONS
 
 logger = logging.getLogger(__name__)
@@ -48,28 +57,146 @@ logger = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "bf16", "bf16-autocast"]
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU executes bf16 matrix products natively (AMX tiles or AVX512-BF16)."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(cpu, probe, None)
-        if fn is not None and fn():
-            return True
-    return False
+BF16_MIN_COSINE = 0.99  # a bf16 path whose embeddings differ more from fp32's than this is never chosen by "auto"
+_AUTO_CHOICES = ("fp32", "bf16", "bf16-autocast")
+_DECISIONS: dict[str, str] = {}
+_CALIBRATION_LOCK = threading.Lock()
 
 
-def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "bf16", "bf16-autocast"]:
-    """Turn ``"auto"`` into ``"bf16"`` or ``"fp32"`` for ``device``; validate explicit values."""
+def check_precision(precision: str) -> str:
+    """``precision`` when it is a registered encode precision (:data:`gte_st.registry.PRECISIONS`), else a
+    ``ValueError`` naming the choices."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS.names()))}, got {precision!r}")
+    return precision
+
+
+def resolve_precision(precision: str, model: SentenceTransformer) -> Literal["fp32", "bf16", "bf16-autocast"]:
+    """Turn ``"auto"`` into the precision :func:`encode` runs ``model`` in; validate explicit values.
+
+    ``"auto"`` on a CPU: ``"fp32"`` where bf16 is not native (no AVX512-BF16 / AMX, or an instruction-set limit
+    below it, :func:`gte_st.hardware.cpu_supports_bf16`), else the fastest of fp32, bf16 weight copies and bf16
+    autocast as measured for this model's shape on this CPU (:func:`calibrated_precision`). On a GPU: ``"bf16"``
+    where supported, else ``"fp32"``."""
+    check_precision(precision)
     if precision != "auto":
         return precision  # type: ignore[return-value]
+    device = model.device
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "bf16" if cpu_supports_bf16() else "fp32"
+    if device.type == "cpu" and cpu_supports_bf16():
+        return calibrated_precision(model)  # type: ignore[return-value]
     return "fp32"
+
+
+def model_shape(model: SentenceTransformer) -> dict[str, Any]:
+    """What the speed of a model's forward pass depends on besides the hardware: its module types, the
+    transformer's architecture (type, sizes, attention implementation) and its parameter count -- not its
+    weights, so that a fine-tuned model shares its base model's calibration."""
+    shape: dict[str, Any] = {
+        "modules": [type(module).__name__ for module in model],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    if config is not None:
+        for name in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "hidden_act", "_attn_implementation"):  # fmt: skip
+            shape[name.lstrip("_")] = getattr(config, name, None)
+    return shape
+
+
+def precision_key(model: SentenceTransformer) -> dict[str, Any]:
+    """The key of a model's precision calibration: the CPU (:func:`gte_st.hardware.cpu_key`), torch's version and
+    the model's shape (:func:`model_shape`)."""
+    return {"cpu": cpu_key(), "torch": torch.__version__, "model": model_shape(model)}
+
+
+def calibrated_precision(model: SentenceTransformer) -> str:
+    """The fastest of ``"fp32"``, ``"bf16"`` and ``"bf16-autocast"`` for ``model``'s shape on this CPU: read from
+    the calibration cache (:mod:`gte_st.calibration`), else measured now (:func:`calibrate_precision`, about a
+    second for a MiniLM-size model) and stored. Logged at INFO once per process and key."""
+    key = precision_key(model)
+    memo = json.dumps(key, sort_keys=True, default=str)
+    if memo in _DECISIONS:
+        return _DECISIONS[memo]
+    with _CALIBRATION_LOCK:
+        if memo in _DECISIONS:
+            return _DECISIONS[memo]
+        record = read_decision("precision", key)
+        where = "cached"
+        if record is None or record.get("choice") not in _AUTO_CHOICES or "time_vs_fp32" not in record:
+            record = calibrate_precision(model)
+            path = write_decision("precision", key, record)
+            where = f"measured now, stored in {path}" if path else "measured now"
+        logger.info(
+            f"precision auto: {record['choice']} on {describe_cpu()} for this {key['model'].get('model_type') or ''}"
+            f" model ({where}; time per {record['shape'][0]}x{record['shape'][1]} batch relative to fp32: "
+            + ", ".join(f"{name} {ratio}" for name, ratio in record["time_vs_fp32"].items())
+            + ")"
+        )
+        _DECISIONS[memo] = record["choice"]
+        return record["choice"]
+
+
+def _calibration_features(model: SentenceTransformer, rows: int, length: int) -> dict[str, torch.Tensor]:
+    """A ``rows x length`` batch of the model's own tokenizer output for seeded random words of its vocabulary."""
+    tokenizer = model.tokenizer
+    words = [w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) > 2]
+    generator = np.random.default_rng(0)
+    texts = [" ".join(generator.choice(words, size=length)) for _ in range(rows)] if words else ["a " * length] * rows
+    features = model.preprocess(texts)
+    return {k: v[:, :length] if isinstance(v, torch.Tensor) and v.dim() == 2 else v for k, v in features.items()}
+
+
+def calibrate_precision(
+    model: SentenceTransformer, *, rows: int = 8, length: int = 128, budget_s: float = 1.5
+) -> dict[str, Any]:
+    """Time ``model``'s forward pass in fp32, on its bf16 copy and under bf16 autocast on one ``rows x length``
+    batch (interleaved rounds: :func:`gte_st.calibration.interleaved_times`) and return the record
+    :func:`calibrated_precision` stores: ``choice`` (the fastest by the median of its per-round time relative to
+    fp32, :func:`gte_st.calibration.paired_ratios`, among the paths whose embeddings keep a cosine of at least
+    :data:`BF16_MIN_COSINE` with fp32's; fp32 unless a bf16 path takes at most 97 % of its time), ``time_vs_fp32``
+    and median ``ms`` per path, ``min_cosine`` per bf16 path, the ``rounds`` and the batch ``shape``."""
+    length = max(8, min(length, model.max_seq_length or length))
+    features = batch_to_device(_calibration_features(model, rows, length), model.device)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def run(resolved: str) -> Callable[[], None]:
+        runner = _serving_copy(model, resolved, False)
+
+        def call() -> None:
+            with (
+                torch.inference_mode(),
+                torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=resolved == "bf16-autocast"),
+            ):
+                embedding = runner(dict(features))["sentence_embedding"].float()
+            outputs[resolved] = torch.nn.functional.normalize(embedding, p=2, dim=1)
+
+        return call
+
+    was_training = model.training
+    model.eval()
+    try:
+        paths = {resolved: run(resolved) for resolved in _AUTO_CHOICES}
+        for call in paths.values():  # warm-up: kernels, allocators (the bf16 copy was made above)
+            call()
+        times = interleaved_times(paths, budget_s=budget_s)
+    finally:
+        model.train(was_training)
+    ratios = paired_ratios(times, "fp32")
+    cosines = {name: round(float((outputs[name] * outputs["fp32"]).sum(1).min()), 5) for name in _AUTO_CHOICES[1:]}
+    allowed = ["fp32"] + [name for name in _AUTO_CHOICES[1:] if cosines[name] >= BF16_MIN_COSINE]
+    fastest = min(allowed, key=ratios.__getitem__)
+    choice = fastest if ratios[fastest] <= 0.97 else "fp32"
+    return {
+        "choice": choice,
+        "time_vs_fp32": {name: round(value, 3) for name, value in ratios.items()},
+        "ms": {name: round(1000 * statistics.median(values), 2) for name, values in times.items()},
+        "rounds": len(times["fp32"]),
+        "min_cosine": cosines,
+        "shape": [int(features["input_ids"].shape[0]), int(features["input_ids"].shape[1])],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 _COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, tuple[int, tokenizers.Tokenizer, int]] = (
@@ -302,9 +429,9 @@ def encode(
         texts: The texts to embed.
         batch_size: Rows per batch for the longest texts; batches of short texts grow up to 4x this while their
             token count stays below ``batch_size * 128``.
-        precision: ``"auto"`` (``"bf16"`` on AMX/AVX512-BF16 CPUs and bf16-capable GPUs, else ``"fp32"``),
-            ``"fp32"``, ``"bf16"`` (bf16 weight copies, all ops in bf16) or ``"bf16-autocast"``. Torch models only
-            (ignored for exported artifacts, which run at their own precision).
+        precision: ``"auto"`` (the fastest of the three below on this CPU, measured once per model shape and CPU:
+            :func:`resolve_precision`; bf16 on bf16-capable GPUs), ``"fp32"``, ``"bf16"`` (bf16 weight copies, all
+            ops in bf16) or ``"bf16-autocast"``. Torch models only (exported artifacts run at their own precision).
         show_progress_bar: Show a progress bar over batches.
         prompt: Text prepended to every input (as in ``model.encode(prompt=...)``).
         prompt_name: Name of a prompt in ``model.prompts`` (e.g. ``"query"``); ignored when ``prompt`` is given.
@@ -335,11 +462,13 @@ def encode(
     is_torch = getattr(model, "backend", "torch") == "torch"
     device = model.device
     # Exported artifacts (ONNX Runtime, OpenVINO) run at their own precision; they still gain from the batching.
-    resolved = resolve_precision(precision, device)
     if not is_torch:
         if compile:
             raise ValueError("compile=True applies to torch models; an exported artifact is already compiled")
+        check_precision(precision)
         resolved = "fp32"
+    else:
+        resolved = resolve_precision(precision, model)
     texts, lengths = _capped(model, texts, prompt or "")
     order = np.argsort(-lengths, kind="stable")
     spans = _batches(lengths[order], batch_size, token_budget=batch_size * 128)

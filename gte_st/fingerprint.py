@@ -3,14 +3,18 @@
 * :func:`file_digest`: sha256 (or the git blob sha1 the Hub lists) of a file, streamed.
 * :func:`model_fingerprint`: everything that decides a loaded model's embeddings (weights, modules, length, prompts).
 * :func:`corpus_fingerprint`: the (id, text) pairs of a corpus, in order.
+* :func:`file_records`: size, modification time and sha256 of files, re-hashing only those whose size or time
+  changed since an earlier record (how an export's artifacts are checked against the torch files they were verified
+  against, :mod:`gte_st.export.manifest`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -50,6 +54,31 @@ def model_fingerprint(model: SentenceTransformer) -> str:
     return h.hexdigest()
 
 
+def file_records(
+    root: str | os.PathLike, relative_paths: Iterable[str], known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``{path: {"size", "mtime_ns", "ctime_ns", "sha256"}}`` for each of ``relative_paths`` under ``root`` (missing
+    files are left out). A file whose size, modification and status-change times all equal its record in ``known``
+    keeps that record's sha256 without being read again: writing a file sets its status-change time, which no tool
+    can set back, so a rewritten file is always hashed anew."""
+    root = Path(root)
+    records: dict[str, dict[str, Any]] = {}
+    for relative in sorted(relative_paths):
+        path = root / relative
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        earlier = (known or {}).get(relative)
+        now = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns}
+        if earlier and all(earlier.get(k) == v for k, v in now.items()) and "sha256" in earlier:
+            digest = earlier["sha256"]
+        else:
+            digest = file_digest(path)
+        records[relative] = {**now, "sha256": digest}
+    return records
+
+
 def corpus_fingerprint(ids: list[str], texts: list[str]) -> str:
     """sha256 over the (id, text) pairs of a corpus, in order."""
     digest = hashlib.sha256()
@@ -61,4 +90,4 @@ def corpus_fingerprint(ids: list[str], texts: list[str]) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["corpus_fingerprint", "file_digest", "model_fingerprint"]
+__all__ = ["corpus_fingerprint", "file_digest", "file_records", "model_fingerprint"]

@@ -12,7 +12,7 @@ Example::
 
     from gte_st.registry import BACKENDS
 
-    BACKENDS.names()                     # ('torch', 'onnx', 'openvino')
+    BACKENDS.names()                     # ('torch', 'onnx', 'openvino', 'auto')
     load = BACKENDS.get("onnx")          # the loader function, imported on first use
     BACKENDS.register("tensorrt", "my_package.trt:load_trt_model", help="TensorRT engine")
 """
@@ -104,12 +104,19 @@ BACKENDS.register(
     "openvino", "gte_st.export.runtime:load_openvino_model", help="an exported OpenVINO IR",
     default_file="openvino/openvino_model.xml", suffix=".xml",
 )  # fmt: skip
+BACKENDS.register(
+    "auto", "gte_st.export.auto:load_auto_model",
+    help="the fastest verified path on this CPU: the torch weights or an exported artifact that passed its parity "
+    "gate and is not stale (measured once per model folder and CPU)",
+)  # fmt: skip
 
 # ------------------------------------------------------------------------------------------ encode precisions
 PRECISIONS = Registry("encode precision", option="--precision")
 PRECISIONS.register(
-    "auto", "bf16", help="bf16 where the hardware runs it natively (AMX / AVX512-BF16 CPUs, bf16 GPUs), else fp32"
-)
+    "auto", "auto",
+    help="the fastest of fp32, bf16 and bf16-autocast on this CPU, measured once per model shape and CPU (fp32 "
+    "without native bf16; bf16 on bf16 GPUs)",
+)  # fmt: skip
 PRECISIONS.register("fp32", "fp32", help="float32 weights and activations (reproduces published scores)")
 PRECISIONS.register("bf16", "bf16", help="a bf16 copy of the model: every op in bf16, normalisation in float32")
 PRECISIONS.register("bf16-autocast", "bf16-autocast", help="float32 weights under torch.autocast(bf16)")

@@ -12,7 +12,13 @@ Measured, in one process on the same SciFact title -> abstract pairs:
 * training steps (forward + backward + AdamW) under ``torch.autocast(bf16)``: stock ``MultipleNegativesRankingLoss``
   vs ``gte_st.losses.NormalizedMSELoss``, same batch, same max length;
 * encoding the abstracts (max length ``--encode-max-len``): stock ``model.encode`` fp32, stock under bf16 autocast,
-  ``gte_st.encoding.encode(precision="bf16")``.
+  ``gte_st.encoding.encode(precision="bf16")``;
+* training at equal settings through the Trainers (``--train-arms``, the arms of scripts/bench_train_throughput.py on
+  the same model, each in a fresh process): stock ``SentenceTransformerTrainer`` + MNRL (``bf16=True``) against
+  gte-st's ``GTETrainer`` with its defaults (length-grouped batches, texts tokenised once) on the same loss and with
+  ``NormalizedMSELoss``, and the cached pair (stock ``CachedMultipleNegativesRankingLoss`` with
+  ``mini_batch_num_tokens`` vs ``CachedNormalizedMSELoss``), on short (SNLI) and long-tailed (docstrings + SciFact
+  abstracts) pairs: pairs/s, real tokens/s, padding fraction and MFU (padded tokens).
 
 MFU counts padded tokens: 6 x non-embedding parameters x tokens (+ attention 12 x layers x hidden x len^2 per
 sequence) for training, a third of that for encoding, divided by time and by the peak (``--peak-tflops``, or a
@@ -76,6 +82,14 @@ def main() -> int:
     parser.add_argument("--encode-max-len", type=int, default=512)
     parser.add_argument("--encode-batch-size", type=int, default=128)
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak (default: from GPU name)")
+    parser.add_argument(
+        "--train-arms", nargs="*", default=["st-mnrl", "gte-mnrl-plain", "gte-mnrl", "gte-mse", "st-cached-mnrl",
+                                            "gte-cached-mse"],
+        help="equal-settings Trainer arms of scripts/bench_train_throughput.py (none: skip)",
+    )  # fmt: skip
+    parser.add_argument("--train-data", nargs="+", default=["short", "long"], choices=["short", "long"])
+    parser.add_argument("--cached-batch-size", type=int, default=None, help="cached arms' batch (default 4x batch)")
+    parser.add_argument("--train-repeats", type=int, default=1, help="runs of every Trainer arm, interleaved")
     parser.add_argument("--data-root", default=str(DATA))
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
@@ -178,6 +192,39 @@ def main() -> int:
                 "mfu_unpadded_tokens": flops / elapsed / (peak * 1e12) if peak else None,
             }
 
+        # ---- training at equal settings, through the Trainers (each arm in a fresh process) ----
+        trainer_results = {}
+        if args.train_arms:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from bench_train_throughput import ARMS, build_data, run_arm, summarize
+
+            files = build_data(Path(args.data_root), Path(tmp))
+            runs = {shape: {arm: [] for arm in args.train_arms} for shape in args.train_data}
+            bert = gte_st.build_model(str(path))
+            embedding = sum(p.numel() for n, p in bert.named_parameters() if "embeddings" in n)
+            dense = sum(p.numel() for p in bert.parameters()) - embedding
+            del bert
+            for _ in range(args.train_repeats):
+                for shape in args.train_data:
+                    for arm in args.train_arms:
+                        cached = ARMS[arm].get("cached", False)
+                        config = {
+                            **ARMS[arm], "arm": arm, "data": shape, "pairs_file": str(files[shape]),
+                            "batch": (args.cached_batch_size or 4 * args.batch_size) if cached else args.batch_size,
+                            "max_len": args.max_len, "steps": args.steps, "warmup": 3, "model": str(path),
+                            "device": str(device),
+                        }  # fmt: skip
+                        if (r := run_arm(config)) is not None:
+                            runs[shape][arm].append(r)
+            trainer_results = summarize(runs)
+            for arms in trainer_results.values():
+                for arm, r in arms.items():
+                    # 6 x dense parameters per padded token (forward + backward) + attention, cached arms x4/3
+                    # (their first, gradient-free pass), as for the loop arms above
+                    per_token = 6 * dense + 12 * args.layers * args.hidden * r["mean_padded_length"]
+                    flops = per_token * r["padded_tokens_per_s"] * (4 / 3 if ARMS[arm].get("cached") else 1)
+                    r["mfu"] = flops / (peak * 1e12) if peak else None
+
     base_train, base_enc = results["st-mnrl"]["pairs_per_s"], results["st-encode-fp32"]["docs_per_s"]
     for key, r in results.items():
         rate = r.get("pairs_per_s") or r.get("docs_per_s")
@@ -187,8 +234,15 @@ def main() -> int:
             f"{key:<22} {rate:>10.1f} {'pairs/s' if 'pairs_per_s' in r else 'docs/s '}  x{r['ratio_vs_stock']:.2f}"
             + (f"  MFU {100 * mfu:.1f}%" if mfu else "")
         )
+    for shape, arms in trainer_results.items():
+        for arm, r in arms.items():
+            mfu = f"  MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
+            print(f"trainer {shape:<5} {arm:<15} {r['pairs_per_s']:>10.1f} pairs/s  x{r.get('x_stock', float('nan')):.2f}"
+                  f"  padding {r['padding_fraction']:.2f}{mfu}")  # fmt: skip
     if args.output:
-        Path(args.output).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
+        Path(args.output).write_text(
+            json.dumps({**header, "results": results, "trainer_results": trainer_results}, indent=2) + "\n"
+        )
     return 0
 
 

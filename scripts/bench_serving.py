@@ -20,6 +20,12 @@ stock-bf16-autocast         the same under ``torch.autocast("cpu", torch.bfloat1
 gte-bf16                    ``gte_st.encoding.encode(model, docs, precision="bf16")`` (``fp32`` under --isa)
 gte-bf16-compile            the same with ``compile=True`` (compiled during the warm-up, outside the timed rounds;
                             its STS-B figure is the eager path's, its cosines are its own)
+gte-auto                    ``encode(model, docs)``: ``precision="auto"``, calibrated on this CPU in this run (the
+                            pick is recorded; fp32 under --isa)
+auto                        ``encode(load_model_dir(folder, backend="auto"), docs)``: the fastest verified path of the
+                            folder on this CPU, measured in this run (choice and reason recorded); the folder is the
+                            ``--down-projections search`` export's (int8 IR + fp32 IR) when that path is run, else
+                            the one holding every other export
 onnx-fp32                   ``onnx/model.onnx`` on ONNX Runtime (plain graph)
 onnx-O2                     ``onnx/model_O2.onnx``: fused Attention / SkipLayerNorm / BiasGelu
 onnx-int8-dynamic-plain     dynamic int8 of the plain graph (what ``gte-st export --quantize int8`` wrote before)
@@ -68,9 +74,12 @@ from pathlib import Path
 
 import numpy as np
 
+from gte_st.hardware import cpu_details  # noqa: F401  (stdlib only; scripts/bench_index.py imports it from here)
+
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 STOCK = ["stock-fp32", "stock-fp32-b8", "stock-bf16-autocast", "gte-bf16", "gte-bf16-compile"]
+AUTO = ["gte-auto", "auto"]
 ARTIFACTS = {
     "onnx-fp32": ("onnx", "none", "onnx/model.onnx"),
     "onnx-O2": ("onnx", "none", "onnx/model_O2.onnx"),
@@ -83,33 +92,6 @@ ARTIFACTS = {
     "openvino-int8-weights": ("openvino", "int8-dynamic", "openvino/openvino_model_qint8_weights.xml"),
 }
 ISA_ENV = {"avx512_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "MKL_ENABLE_INSTRUCTIONS": "AVX512_E1"}}
-
-
-def cpu_details() -> dict:
-    """What the speed ratios depend on besides the code (they differ by 1.6x between two 2-core AMX hosts, see
-    docs/benchmarks.md): the CPU as the hypervisor names it, family / model / stepping, the cache sizes of cpu0 and
-    the ISA flags that decide the kernels. Empty fields where /proc or /sys is not readable (non-Linux)."""
-    fields: dict[str, str] = {}
-    try:
-        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-        fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in block.splitlines())}
-    except OSError:
-        pass
-    caches = {}
-    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        try:
-            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
-        except OSError:
-            continue
-        caches[f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")] = size
-    flags = set(fields.get("flags", "").split())
-    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-    return {
-        "model_name": fields.get("model name"),
-        "family_model_stepping": "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")),
-        "caches": caches,
-        "isa_flags": [flag for flag in wanted if flag in flags],
-    }
 
 
 def _docs(path: Path, n: int) -> list[str]:
@@ -161,7 +143,9 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calibration-size", type=int, default=200, help="static int8 calibration texts (built-in)")
-    parser.add_argument("--paths", nargs="+", default=STOCK + list(ARTIFACTS), choices=STOCK + list(ARTIFACTS))
+    parser.add_argument(
+        "--paths", nargs="+", default=STOCK + list(ARTIFACTS) + AUTO, choices=STOCK + list(ARTIFACTS) + AUTO
+    )
     parser.add_argument("--no-gte-encode", action="store_true", help="skip the <artifact>+gte rows")
     parser.add_argument("--isa", choices=["native", "avx512_vnni"], default="native")
     parser.add_argument("--sts", action="store_true", help="also report STS-B test Spearman and its delta")
@@ -176,9 +160,11 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     import gte_st
-    from gte_st.encoding import cpu_supports_bf16, encode
+    from gte_st.encoding import encode, resolve_precision
     from gte_st.export import PARITY_SAMPLE, PARITY_THRESHOLDS, ExportParityError, export, load_exported
+    from gte_st.export.auto import choose_backend, load_choice
     from gte_st.export.runtime import transformer_subdir
+    from gte_st.hardware import cpu_supports_bf16
 
     limited = args.isa != "native"
     paths = [p for p in args.paths if not (limited and p in ("stock-bf16-autocast",))]
@@ -213,6 +199,7 @@ def main() -> int:
     source = Path(args.model or gte_st.default_base_model())
     docs = _docs(Path(args.corpus), args.max_docs)
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    os.environ["GTE_ST_CACHE"] = str(work / "cache")  # "auto" is calibrated afresh in this run
     try:
         model_dir, plain_dir, search_dir = work / "model", work / "model-plain", work / "model-search"
         shutil.copytree(source, model_dir)
@@ -293,6 +280,23 @@ def main() -> int:
                 row = "gte-bf16" if not limited else "gte-fp32"
                 fns[row] = lambda t: encode(torch_model, t, batch_size=args.batch_size, precision=gte_precision)
                 models[row] = (torch_model, gte_precision)
+            elif name == "gte-auto":
+                header["gte_auto_precision"] = resolve_precision("auto", torch_model)
+                fns[name] = lambda t: encode(torch_model, t, batch_size=args.batch_size)
+                models[name] = (torch_model, "auto")
+            elif name == "auto":
+                folder = search_dir if search_dir.exists() else model_dir
+                start = time.perf_counter()
+                choice = choose_backend(folder)
+                header["backend_auto"] = {
+                    "folder": folder.name, "variant": choice.variant, "precision": choice.precision,
+                    "reason": choice.describe(), "choice_s": round(time.perf_counter() - start, 1),
+                }  # fmt: skip
+                print(f"backend auto: {choice.describe()}", flush=True)
+                auto_model = load_choice(folder, choice)
+                auto_model.max_seq_length = args.max_length
+                fns[name] = lambda t, m=auto_model: encode(m, t, batch_size=args.batch_size)
+                models[name] = (auto_model, "auto")
             elif name == "gte-bf16-compile":
                 row = "gte-bf16-compile" if not limited else "gte-fp32-compile"
                 fns[row] = lambda t: encode(

@@ -141,7 +141,8 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     import gte_st
-    from gte_st.encoding import cpu_supports_bf16, encode
+    from gte_st.encoding import encode
+    from gte_st.hardware import cpu_supports_bf16
 
     model_dir = Path(gte_st.default_base_model())
     model = SentenceTransformer(str(model_dir), device="cpu")

@@ -37,6 +37,7 @@ import gzip
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace,
         "--per_device_train_batch_size", str(args.batch_size), "--max_seq_length", str(args.max_seq_length),
         "--learning_rate", str(args.lr), "--seed", str(seed), "--save_steps", "100000", "--logging_steps", "10",
         "--precision", args.precision, *(["--base_model", args.base_model] if args.base_model else []),
+        *shlex.split(args.train_args),
     ]  # fmt: skip
     all_sources = [f"claims={files['claims']}", f"titles={files['titles']}", f"snli={files['snli']}"]
     if arm == "recipe":
@@ -284,6 +286,11 @@ def main() -> None:
     parser.add_argument("--results", default="docs/results/train_quality.json", help="JSON results file (merged)")
     parser.add_argument("--plot", default=None, help="PNG plot of every result in --results")
     parser.add_argument("--report-only", action="store_true", help="only print the tables and plot of --results")
+    parser.add_argument(
+        "--train-args", default="",
+        help="more `gte-st train` options for every trained arm, e.g. '--length_grouping 0 --pretokenize false' "
+        "(store the arm under another --label)",
+    )  # fmt: skip
     parser.add_argument(
         "--label", action="append", default=[], metavar="ARM=NAME",
         help="store ARM's results under NAME (e.g. mse=mse-old when PYTHONPATH points at an older snapshot)",

@@ -1,19 +1,36 @@
-"""Benchmark 2: training throughput (pairs/s) and peak memory, gte-st's default path vs sentence-transformers'.
+#!/usr/bin/env python
+"""Benchmark 2: training throughput at equal settings -- sentence-transformers' stock Trainer against gte-st's
+training path, same model, data, batch, length, precision and loss family.
 
-Every configuration trains the offline all-MiniLM-L6-v2 for a few steps through a Trainer on the same real pairs (the
-embedded docstring pairs of ``gte_st.default_data``), each in a fresh process so that peak RSS is its own:
+    python scripts/bench_train_throughput.py --output docs/results/train_throughput.json
 
-- ``st-mnrl``: stock sentence-transformers: ``SentenceTransformer`` + ``MultipleNegativesRankingLoss``, batch 32,
-  max length 256, fp32 (the baseline);
-- ``st-cached-mnrl``: the same with ``CachedMultipleNegativesRankingLoss`` (mini-batch 32);
-- ``gte-st-default``: gte-st's default training path (``gte_st.training``: GTE model, ``NormalizedMSELoss``,
-  no-duplicates batches, max length 128, precision ``auto`` = bf16 autocast on this AMX CPU);
-- ``gte-st-fp32``: the same in fp32 (isolates the bf16 gain);
-- ``gte-st-cached-B``: ``CachedLoss(NormalizedMSELoss)`` (mini-batch 32) at growing batch sizes B: memory stays flat.
+Every arm trains the offline all-MiniLM-L6-v2 for ``--warmup`` + ``--steps`` steps through a Trainer, in a fresh
+process (so peak RSS is its own), on one of two data shapes built from the shared data:
 
-pairs/s is measured between the end of the first step and the end of the last (the first step pays one-off costs).
+- ``short``: SNLI dev premise -> entailed hypothesis pairs (../shared/data/snli_devtest; a dozen tokens each);
+- ``long``: long-tailed pairs: the embedded docstring pairs (``gte_st.default_data``: a summary line -> a body of
+  text and code) and SciFact title -> abstract pairs, shuffled together (short anchors, positives up to and past
+  the length).
 
-    python scripts/bench_train_throughput.py [--steps 4] [--cached-batches 32,128,512]
+Arms (``--arms``; all at batch ``--batch-size``, length ``--max-seq-length``, bf16 autocast, AdamW, lr 2e-5):
+
+===================  ===========================================================================================
+st-mnrl              stock: ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss``, ``bf16=True``,
+                     ``batch_sampler="no_duplicates"`` (the baseline)
+gte-mnrl-plain       gte-st's Trainer (``gte_st.training.GTETrainer``) + the same loss, new options off
+                     (``length_grouping=0``, ``pretokenize=False``): the pipeline as it was
+gte-mnrl             the same with gte-st's training defaults (length-grouped batches, texts tokenised once)
+gte-mse              gte-st's defaults with its default loss (``NormalizedMSELoss``)
+gte-mnrl-pretok      only ``pretokenize`` on; ``gte-mnrl-group`` only ``length_grouping`` on (which pays)
+st-cached-mnrl       stock ``CachedMultipleNegativesRankingLoss`` (mini-batch 32, ``mini_batch_num_tokens`` =
+                     32 x length: mini-batches packed by real tokens), batch ``--cached-batch-size``
+gte-cached-mse       gte-st's ``CachedLoss(NormalizedMSELoss)`` (mini-batch 32) with gte-st's defaults, same batch
+===================  ===========================================================================================
+
+Reported per arm and data shape: pairs/s and real (non-padding) tokens/s over the timed steps, the padding fraction
+of the batches (1 - real / padded tokens), seconds per step, peak RSS; ``--repeats`` runs of every arm, interleaved
+(A B C A B C: each arm sees the same mix of machine load), medians kept; ratios against ``st-mnrl`` (cached arms:
+against ``st-cached-mnrl``) of the same data shape.
 """
 
 from __future__ import annotations
@@ -21,18 +38,58 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
-import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-CONFIGS = {
-    "st-mnrl": {"model": "st", "loss": "mnrl", "batch": 32, "max_len": 256, "precision": "fp32"},
-    "st-cached-mnrl": {"model": "st", "loss": "cached-mnrl", "batch": 32, "max_len": 256, "precision": "fp32"},
-    "gte-st-default": {"model": "gte", "loss": "mse", "batch": 32, "max_len": 128, "precision": "auto"},
-    "gte-st-fp32": {"model": "gte", "loss": "mse", "batch": 32, "max_len": 128, "precision": "fp32"},
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+ARMS = {
+    "st-mnrl": {"trainer": "st", "loss": "mnrl"},
+    "gte-mnrl-plain": {"trainer": "gte", "loss": "mnrl", "length_grouping": 0, "pretokenize": False},
+    "gte-mnrl": {"trainer": "gte", "loss": "mnrl"},
+    "gte-mse": {"trainer": "gte", "loss": "mse"},
+    "gte-mnrl-pretok": {"trainer": "gte", "loss": "mnrl", "length_grouping": 0, "pretokenize": True},
+    "gte-mnrl-group": {"trainer": "gte", "loss": "mnrl", "pretokenize": False},
+    "st-cached-mnrl": {"trainer": "st", "loss": "cached-mnrl", "cached": True},
+    "gte-cached-mse": {"trainer": "gte", "loss": "mse", "cached": True},
 }
+DEFAULT_ARMS = ["st-mnrl", "gte-mnrl-plain", "gte-mnrl", "gte-mse", "st-cached-mnrl", "gte-cached-mse"]
+
+
+def build_data(data_dir: Path, out: Path) -> dict[str, Path]:
+    """The two data shapes as jsonl files of ``anchor`` / ``positive`` pairs (shuffled with a fixed seed)."""
+    import gzip
+    import random
+
+    from gte_st.default_data import default_datasets
+
+    snli = data_dir / "snli_devtest"
+    premises = (snli / "s1.dev").read_text(encoding="utf8").splitlines()
+    hypotheses = (snli / "s2.dev").read_text(encoding="utf8").splitlines()
+    labels = (snli / "labels.dev").read_text(encoding="utf8").splitlines()
+    short = [
+        {"anchor": p.strip(), "positive": h.strip()}
+        for p, h, label in zip(premises, hypotheses, labels)
+        if label.strip() == "entailment"
+    ]
+    train, _ = default_datasets(max_test=0)
+    long = [{"anchor": a, "positive": p} for d in train.values() for a, p in zip(d["anchor"], d["positive"])]
+    with gzip.open(data_dir / "beir_scifact" / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
+        for line in f:
+            doc = json.loads(line)
+            if doc.get("title") and doc.get("text"):
+                long.append({"anchor": doc["title"].strip(), "positive": doc["text"].strip()})
+    files = {}
+    for name, rows in (("short", short), ("long", long)):
+        random.Random(0).shuffle(rows)
+        files[name] = out / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf8")
+    return files
 
 
 def worker(config: dict) -> dict:
@@ -45,104 +102,199 @@ def worker(config: dict) -> dict:
     import gte_st
     from gte_st.training import GTETrainer, GTETrainingArguments, build_loss, mixed_precision_flags
 
+    batch, steps = config["batch"], config["warmup"] + config["steps"]
     pairs = Dataset.from_json(config["pairs_file"])
-    batch, steps = config["batch"], config["steps"]
-    pairs = pairs.select(range(min(len(pairs), batch * (steps + 1))))
+    pairs = pairs.select(range(min(len(pairs), batch * (steps + 2))))
+    stamps: list[float] = []
+    counts: list[tuple[int, int]] = []
+    sync = torch.cuda.synchronize if config.get("device", "cpu").startswith("cuda") else (lambda: None)
 
     class Clock(TrainerCallback):
-        times: list[float] = []
-
         def on_step_end(self, args, state, control, **kwargs):
-            self.times.append(time.perf_counter())
+            sync()
+            stamps.append(time.perf_counter())
 
-    precision = mixed_precision_flags(config["precision"])
+    class Counting:
+        """The Trainer's collator, counting real (mask) and padded tokens of every batch it builds."""
+
+        def __init__(self, collator):
+            self.collator = collator
+
+        def __getattr__(self, name):  # the Trainer reads the collator's settings (valid_label_columns, ...)
+            return getattr(self.collator, name)
+
+        def __call__(self, features):
+            out = self.collator(features)
+            masks = [v for k, v in out.items() if k.endswith("attention_mask")]
+            counts.append((sum(int(m.sum()) for m in masks), sum(int(m.numel()) for m in masks)))
+            return out
+
+    precision = mixed_precision_flags("bf16")
     common = dict(
         output_dir=os.path.join(os.path.dirname(config["pairs_file"]), "trainer"), per_device_train_batch_size=batch,
         max_steps=steps, save_strategy="no", logging_steps=1000, report_to="none", learning_rate=2e-5, seed=0,
-        disable_tqdm=True, dataloader_drop_last=True,
+        disable_tqdm=True, dataloader_drop_last=True, batch_sampler="no_duplicates",
     )  # fmt: skip
-    clock = Clock()
-    if config["model"] == "st":
+    cached = config.get("cached", False)
+    base, device = config.get("model") or gte_st.default_base_model(), config.get("device", "cpu")
+    if config["trainer"] == "st":
         from sentence_transformers import SentenceTransformerTrainingArguments
 
-        model = SentenceTransformer(gte_st.default_base_model())
+        model = SentenceTransformer(base, device=device)
         model.max_seq_length = config["max_len"]
-        loss = (
-            losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=32)
-            if config["loss"] == "cached-mnrl"
-            else losses.MultipleNegativesRankingLoss(model)
+        if cached:
+            loss = losses.CachedMultipleNegativesRankingLoss(
+                model, mini_batch_size=32, mini_batch_num_tokens=32 * config["max_len"]
+            )
+        else:
+            loss = losses.MultipleNegativesRankingLoss(model)
+        args = SentenceTransformerTrainingArguments(**common, **precision)
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=pairs, loss=loss, callbacks=[Clock()]
         )
-        args = SentenceTransformerTrainingArguments(**common, batch_sampler="no_duplicates", **precision)
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=pairs, loss=loss, callbacks=[clock])
     else:
-        model = gte_st.build_model(max_seq_length=config["max_len"])
-        loss = build_loss(model, "mse", mini_batch_size=config.get("mini_batch_size"))
+        model = gte_st.build_model(base, max_seq_length=config["max_len"], device=device)
+        loss = build_loss(model, config["loss"], mini_batch_size=32 if cached else None)
         args = GTETrainingArguments(**common, **precision)
-        trainer = GTETrainer(model=model, args=args, train_dataset=pairs, loss=loss, callbacks=[clock])
+        options = {k: config[k] for k in ("length_grouping", "pretokenize") if k in config}
+        trainer = GTETrainer(
+            model=model, args=args, train_dataset=pairs, loss=loss, callbacks=[Clock()], **options
+        )  # fmt: skip
+    trainer.data_collator = Counting(trainer.data_collator)
+    start = time.perf_counter()
     trainer.train()
-    elapsed = clock.times[-1] - clock.times[0]
+    total_s = time.perf_counter() - start
+    warmup = config["warmup"]
+    elapsed = stamps[-1] - stamps[warmup - 1]
+    timed = counts[warmup:steps]
+    real, padded = sum(c[0] for c in timed), sum(c[1] for c in timed)
     return {
-        **config,
-        "precision": "bf16" if precision["bf16"] else "fp32",
-        "pairs_per_s": round((len(clock.times) - 1) * batch / elapsed, 3),
-        "s_per_step": round(elapsed / (len(clock.times) - 1), 2),
+        **{k: v for k, v in config.items() if k != "pairs_file"},
+        "pairs_per_s": round(config["steps"] * batch / elapsed, 3),
+        "real_tokens_per_s": round(real / elapsed, 1),
+        "padding_fraction": round(1 - real / padded, 4),
+        "padded_tokens_per_s": round(padded / elapsed, 1),
+        "mean_padded_length": round(padded / (config["steps"] * batch * 2), 2),
+        "s_per_step": round(elapsed / config["steps"], 3),
+        "train_s_with_setup": round(total_s, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "torch_threads": torch.get_num_threads(),
+        "peak_gpu_memory_gib": (
+            round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
+        ),
     }
+
+
+def run_arm(config: dict) -> dict | None:
+    """One arm in a fresh process (``worker``); its result, or ``None`` (and its error printed) when it failed."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(config)], capture_output=True, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )  # fmt: skip
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        print(f"{config['data']} {config['arm']}: failed\n{done.stderr[-3000:]}", flush=True)
+        return None
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, dict]]:
+    """Per data shape and arm, the medians over its runs, and its ratio to the stock arm of its kind
+    (``st-mnrl``; cached arms: ``st-cached-mnrl``)."""
+    medians = ("pairs_per_s", "real_tokens_per_s", "padded_tokens_per_s", "padding_fraction", "s_per_step")
+    results: dict[str, dict[str, dict]] = {}
+    for shape, arms in runs.items():
+        results[shape] = {}
+        for arm, rs in arms.items():
+            if not rs:
+                continue
+            results[shape][arm] = {
+                "batch": rs[0]["batch"],
+                **{key: round(statistics.median(r[key] for r in rs), 4) for key in medians},
+                "mean_padded_length": rs[0]["mean_padded_length"],
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                "peak_gpu_memory_gib": rs[0].get("peak_gpu_memory_gib"),
+                "runs_pairs_per_s": [r["pairs_per_s"] for r in rs],
+            }
+        for arm, r in results[shape].items():
+            base = results[shape].get("st-cached-mnrl" if ARMS[arm].get("cached") else "st-mnrl")
+            if base:
+                r["x_stock"] = round(r["pairs_per_s"] / base["pairs_per_s"], 3)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4, help="training steps per configuration (>= 2)")
-    parser.add_argument("--cached-batches", default="32,128,512", help="batch sizes for the cached gte-st loss")
-    parser.add_argument("--only", nargs="*", help="run only these configuration names")
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    parser.add_argument("--data", nargs="+", default=["short", "long"], choices=["short", "long"])
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (one-off costs)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--cached-batch-size", type=int, default=128, help="batch of the cached-loss arms")
+    parser.add_argument("--max-seq-length", type=int, default=128, help="gte-st's training length")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of every arm, interleaved; medians kept")
+    parser.add_argument("--data-dir", default=str(DATA), help="the shared data folder")
+    parser.add_argument("--output", default=None, help="JSON results (e.g. docs/results/train_throughput.json)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
         return
+    if args.warmup < 1 or args.steps < 1:
+        parser.error("--warmup and --steps must be >= 1")
 
-    configs = dict(CONFIGS)
-    for batch in [int(b) for b in args.cached_batches.split(",") if b]:
-        configs[f"gte-st-cached-{batch}"] = {"model": "gte", "loss": "cached-mse", "batch": batch, "max_len": 128,
-                                             "precision": "auto", "mini_batch_size": 32}  # fmt: skip
-    if args.only:
-        configs = {k: v for k, v in configs.items() if k in args.only}
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}, "
-          f"{os.cpu_count()} CPUs")  # fmt: skip
-    import tempfile
+    import sentence_transformers
+    import torch
+    import transformers
 
-    from datasets import Dataset
+    import gte_st
+    from gte_st.hardware import cpu_details
 
-    from gte_st.default_data import default_datasets
-
-    train, _ = default_datasets(max_test=0)
-    work = tempfile.mkdtemp(prefix="gte-st-bench-")
-    pairs_file = os.path.join(work, "pairs.jsonl")
-    columns = {k: [t for d in train.values() for t in d[k]] for k in ("anchor", "positive")}
-    Dataset.from_dict(columns).shuffle(seed=0).to_json(pairs_file)
-    results = {}
-    for name, config in configs.items():
-        config = {**config, "pairs_file": pairs_file}
-        steps = args.steps if config["batch"] <= 64 else 2
-        out = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps({**config, "steps": steps})],
-            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-        )  # fmt: skip
-        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{name}: failed\n{out.stderr[-3000:]}")
-            continue
-        results[name] = json.loads(line.removeprefix("RESULT "))
-        r = results[name]
-        print(f"{name:<20} batch {r['batch']:>4} len {r['max_len']:>3} {r['precision']:<4} {r['pairs_per_s']:8.2f} "
-              f"pairs/s {r['s_per_step']:7.2f} s/step  peak RSS {r['peak_rss_mib']:>5} MiB", flush=True)  # fmt: skip
-    shutil.rmtree(work, ignore_errors=True)
-    base = results.get("st-mnrl")
-    if base:
-        for name, r in results.items():
-            print(f"ratio {name} / st-mnrl: {r['pairs_per_s'] / base['pairs_per_s']:.2f}x")
-    print(json.dumps(results))
+    header = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_details(),
+        "versions": {
+            "torch": torch.__version__,
+            "sentence_transformers": sentence_transformers.__version__,
+            "transformers": transformers.__version__,
+            "gte_st": gte_st.__version__,
+        },  # fmt: skip
+        "command": " ".join(["python", *sys.argv]),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "worker")},
+    }
+    print(json.dumps(header, indent=1), flush=True)
+    runs: dict[str, dict[str, list[dict]]] = {shape: {arm: [] for arm in args.arms} for shape in args.data}
+    with tempfile.TemporaryDirectory(prefix="gte-st-bench-train-") as work:
+        files = build_data(Path(args.data_dir), Path(work))
+        for repeat in range(args.repeats):
+            for shape in args.data:
+                for arm in args.arms:
+                    config = {
+                        **ARMS[arm], "arm": arm, "data": shape, "pairs_file": str(files[shape]),
+                        "batch": args.cached_batch_size if ARMS[arm].get("cached") else args.batch_size,
+                        "max_len": args.max_seq_length, "steps": args.steps, "warmup": args.warmup,
+                    }  # fmt: skip
+                    r = run_arm(config)
+                    if r is None:
+                        continue
+                    runs[shape][arm].append(r)
+                    print(f"[{repeat + 1}/{args.repeats}] {shape:<5} {arm:<16} batch {r['batch']:>4} "
+                          f"{r['pairs_per_s']:8.2f} pairs/s {r['real_tokens_per_s']:9.0f} real tok/s "
+                          f"padding {r['padding_fraction']:.2f} {r['s_per_step']:6.2f} s/step "
+                          f"RSS {r['peak_rss_mib']} MiB", flush=True)  # fmt: skip
+    results = summarize(runs)
+    header["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(f"\n{'data':<6} {'arm':<16} {'batch':>5} {'pairs/s':>8} {'real tok/s':>10} {'padding':>8} {'x stock':>8}")
+    for shape, arms in results.items():
+        for arm, r in arms.items():
+            print(f"{shape:<6} {arm:<16} {r['batch']:>5} {r['pairs_per_s']:>8.2f} {r['real_tokens_per_s']:>10.0f} "
+                  f"{r['padding_fraction']:>8.2f} {r.get('x_stock', float('nan')):>8.2f}")  # fmt: skip
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps({**header, "results": results}, indent=2) + "\n")
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ and the shared data folder. Nothing here touches the network."""
 
 from __future__ import annotations
 
+import atexit
 import collections
 import os
 import re
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The suite's own cache (converted checkpoints, calibrated "auto" decisions), not the user's; removed at exit.
+_SUITE_CACHE = tempfile.mkdtemp(prefix="gte-st-tests-cache-")
+atexit.register(shutil.rmtree, _SUITE_CACHE, True)
+os.environ.setdefault("GTE_ST_CACHE", _SUITE_CACHE)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -9,7 +10,11 @@ import pytest
 import torch
 from conftest import stsb_rows
 
-from gte_st.encoding import _batches, _token_lengths, cpu_supports_bf16, encode, resolve_precision
+import gte_st.encoding
+import gte_st.hardware
+from gte_st.calibration import calibration_dir
+from gte_st.encoding import _batches, _token_lengths, calibrate_precision, encode, resolve_precision
+from gte_st.hardware import cpu_supports_bf16
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +67,74 @@ def test_prompt_is_prepended_like_stock_encode(tiny_model, sentences):
 
 
 def test_precision_resolution_and_errors(tiny_model):
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == ("bf16" if cpu_supports_bf16() else "fp32")
-    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", tiny_model) in (
+        ("fp32", "bf16", "bf16-autocast") if cpu_supports_bf16() else ("fp32",)
+    )
+    assert resolve_precision("fp32", tiny_model) == "fp32"
     with pytest.raises(ValueError, match="precision must be"):
-        resolve_precision("fp16", cpu)
+        resolve_precision("fp16", tiny_model)
     with pytest.raises(TypeError, match="list of texts"):
         encode(tiny_model, "one string")
     assert encode(tiny_model, []).shape[0] == 0
+
+
+@pytest.fixture
+def fresh_calibration(tmp_path, monkeypatch):
+    """An empty calibration cache, no decision remembered in this process, and a CPU that runs bf16 natively (so
+    that "auto" calibrates on any CI machine; the bf16 paths run, emulated where they must)."""
+    monkeypatch.setenv("GTE_ST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setattr(gte_st.encoding, "_DECISIONS", {})
+    monkeypatch.setattr(gte_st.encoding, "cpu_supports_bf16", lambda: True)
+    return tmp_path / "cache" / "calibration"
+
+
+def test_auto_precision_is_measured_once_cached_on_disk_and_reused(tiny_model, fresh_calibration, monkeypatch, caplog):
+    calls = []
+    real = gte_st.encoding.calibrate_precision
+    monkeypatch.setattr(gte_st.encoding, "calibrate_precision", lambda model: calls.append(1) or real(model))
+    with caplog.at_level("INFO", logger="gte_st.encoding"):
+        first = resolve_precision("auto", tiny_model)
+    assert first in ("fp32", "bf16", "bf16-autocast") and len(calls) == 1
+    assert f"precision auto: {first}" in caplog.text and "measured now" in caplog.text
+    (stored,) = fresh_calibration.glob("precision-*.json")
+    assert calibration_dir() == fresh_calibration
+    record = json.loads(stored.read_text())
+    assert record["record"]["choice"] == first and set(record["record"]["time_vs_fp32"]) == {
+        "fp32", "bf16", "bf16-autocast"
+    }  # fmt: skip
+    assert record["key"]["model"]["hidden_size"] == 32 and record["key"]["cpu"]["isa_flags"] is not None
+
+    # a new process (nothing remembered) reads the decision from disk: the recorded choice is the one used
+    record["record"]["choice"] = "bf16-autocast" if first != "bf16-autocast" else "bf16"
+    stored.write_text(json.dumps(record))
+    monkeypatch.setattr(gte_st.encoding, "_DECISIONS", {})
+    assert resolve_precision("auto", tiny_model) == record["record"]["choice"] and len(calls) == 1
+    assert encode(tiny_model, ["a man plays a guitar"]).shape[0] == 1 and len(calls) == 1
+
+    # another key (here: another thread count, as on another machine) is measured again, in a file of its own
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads > 1 else 2)
+        resolve_precision("auto", tiny_model)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 2 and len(list(fresh_calibration.glob("precision-*.json"))) == 2
+
+
+def test_auto_precision_never_picks_a_path_beyond_bf16_tolerance_nor_bf16_without_it(
+    tiny_model, fresh_calibration, monkeypatch
+):
+    record = calibrate_precision(tiny_model)
+    assert record["choice"] in ("fp32", "bf16", "bf16-autocast") and min(record["min_cosine"].values()) >= 0.99
+    monkeypatch.setattr(gte_st.encoding, "BF16_MIN_COSINE", 1.01)  # no bf16 path is close enough to fp32 now
+    assert calibrate_precision(tiny_model)["choice"] == "fp32"
+    # under an instruction-set limit without native bf16 (as on an older CPU), auto is fp32 without measuring
+    monkeypatch.setattr(gte_st.encoding, "cpu_supports_bf16", gte_st.hardware.cpu_supports_bf16)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    assert not gte_st.hardware.cpu_supports_bf16()
+    assert resolve_precision("auto", tiny_model) == "fp32"
+    assert not list(fresh_calibration.glob("precision-*.json"))
 
 
 def test_batches_cover_every_row_once_and_grow_for_short_texts():
@@ -152,7 +217,9 @@ def test_encode_takes_a_loaded_model_and_the_loader_checks_backends(exported_tin
 
     with pytest.raises(TypeError, match="encode takes a loaded model"):
         encode(exported_tiny, ["a"])
-    with pytest.raises(UsageError, match="'tensorrt' is not a known backend; choose one of torch, onnx, openvino"):
+    with pytest.raises(
+        UsageError, match="'tensorrt' is not a known backend; choose one of torch, onnx, openvino, auto"
+    ):
         load_model_dir(exported_tiny, "tensorrt")
     with pytest.raises(ValueError, match="not an exported artifact"):
         load_model_dir(exported_tiny, file_name="model.safetensors")

@@ -174,18 +174,44 @@ def test_openvino_encoder_runs_slices_and_compiles_recurring_shapes_static(tiny_
     )
     encoder = model[0].model
     length = model.preprocess(texts)["input_ids"].shape[1]
+    length = -(-length // 16) * 16  # the sequence axis is padded to a multiple of 16 tokens
     # One batch of 10 rows: slices of 4, 4 and 2 rows. The second (4, length) slice is the shape's second run, so it
-    # is compiled static; (2, length) recurs on the second call but the one static slot is taken.
+    # is compiled static; the partial (2, length) slice never is (nor counted): a compile would be its latency.
     first = model.encode(texts, batch_size=10, normalize_embeddings=True)
     assert list(encoder.static) == [(4, length)]
     second = model.encode(texts, batch_size=10, normalize_embeddings=True)
-    assert list(encoder.static) == [(4, length)] and encoder.shape_counts[(2, length)] == 2
+    assert list(encoder.static) == [(4, length)] and (2, length) not in encoder.shape_counts
+    for _ in range(3):
+        model.encode(texts[:1], normalize_embeddings=True)  # a recurring single query: no compile either
+    assert list(encoder.static) == [(4, length)]
     for embeddings in (first, second, whole.encode(texts, batch_size=10, normalize_embeddings=True)):
         np.testing.assert_allclose(embeddings, reference, atol=1e-5)
     xml = model_dir / "openvino" / "openvino_model.xml"
-    for bad in ({"slice_rows": 0}, {"static_shapes": -1}, {"static_after": 0}):
-        with pytest.raises(ValueError, match="slice_rows|static_"):
+    for bad in ({"slice_rows": 0}, {"static_shapes": -1}, {"static_after": 0}, {"pad_to_multiple": 0}):
+        with pytest.raises(ValueError, match="slice_rows|static_|pad_to_multiple"):
             OpenVINOEncoder(xml, encoder.config, **bad)
+
+
+def test_openvino_encoder_pads_lengths_to_buckets_without_changing_embeddings(tiny_gte_dir, tmp_path):
+    """Queries of different token lengths share a handful of padded shapes (the dynamic-shape compilation builds
+    kernels per new shape on its first run): padded or not, the embeddings are the same."""
+    pytest.importorskip("openvino")
+    from gte_st.export import export, load_openvino_model
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    export(model_dir, "openvino", "none")
+    queries = [" ".join(["word"] * n) for n in range(1, 40, 3)]
+    exact = load_openvino_model(model_dir, precision="fp32", encoder_options={"pad_to_multiple": None})
+    padded = load_openvino_model(model_dir, precision="fp32")
+    shapes = []
+    request = padded[0].model.requests[0]
+    for query in queries:
+        np.testing.assert_allclose(
+            padded.encode([query], normalize_embeddings=True), exact.encode([query], normalize_embeddings=True),
+            atol=1e-5,
+        )  # fmt: skip
+        shapes.append(tuple(request.get_tensor("input_ids").shape))
+    assert {shape[1] for shape in shapes} == {16, 32, 48} and len(set(shapes)) < len(queries) / 3
 
 
 def test_openvino_encoder_serves_concurrent_threads(tiny_gte_dir, tmp_path):

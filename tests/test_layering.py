@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gte_st"
 # The layers, lowest first: a module may import from its own layer and the layers below, never above.
 LAYERS: list[set[str]] = [
     {"gte_st", "gte_st.errors", "gte_st.files", "gte_st.fingerprint", "gte_st.checkpoints", "gte_st.readers",
-     "gte_st.weights", "gte_st.registry", "gte_st.training_summary"},
+     "gte_st.weights", "gte_st.registry", "gte_st.training_summary", "gte_st.hardware", "gte_st.calibration"},
     {"gte_st.pooling", "gte_st.losses"},
     {"gte_st.model", "gte_st.encoding", "gte_st.data", "gte_st.corpus", "gte_st.convert", "gte_st.default_data",
      "gte_st.duplicates", "gte_st.clusters", "gte_st.vocabulary", "gte_st.ranking"},

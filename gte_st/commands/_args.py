@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -48,13 +49,15 @@ def check_outputs(outputs: dict[str, str | os.PathLike | None], inputs: dict[str
             check_output_path(output, flat, option=option)
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--backend`` / ``--file-name``: run the model's exported artifact (see ``gte-st export``) instead of torch."""
+def add_backend_arguments(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """``--backend`` / ``--file-name``: what runs the model -- torch, an exported artifact (see ``gte-st export``),
+    or (``auto``) the fastest verified of them on this CPU (:mod:`gte_st.export.auto`)."""
     from gte_st.registry import BACKENDS
 
     parser.add_argument(
-        "--backend", default="torch", choices=BACKENDS.names(),
-        help=f"what runs the model: {BACKENDS.help_table()} (create artifacts with `gte-st export`)",
+        "--backend", default=default, choices=BACKENDS.names(),
+        help=f"what runs the model (default {default}): {BACKENDS.help_table()} (create artifacts with "
+        "`gte-st export`; --compile selects torch)",
     )  # fmt: skip
     parser.add_argument("--file-name", help="the artifact inside the model directory, e.g. onnx/model_O2.onnx")
 
@@ -88,7 +91,10 @@ def add_truncate_dim_argument(parser: argparse.ArgumentParser, help: str | None 
 
 
 def check_compile(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--compile`` is for the torch backend: a one-line usage error with ``--backend`` / ``--file-name``."""
+    """``--compile`` is for the torch backend: it selects it over ``--backend auto``, and is a one-line usage error
+    with an exported artifact (``--backend onnx|openvino`` / ``--file-name``)."""
+    if args.compile and args.backend == "auto" and not args.file_name:
+        args.backend = "torch"
     if args.compile and (args.backend != "torch" or args.file_name):
         parser.error("--compile applies to the torch backend, not to an exported artifact (--backend/--file-name)")
 
@@ -102,15 +108,32 @@ def load_model(
     backend: str = "torch",
     file_name: str | None = None,
     truncate_dim: int | None = None,
+    torch_precision: str = "auto",
 ) -> Any:
     """The SentenceTransformer a user named: a local directory or a Hub id, loaded with :func:`gte_st.load` (so
     original-layout GTE checkpoints are converted, never run as remote code); a clear error when it cannot be.
     ``truncate_dim`` becomes the model's ``truncate_dim`` (checked against its dimension), which every encode
-    honours."""
+    honours.
+
+    ``backend="auto"`` runs the fastest verified path on this CPU for a local directory (torch at
+    ``torch_precision``, or an exported artifact: :func:`gte_st.export.auto.choose_backend`) and prints the choice
+    and its reason on stderr; anything else runs on torch."""
     from gte_st.loading import load
 
     check_model_location(name_or_path)
     local = Path(name_or_path).expanduser()
+    if backend == "auto" and not file_name:
+        backend = "torch"
+        if local.is_dir() and not trust_remote_code:
+            from gte_st.export.auto import choose_backend, load_choice
+
+            choice = choose_backend(local, torch_precision=torch_precision)
+            print(f"backend auto: {choice.describe()}", file=sys.stderr)
+            if choice.backend != "torch":
+                model = load_choice(local, choice)
+                if max_seq_length is not None:
+                    model.max_seq_length = max_seq_length
+                return set_truncate_dim(model, truncate_dim)
     if backend != "torch" or file_name:
         from gte_st.export import load_model_dir
 

@@ -54,7 +54,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--max-samples", type=positive_int, default=None, help="evaluate only N pairs/texts/queries")
     parser.add_argument("--dataset", default=None, help="dataset name to report (default: the data folder's name)")
     parser.add_argument("--trust-remote-code", action="store_true")
-    add_backend_arguments(parser)
+    add_backend_arguments(parser, default="torch")  # torch fp32 by default: reproducible, published scores
     add_compile_argument(parser, "the evaluation texts")
     add_truncate_dim_argument(parser)
 
@@ -205,6 +205,7 @@ def main(argv: list[str]) -> int:
         model = load_model(
             args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
             backend=args.backend, file_name=args.file_name, truncate_dim=args.truncate_dim,
+            torch_precision=args.precision,
         )  # fmt: skip
     results = [_run_task(args, model, path) for path in args.data]
     if model is not None and model.truncate_dim is not None:

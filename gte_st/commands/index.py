@@ -55,8 +55,10 @@ def main(argv: list[str]) -> int:
     corpus = read_corpus(args.corpus, id_field=args.id_field, text_field=args.text_field)
     check_model_location(args.model)
     model = args.model
-    if args.backend != "torch" or args.file_name:  # encode the corpus with the exported artifact
-        model = load_model(args.model, backend=args.backend, file_name=args.file_name)
+    if args.backend != "torch" or args.file_name:  # an exported artifact, or the fastest verified path (auto)
+        model = load_model(
+            args.model, backend=args.backend, file_name=args.file_name, torch_precision=args.encode_precision
+        )
     warn_unknown_tokens(model, corpus[1], str(args.corpus))
     index = build_index(
         corpus,

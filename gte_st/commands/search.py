@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from gte_st.commands._args import ArgumentParser, add_truncate_dim_argument, positive_int
+from gte_st.commands._args import (
+    ArgumentParser,
+    add_backend_arguments,
+    add_truncate_dim_argument,
+    load_model,
+    positive_int,
+)
 
 
 def build_parser() -> ArgumentParser:
@@ -28,6 +34,7 @@ def build_parser() -> ArgumentParser:
     add_truncate_dim_argument(
         parser, "query dimensions: the index's own (recorded when it was built); another is refused"
     )
+    add_backend_arguments(parser)
     return parser
 
 
@@ -40,7 +47,17 @@ def main(argv: list[str]) -> int:
         check_bm25_weight(args.bm25_weight, args.rerank_bm25)
     except ValueError as exc:
         raise UsageError(f"--bm25-weight: {exc}") from None
-    index = Index.load(args.index, model=args.model, truncate_dim=args.truncate_dim)
+    index = Index.load(args.index, truncate_dim=args.truncate_dim)
+    if not args.bm25_only:  # the query model: the one named, else the one recorded, run by --backend
+        name = args.model or index.meta["model"].get("name")
+        if not name:
+            raise UsageError(f"{args.index}: the index records no model name; pass --model")
+        index.set_model(
+            load_model(
+                name, backend=args.backend, file_name=args.file_name,
+                torch_precision=index.meta.get("encode_precision", "auto"),
+            )
+        )  # fmt: skip
     kwargs = {}
     if not args.rerank_bm25 and not args.bm25_only:
         kwargs = {"ef_search": args.ef_search, "nprobe": args.nprobe}

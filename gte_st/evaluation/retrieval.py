@@ -67,7 +67,7 @@ def encode_corpus_cached(
     (by ids and texts) at the same precision and dimension (``model.truncate_dim``); otherwise encoded (``compile``: by a compiled copy, whose embeddings
     match the eager ones, so both share the cache) and written there. Returns (embeddings, hit)."""
     prompt_name = "document" if model.prompts.get("document") else None
-    resolved = resolve_precision(precision, model.device)
+    resolved = resolve_precision(precision, model)
 
     def embed() -> np.ndarray:
         return encode(

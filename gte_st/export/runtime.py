@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gte_st.hardware import isa_limit_allows_bf16
+from gte_st.model import usable_positions
 from gte_st.registry import BACKENDS
 
 ONNX_DIR, OPENVINO_DIR = "onnx", "openvino"
@@ -101,8 +103,9 @@ class OpenVINOEncoder(torch.nn.Module):
         xml_path: The IR's ``.xml`` file.
         config: The Hugging Face config of the exported model.
         precision: ``None`` for OpenVINO's default inference precision on this CPU (bf16 on AMX / AVX512-BF16 CPUs,
-            else f32), or ``"fp32"`` / ``"bf16"`` (``INFERENCE_PRECISION_HINT``). It applies to the layers that
-            are not int8-quantised.
+            else f32; f32 under an ``ONEDNN_MAX_CPU_ISA`` limit below AVX512-BF16, as on a CPU without it:
+            :func:`gte_st.hardware.isa_limit_allows_bf16`), or ``"fp32"`` / ``"bf16"``
+            (``INFERENCE_PRECISION_HINT``). It applies to the layers that are not int8-quantised.
         ov_config: More OpenVINO properties (default ``{"PERFORMANCE_HINT": "LATENCY"}``: one stream using every
             core). With ``{"PERFORMANCE_HINT": "THROUGHPUT"}`` OpenVINO compiles several streams (each on its own
             cores); the slices of a batch (at least one per stream) then run at the same time, one infer request
@@ -110,9 +113,16 @@ class OpenVINOEncoder(torch.nn.Module):
         device: OpenVINO device name.
         slice_rows: Most rows per inference call (``None``: the whole batch).
         static_shapes: How many slice shapes may get a static-shape compilation (``0``: dynamic shapes only). Each
-            costs a compile (under a second for MiniLM) and its own buffers (about 120 MB for MiniLM); the first
-            ``static_shapes`` shapes to recur ``static_after`` times keep theirs.
+            costs a compile (under a second for MiniLM on a quiet CPU) and its own buffers (about 120 MB for
+            MiniLM); the first ``static_shapes`` full-slice shapes (``slice_rows`` rows; any shape when
+            ``slice_rows`` is ``None``) to recur ``static_after`` times keep theirs. A smaller slice -- a single
+            query above all -- never waits for a compile: the compile would be that call's latency.
         static_after: How often a shape must be run (dynamically) before it is compiled static.
+        pad_to_multiple: Pad the sequence axis of every call to a multiple of this many tokens (masked: the
+            embeddings do not change), at most to the model's positions; ``None``: no padding. OpenVINO's
+            dynamic-shape compilation builds kernels for each new input shape on its first run, which made the
+            first query of every new token length several times slower than the next; buckets of 16 tokens leave
+            a handful of shapes for short queries instead of one per length.
     """
 
     def __init__(
@@ -125,18 +135,26 @@ class OpenVINOEncoder(torch.nn.Module):
         slice_rows: int | None = 8,
         static_shapes: int = 1,
         static_after: int = 8,
+        pad_to_multiple: int | None = 16,
     ) -> None:
         super().__init__()
         import openvino as ov
 
         if slice_rows is not None and slice_rows < 1:
             raise ValueError(f"slice_rows must be None or >= 1, got {slice_rows}")
+        if pad_to_multiple is not None and pad_to_multiple < 1:
+            raise ValueError(f"pad_to_multiple must be None or >= 1, got {pad_to_multiple}")
         if static_shapes < 0 or static_after < 1:
             raise ValueError(f"static_shapes must be >= 0 and static_after >= 1, got {static_shapes}, {static_after}")
         self.config = config
         self.xml_path = str(xml_path)
         self.slice_rows, self.static_shapes, self.static_after = slice_rows, static_shapes, static_after
+        self.pad_to_multiple = pad_to_multiple
+        self.max_positions = usable_positions(config)
+        self.pad_token_id = getattr(config, "pad_token_id", None) or 0
         self.properties: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", **(ov_config or {})}
+        if precision is None and not isa_limit_allows_bf16():
+            precision = "fp32"  # OpenVINO decides bf16 from CPUID, which an ONEDNN_MAX_CPU_ISA limit does not change
         if precision is not None:
             if precision not in OPENVINO_PRECISIONS:
                 raise ValueError(f"precision must be None, 'fp32' or 'bf16', got {precision!r}")
@@ -171,6 +189,8 @@ class OpenVINOEncoder(torch.nn.Module):
         ``static_after`` times (while fewer than ``static_shapes`` exist), else the dynamic one's."""
         if shape in self.static:
             return self.static[shape]
+        if self.slice_rows is not None and shape[0] != self.slice_rows:
+            return self.requests  # only full slices are worth a compile (see static_shapes)
         count = self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         if count >= self.static_after and len(self.static) < self.static_shapes:
             model = self.core.read_model(self.xml_path)  # read again rather than hold the weights for this
@@ -184,7 +204,29 @@ class OpenVINOEncoder(torch.nn.Module):
         with self._lock:
             return self._forward(feed)
 
+    def _padded(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feed`` with its sequence axis padded to the next multiple of ``pad_to_multiple`` (pad token, mask 0,
+        token type 0), within the model's positions."""
+        length = feed["input_ids"].shape[1]
+        if self.pad_to_multiple is None or length % self.pad_to_multiple == 0:
+            return feed
+        target = -(-length // self.pad_to_multiple) * self.pad_to_multiple
+        if self.max_positions is not None:
+            target = min(target, max(length, int(self.max_positions)))
+        if target == length:
+            return feed
+        padded = {}
+        for name, value in feed.items():
+            fill = self.pad_token_id if name == "input_ids" else 0
+            padded[name] = np.pad(value, ((0, 0), (0, target - length)), constant_values=fill)
+        return padded
+
     def _forward(self, feed: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        length = feed["input_ids"].shape[1]
+        hidden = self._run(self._padded(feed))
+        return {"last_hidden_state": hidden[:, :length] if hidden.shape[1] != length else hidden}
+
+    def _run(self, feed: dict[str, np.ndarray]) -> torch.Tensor:
         rows, length = feed["input_ids"].shape
         streams = len(self.requests)
         size = rows if self.slice_rows is None else self.slice_rows
@@ -201,7 +243,7 @@ class OpenVINOEncoder(torch.nn.Module):
             for request in running:
                 request.wait()
                 hidden.append(np.array(request.get_tensor("last_hidden_state").data, dtype=np.float32))
-        return {"last_hidden_state": torch.from_numpy(hidden[0] if len(hidden) == 1 else np.concatenate(hidden))}
+        return torch.from_numpy(hidden[0] if len(hidden) == 1 else np.concatenate(hidden))
 
 
 def _resolve(model_dir: Path, file_name: str) -> Path:
@@ -319,7 +361,11 @@ def backend_of(file_name: str | Path) -> str:
 
 
 # The default artifact of each exported backend (gte_st.registry.BACKENDS holds them).
-DEFAULT_FILES = {name: BACKENDS.entry(name).metadata["default_file"] for name in BACKENDS if name != "torch"}
+DEFAULT_FILES = {
+    name: BACKENDS.entry(name).metadata["default_file"]
+    for name in BACKENDS
+    if "default_file" in BACKENDS.entry(name).metadata
+}
 
 
 def load_exported(model_dir: str | Path, file_name: str | None = None, *, backend: str | None = None, **kwargs: Any):
@@ -338,9 +384,12 @@ def load_exported(model_dir: str | Path, file_name: str | None = None, *, backen
 
 def load_model_dir(model_dir: str | Path, backend: str = "torch", file_name: str | None = None, **kwargs: Any):
     """The model a directory holds, ready for :func:`gte_st.encoding.encode`: its torch weights (``backend="torch"``,
-    through :func:`gte_st.load`, so original-layout GTE checkpoints are converted) or an exported artifact
-    (``file_name``, else the default file of ``backend``; the file's suffix decides the backend)."""
+    through :func:`gte_st.load`, so original-layout GTE checkpoints are converted), an exported artifact
+    (``file_name``, else the default file of ``backend``; the file's suffix decides the backend), or
+    (``backend="auto"``) the fastest verified of them on this CPU (:mod:`gte_st.export.auto`)."""
     BACKENDS.check(backend)
-    if backend == "torch" and file_name is None:
-        return BACKENDS.get("torch")(model_dir, **kwargs)
+    if backend == "auto" and file_name is not None:
+        raise ValueError("backend='auto' chooses the artifact itself; give file_name with backend='torch' or none")
+    if backend in ("torch", "auto") and file_name is None:
+        return BACKENDS.get(backend)(model_dir, **kwargs)
     return load_exported(model_dir, file_name, backend=None if backend == "torch" else backend, **kwargs)

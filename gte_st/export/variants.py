@@ -33,7 +33,9 @@ down-projections the model tolerates, after splitting their inputs' outlier chan
 
 Every variant is built in a temporary folder inside the model directory, loaded back with its runtime, compared with
 the torch model on the parity sample (:mod:`gte_st.export.parity`: the **minimum** cosine is judged) and only then
-renamed into place; a refused variant writes nothing.
+renamed into place; a refused variant writes nothing. The gate of every written variant, its files' digests and the
+torch files it was verified against are recorded in ``gte_st_export.json`` beside the artifacts
+(:mod:`gte_st.export.manifest`), which ``backend="auto"`` reads (:mod:`gte_st.export.auto`).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gte_st.export.manifest import model_file_paths, record_variants
 from gte_st.export.parity import PARITY_THRESHOLDS, cosines, parity, quality
 from gte_st.export.runtime import load_onnx_model, load_openvino_model, transformer_subdir
 from gte_st.export.samples import PARITY_SAMPLE, SELECTION_SAMPLE, calibration_sample, read_texts
@@ -375,7 +378,11 @@ def _export_locked(
     """Build, gate and move into place every variant of ``steps`` (the caller holds the model folder's lock)."""
     from sentence_transformers import SentenceTransformer
 
+    import gte_st
+    from gte_st.fingerprint import file_records, model_fingerprint
+
     target_root = model_dir / transformer_subdir(model_dir)
+    model_files = file_records(model_dir, model_file_paths(model_dir))  # what the gates verify against, read first
     reference = SentenceTransformer(str(model_dir), device="cpu")
     reference_quality = quality(reference, sts, retrieval, max_corpus)
     reports: list[VariantReport] = []
@@ -439,6 +446,12 @@ def _export_locked(
                     written = target_root / report.file_name
                     atomic_link(written, written.with_name(alias))
                     report.details["transformers_js_name"] = str(Path(report.file_name).with_name(alias))
+        if any(report.written for report in reports):
+            record_variants(
+                model_dir, reports, torch_fingerprint=model_fingerprint(reference), model_files=model_files,
+                parity_texts=len(texts), run_precisions={step.name: step.run_precision for step in steps},
+                gte_st_version=gte_st.__version__,
+            )  # fmt: skip
     return reports
 
 

@@ -9,7 +9,8 @@ from typing import Literal
 import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
-from gte_st.encoding import cpu_supports_bf16
+from gte_st.hardware import cpu_supports_bf16
+from gte_st.training.batching import DEFAULT_LENGTH_GROUPING, DEFAULT_PRETOKENIZE
 from gte_st.training.loss import LOSSES, loss_help, loss_kwargs_help
 
 
@@ -79,6 +80,22 @@ class RecipeArguments:
         metadata={
             "help": "Use the cached (GradCache) variant of the loss with this mini-batch size: memory stays "
             "flat while the batch (and the number of in-batch negatives) grows."
+        },
+    )
+    length_grouping: int = field(
+        default=DEFAULT_LENGTH_GROUPING,
+        metadata={
+            "help": "Length-grouped batches: each epoch is shuffled, cut into windows of N batches, the rows of a "
+            "window ordered by token length and cut into batches (no repeated text in a batch), the batches "
+            "shuffled: less padding, in-batch negatives still random. 0: random batches (sentence-transformers' "
+            "no_duplicates sampler). Applies with --batch_sampler no_duplicates (the default)."
+        },
+    )
+    pretokenize: bool = field(
+        default=DEFAULT_PRETOKENIZE,
+        metadata={
+            "help": "Tokenise every training text once before the first step (with the model's own tokenizer; "
+            "the batches are the same tensors) instead of in every batch."
         },
     )
     gather_across_devices: bool = field(

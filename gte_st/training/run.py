@@ -227,6 +227,8 @@ def _run_stage(
         evaluator=evaluator,
         callbacks=extra,
         alpha=recipe.alpha,
+        length_grouping=recipe.length_grouping,
+        pretokenize=recipe.pretokenize,
     )
     resume_from = args.resume_from_checkpoint
     if recipe.resume_from_hub:

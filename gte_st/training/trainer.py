@@ -13,6 +13,13 @@ from transformers import TrainerCallback
 
 from gte_st.data import AlphaSourceBatchSampler
 from gte_st.losses.in_batch import NonFiniteEmbeddingError
+from gte_st.training.batching import (
+    DEFAULT_LENGTH_GROUPING,
+    DEFAULT_PRETOKENIZE,
+    LengthGroupedBatchSampler,
+    TokenCache,
+    text_columns,
+)
 
 
 def frozen_models(loss: torch.nn.Module, model: torch.nn.Module) -> list[SentenceTransformer]:
@@ -39,12 +46,57 @@ class NonFiniteLossError(RuntimeError):
 
 
 class GTETrainer(SentenceTransformerTrainer):
-    """sentence-transformers' Trainer with n^alpha single-source batches and a stop on non-finite losses."""
+    """sentence-transformers' Trainer with n^alpha single-source batches, a stop on non-finite losses and, as options,
+    texts tokenised once per dataset and length-grouped batches (:mod:`gte_st.training.batching`).
 
-    def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any) -> None:
+    Args:
+        alpha: Multi-source mixture exponent (:class:`~gte_st.data.AlphaSourceBatchSampler`).
+        length_grouping: Batches per window ordered by token length
+            (:class:`~gte_st.training.batching.LengthGroupedBatchSampler`); 0: sentence-transformers' samplers. Used
+            with the ``no_duplicates`` batch samplers (the default), whose no-repeat rule it keeps.
+        pretokenize: Tokenise every text of ``train_dataset`` once, before the first step
+            (:class:`~gte_st.training.batching.TokenCache`), and build each batch from the cached ids.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        alpha: float = 0.5,
+        length_grouping: int = DEFAULT_LENGTH_GROUPING,
+        pretokenize: bool = DEFAULT_PRETOKENIZE,
+        **kwargs: Any,
+    ) -> None:
+        if length_grouping < 0:
+            raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
         self.alpha = alpha
+        self.length_grouping = length_grouping
+        self.pretokenize = pretokenize
+        self.token_cache: TokenCache | None = None
+        model = kwargs.get("model", args[0] if args else None)
+        train_dataset = kwargs.get("train_dataset")
+        if (pretokenize or length_grouping) and model is not None and train_dataset is not None:
+            self.token_cache = TokenCache(model)
+            sources = train_dataset.values() if isinstance(train_dataset, dict) else [train_dataset]
+            for source in sources:
+                for column in text_columns(source):
+                    self.token_cache.add(list(source[column]))
         super().__init__(*args, **kwargs)
         self._autocast_frozen_models()
+
+    def get_data_collator(self, model, args, processing_class=None):  # noqa: D102
+        collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
+        if self.pretokenize and self.token_cache is not None and self.token_cache.enabled:
+            collator.preprocess_fn = self.token_cache.preprocess
+        return collator
+
+    def get_batch_sampler(self, dataset, batch_size, drop_last, valid_label_columns=None, generator=None, seed=0):  # noqa: D102
+        grouped = self.length_grouping and self.token_cache is not None
+        if grouped and self.args.batch_sampler in ("no_duplicates", "no_duplicates_hashed"):
+            return LengthGroupedBatchSampler(
+                dataset, batch_size, drop_last, valid_label_columns, generator, seed,
+                lengths=self.token_cache.row_lengths(dataset), window=self.length_grouping,
+            )  # fmt: skip
+        return super().get_batch_sampler(dataset, batch_size, drop_last, valid_label_columns, generator, seed)
 
     def _autocast_frozen_models(self) -> None:
         """Run the loss's frozen models (a self-distillation teacher, a false-negative guide) in the run's mixed
