@@ -13,11 +13,11 @@ from sentence_transformers.sentence_transformer import losses as st_losses
 
 import gte_st
 from gte_st import losses as gte_losses
+from gte_st.checkpoints import latest_checkpoint
 from gte_st.cli import main as cli_main
 from gte_st.training import (
     GTE_DIRECTIONS,
     build_loss,
-    latest_checkpoint,
     mixed_precision_flags,
     parse_stages,
 )
@@ -287,3 +287,26 @@ def test_only_the_writer_rank_saves_a_checkpoint(tiny_bert_dir, tmp_path, monkey
     monkeypatch.undo()
     trainer.save_model(str(tmp_path / "rank0"))
     assert (tmp_path / "rank0" / "modules.json").is_file()
+
+
+def test_replay_sources_join_a_stage_with_their_share(tiny_bert_dir, pairs_file, tmp_path):
+    """`--replay` adds general sources to a stage: they get `--replay_share` of the batches whatever their size, and
+    an epoch stays one pass over the stage's own data plus the replay batches on top."""
+    general = tmp_path / "general.jsonl"
+    rows = stsb_rows("train")[1000:1400]
+    general.write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in rows), encoding="utf8")
+    out = tmp_path / "out"
+    assert main(["--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--replay", f"general={general}",
+                 "--replay_share", "0.25", "--precision", "fp32", "--per_device_train_batch_size", "8",
+                 "--num_train_epochs", "1", "--save_steps", "100", "--output_dir", str(out)]) == 0  # fmt: skip
+    (stage,) = json.loads((out / "training_summary.json").read_text())["stages"]
+    own, replay = stage["data"]
+    assert (own["name"], own["rows"], own["sampling_probability"]) == ("pairs", 96, 0.75) and "replay" not in own
+    assert (replay["name"], replay["rows"], replay["sampling_probability"], replay["replay"]) == (
+        "general",
+        400,
+        0.25,
+        True,
+    )
+    assert stage["replay_share"] == 0.25
+    assert stage["steps"] == round((96 // 8) / 0.75) == 16

@@ -4,6 +4,7 @@ non-finite losses, plus the callbacks a run uses."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 
 from gte_st.data import AlphaSourceBatchSampler
+from gte_st.lora import has_lora, load_lora_weights
 from gte_st.losses import NonFiniteEmbeddingError
 
 
@@ -20,10 +22,22 @@ class NonFiniteLossError(RuntimeError):
 
 
 class GTETrainer(SentenceTransformerTrainer):
-    """sentence-transformers' Trainer with n^alpha single-source batches and a stop on non-finite losses."""
+    """sentence-transformers' Trainer with n^alpha single-source batches (a share of them for replay sources), a stop
+    on non-finite losses, and resuming a LoRA stage from its adapter checkpoints.
 
-    def __init__(self, *args: Any, alpha: float = 0.5, **kwargs: Any) -> None:
+    ``replay``: per source of the training ``DatasetDict`` (in order), whether it is a replay source; they get
+    ``replay_share`` of the batches (:class:`~gte_st.data.AlphaSourceBatchSampler`)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        alpha: float = 0.5,
+        replay: Sequence[bool] | None = None,
+        replay_share: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         self.alpha = alpha
+        self.replay, self.replay_share = replay, replay_share
         super().__init__(*args, **kwargs)
         self._autocast_teacher()
 
@@ -56,8 +70,24 @@ class GTETrainer(SentenceTransformerTrainer):
 
     def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):  # noqa: D102
         return AlphaSourceBatchSampler(
-            dataset, batch_samplers, generator=generator, seed=seed, alpha=self.alpha, world_size=self.args.world_size
+            dataset,
+            batch_samplers,
+            generator=generator,
+            seed=seed,
+            alpha=self.alpha,
+            world_size=self.args.world_size,
+            replay=self.replay,
+            replay_share=self.replay_share,
         )
+
+    def _load_from_checkpoint(self, checkpoint_path: str, *args: Any, **kwargs: Any) -> None:
+        """A LoRA stage's checkpoints hold its adapter (peft's layout): its weights go into the model's adapter, on
+        the weights the stage started from; other checkpoints load as sentence-transformers loads them."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        if has_lora(model):
+            load_lora_weights(model, checkpoint_path)
+            return
+        super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         try:
