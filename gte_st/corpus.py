@@ -1,16 +1,16 @@
-"""Reading a corpus of documents (ids and texts) from the files people have: jsonl / csv / tsv / parquet / txt, or a
-BEIR folder. Used by ``gte-st index``, ``dedup`` and ``cluster``."""
+"""Reading a corpus of documents (ids and texts) from the files people have: jsonl / json / csv / tsv / parquet / txt,
+or a BEIR folder. The one corpus reader: used by ``gte-st index``, ``dedup``, ``cluster`` and the retrieval
+evaluation (:func:`gte_st.evaluation.readers.read_beir`), so a corpus has one rule everywhere (e.g. duplicate ids are
+an error)."""
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from gte_st.errors import GteStError
-from gte_st.files import open_text
+from gte_st.readers import FileFormatError, file_format, read_records, text_lines
 
 ID_FIELDS = ("_id", "id", "doc_id", "docid", "pid")
 TEXT_FIELDS = ("text", "sentence", "content", "body", "passage", "document")
@@ -29,50 +29,17 @@ def pick_field(fields: Sequence[str], wanted: str | None, candidates: Sequence[s
 
 
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(row number, record) of a jsonl / csv / tsv / parquet / txt file; row numbers count data rows from 1."""
-    name = path.name.lower().removesuffix(".gz")
-    try:
-        if name.endswith((".jsonl", ".json")):
-            with open_text(path) as f:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            yield number, json.loads(line)
-                        except json.JSONDecodeError as exc:
-                            raise CorpusError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-        elif name.endswith((".csv", ".tsv")):
-            delimiter = "\t" if name.endswith(".tsv") else ","
-            with open_text(path) as f:
-                header = f.readline()
-                if delimiter == "," and "\t" in header and "," not in header:
-                    raise CorpusError(
-                        f"{path}: expected a comma-separated file with a header row, found tab-separated fields "
-                        f"({header.strip()[:60]!r}); rename it to .tsv (with a header row) or convert it"
-                    )
-                f.seek(0)
-                for number, row in enumerate(csv.DictReader(f, delimiter=delimiter), 1):
-                    yield number, row
-        elif name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            try:
-                table = pq.read_table(path)
-            except Exception as exc:  # pyarrow raises its own error types for unreadable files
-                raise CorpusError(f"{path}: not a readable parquet file ({exc})") from None
-            yield from enumerate(table.to_pylist(), 1)
-        elif name.endswith(".txt"):
-            with open_text(path) as f:
-                for number, line in enumerate(f, 1):
-                    if line.strip():
-                        yield number, {"id": str(number), "text": line.rstrip("\r\n")}
-        else:
-            raise CorpusError(f"{path}: unsupported corpus format; use {', '.join(CORPUS_SUFFIXES)} or a BEIR folder")
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-encode it as UTF-8") from None
-    except (EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise CorpusError(f"{path}: cannot be read ({exc})") from None
+    """(row, record) of a corpus file: :func:`gte_st.readers.read_records`, plus ``.txt`` (one document per
+    non-blank line, its line number as id). The row is the line the record starts on (a CSV header is row 1), or the
+    parquet row from 1."""
+    if path.name.lower().removesuffix(".gz").endswith(".txt"):
+        for number, line in text_lines(path):
+            if line.strip():
+                yield number, {"id": str(number), "text": line}
+        return
+    if file_format(path) is None:
+        raise CorpusError(f"{path}: unsupported corpus format; use {', '.join(CORPUS_SUFFIXES)} or a BEIR folder")
+    yield from read_records(path)
 
 
 def resolve_corpus_file(path: str | Path) -> Path:
@@ -93,54 +60,71 @@ def resolve_corpus_file(path: str | Path) -> Path:
 def read_corpus(
     path: str | Path, *, id_field: str | None = None, text_field: str | None = None, title_field: str | None = "title"
 ) -> tuple[list[str], list[str]]:
-    """Read (ids, texts) from a jsonl / csv / tsv / parquet / txt file or a BEIR folder (``corpus.jsonl[.gz]``).
+    """Read (ids, texts) from a jsonl / json / csv / tsv / parquet / txt file or a BEIR folder (``corpus.jsonl[.gz]``),
+    read by the rules of :mod:`gte_st.readers` (CSV / TSV values are text as written: no type guessing). This is the
+    one corpus reader: ``gte-st index``, ``dedup``, ``cluster`` and the retrieval evaluation all read through it.
 
-    The id field defaults to the first of ``_id, id, doc_id, docid, pid`` present (row numbers when none is);
-    the text field to the first of ``text, sentence, content, body, passage, document``. A non-empty
-    ``title_field`` is prepended to the text (``"title text"``), as BEIR evaluations do.
+    The id field defaults to ``_id`` in a BEIR folder, else to the first of ``_id, id, doc_id, docid, pid`` present
+    in the first row (row numbers when none is); the text field to the first of ``text, sentence, content, body,
+    passage, document``. An id is a string or an integer. A non-empty ``title_field`` is prepended to the text
+    (``"title text"``), as BEIR evaluations do. Rows are numbered by the line they start on (a CSV header is row 1), or
+    from 1 in a parquet file.
 
     Raises:
-        CorpusError: unreadable file, empty corpus, duplicate ids, or a row without text (naming the file and row).
+        CorpusError: unreadable file, empty corpus, duplicate ids (naming the id and both rows), or a row without
+            text or id (naming the file and row).
     """
+    if id_field is None and Path(path).is_dir():
+        id_field = "_id"  # BEIR's corpus.jsonl names its ids "_id"; a row without one is an error, not a row number
     path = resolve_corpus_file(path)
     ids: list[str] = []
     texts: list[str] = []
     first_row: dict[str, int] = {}
     id_key = text_key = None
-    for number, record in _rows(path):
-        if not isinstance(record, dict):
-            raise CorpusError(f"{path}: row {number} is not an object")
-        if text_key is None:
-            id_key = pick_field(list(record), id_field, ID_FIELDS)
-            text_key = pick_field(list(record), text_field, TEXT_FIELDS)
+    try:
+        for number, record in _rows(path):
             if text_key is None:
+                id_key = pick_field(list(record), id_field, ID_FIELDS)
+                text_key = pick_field(list(record), text_field, TEXT_FIELDS)
+                if text_key is None:
+                    raise CorpusError(
+                        f"{path}: row {number} has no text field (fields: {sorted(record)}); pass --text-field"
+                    )
+            text = record.get(text_key)
+            if not isinstance(text, str):
+                if text is None:
+                    raise CorpusError(
+                        f"{path}: row {number}: missing text field {text_key!r} (fields: {sorted(record)})"
+                    )
                 raise CorpusError(
-                    f"{path}: row {number} has no text field (fields: {sorted(record)}); pass --text-field"
+                    f"{path}: row {number}: text field {text_key!r} is a {type(text).__name__}, not a string"
                 )
-        text = record.get(text_key)
-        if text is None or not isinstance(text, str):
-            if text is None:
-                raise CorpusError(f"{path}: row {number}: missing text field {text_key!r} (fields: {sorted(record)})")
-            raise CorpusError(
-                f"{path}: row {number}: text field {text_key!r} is a {type(text).__name__}, not a string"
-            )
-        title = record.get(title_field) if title_field else None
-        if isinstance(title, str) and title.strip():
-            text = f"{title.strip()} {text}"
-        if id_key is None:
-            doc_id = str(number)
-        else:
-            if record.get(id_key) is None:
-                raise CorpusError(f"{path}: row {number}: missing id field {id_key!r}")
-            doc_id = str(record[id_key])
-        if doc_id in first_row:
-            raise CorpusError(f"{path}: duplicate id {doc_id!r} in rows {first_row[doc_id]} and {number}")
-        first_row[doc_id] = number
-        ids.append(doc_id)
-        texts.append(text)
+            title = record.get(title_field) if title_field else None
+            if isinstance(title, str) and title.strip():
+                text = f"{title.strip()} {text}"
+            doc_id = str(number) if id_key is None else _doc_id(record.get(id_key), id_key, path, number)
+            if doc_id in first_row:
+                raise CorpusError(f"{path}: duplicate id {doc_id!r} in rows {first_row[doc_id]} and {number}")
+            first_row[doc_id] = number
+            ids.append(doc_id)
+            texts.append(text)
+    except FileFormatError as exc:
+        raise CorpusError(str(exc)) from None
     if not ids:
         raise CorpusError(f"{path}: empty corpus (no rows)")
     return ids, texts
+
+
+def _doc_id(value: Any, key: str, path: Path, number: int) -> str:
+    if value is None:
+        raise CorpusError(f"{path}: row {number}: missing id field {key!r}")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise CorpusError(
+            f"{path}: row {number}: id field {key!r} is a {type(value).__name__}, not a string or an integer"
+        )
+    if not str(value).strip():
+        raise CorpusError(f"{path}: row {number}: empty id in field {key!r}")
+    return str(value)
 
 
 def check_corpus(ids: list[str], texts: list[str]) -> None:

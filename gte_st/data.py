@@ -1,7 +1,8 @@
 """Training data: loading sources, mapping their columns, validating them, and the n^alpha single-source sampler.
 
-A *source* is a local ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` file (``.gz`` allowed), a directory of such
-files, or a Hugging Face Hub dataset id, all loaded through :mod:`datasets`. Each source becomes a
+A *source* is a local ``.jsonl``/``.json``/``.csv``/``.tsv``/``.parquet`` file (``.gz`` allowed) or a directory of such
+files, read by :mod:`gte_st.readers` (CSV / TSV values are text as written), or a Hugging Face Hub dataset id loaded
+through :mod:`datasets`. Each source becomes a
 :class:`datasets.Dataset` with string columns ``anchor``, ``positive`` and optionally ``negative_1`` ...
 ``negative_k`` (the layout sentence-transformers' in-batch-negative losses expect). Several sources form a
 :class:`datasets.DatasetDict`; :class:`AlphaSourceBatchSampler` then draws every batch from one source, chosen with
@@ -22,9 +23,9 @@ from datasets import Dataset, DatasetDict
 from sentence_transformers.base.sampler import MultiDatasetDefaultBatchSampler
 from torch.utils.data import BatchSampler, ConcatDataset
 
-logger = logging.getLogger(__name__)
+from gte_st.readers import FORMATS, FileFormatError, as_number, as_text, file_format, read_records, where
 
-FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+logger = logging.getLogger(__name__)
 
 # Default column names, tried in order: sentence-transformers, FlagEmbedding, then common pair layouts.
 ANCHOR_COLUMNS = ("anchor", "query", "question", "sentence1", "sentence_A", "text1", "title")
@@ -60,36 +61,38 @@ class SourceSpec:
         return cls(name=name, location=location)
 
 
-def _file_format(path: Path) -> str | None:
-    suffixes = [s for s in path.suffixes if s != ".gz"]
-    return FILE_FORMATS.get(suffixes[-1].lower()) if suffixes else None
-
-
 def load_source(location: str, *, split: str = "train", max_rows: int | None = None) -> Dataset:
-    """Load one source with :func:`datasets.load_dataset` (files, directories) or as a Hub dataset id."""
+    """Load one source: a local file or directory read by :mod:`gte_st.readers` (the rules every gte-st reader
+    follows: UTF-8, CSV quoting, CSV / TSV values kept as the text they are), or a Hub dataset id through
+    :func:`datasets.load_dataset`."""
+    source = _load_table(location, split=split, max_rows=max_rows)
+    return source if isinstance(source, Dataset) else source.to_dataset()
+
+
+def _load_table(location: str, *, split: str = "train", max_rows: int | None = None) -> Dataset | _Table:
+    """:func:`load_source` before a local source becomes an Arrow table: :func:`prepare_source` validates its plain
+    values first (a table cannot hold a text in one row and a number in another, which is what it reports)."""
     from datasets import load_dataset
 
     path = Path(location).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _file_format(p) is not None)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and file_format(p) is not None)
         if not files:
             raise DataValidationError(
                 f"{location}: directory has no .jsonl/.json/.csv/.tsv/.parquet files (looked recursively)."
             )
-        formats = {_file_format(p) for p in files}
-        tsv = {p.suffixes[0] == ".tsv" for p in files} if formats == {"csv"} else {False}
-        if len(formats) > 1 or len(tsv) > 1:
+        formats = {file_format(p) for p in files}
+        if len(formats) > 1:
             raise DataValidationError(f"{location}: directory mixes file formats {sorted(formats)}; use one format.")
-        return _load_files([str(p) for p in files], formats.pop(), tsv.pop(), max_rows)
-    if path.is_file() or path.suffix.lower() in FILE_FORMATS or path.suffix == ".gz":
+        return _load_files(files, max_rows)
+    if path.is_file() or path.suffix.lower() in FORMATS or path.suffix == ".gz":
         if not path.is_file():
             raise DataValidationError(f"{location}: file not found.")
-        fmt = _file_format(path)
-        if fmt is None:
+        if file_format(path) is None:
             raise DataValidationError(
                 f"{location}: unsupported file type; use .jsonl, .json, .csv, .tsv or .parquet (optionally .gz)."
             )
-        return _load_files([str(path)], fmt, ".tsv" in path.suffixes, max_rows)
+        return _load_files([path], max_rows)
     if location.startswith((".", "/", "~")) or location.count("/") > 1:
         raise DataValidationError(f"{location}: file or directory not found.")
     try:
@@ -102,52 +105,89 @@ def load_source(location: str, *, split: str = "train", max_rows: int | None = N
     return dataset.select(range(min(max_rows, len(dataset)))) if max_rows is not None else dataset
 
 
-def check_file_layout(path: str | Path, fmt: str, tsv: bool = False) -> None:
-    """Fail with a message saying what was expected and what was found, before ``datasets`` sees the file: an
-    empty file, text that is not UTF-8, a ``.csv`` whose header is tab-separated (e.g. the headerless STS-B
-    layout), a jsonl file whose first line is not a JSON object."""
-    import json
+@dataclass
+class _Table:
+    """The records of local files as plain columns (with the file and line of every row), the part of the
+    :class:`datasets.Dataset` interface :func:`prepare_source` reads."""
 
-    from gte_st.files import open_text
+    columns: dict[str, list]
+    rows: list[tuple[Path, int]]
 
-    if fmt == "parquet":
-        return
-    try:
-        with open_text(path) as f:
-            first = next((line for line in f if line.strip()), None)
-    except UnicodeDecodeError as exc:
-        raise DataValidationError(
-            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); re-encode it as UTF-8."
-        ) from None
-    except (OSError, EOFError) as exc:
-        raise DataValidationError(f"{path}: cannot be read ({exc}).") from None
-    if first is None:
-        raise DataValidationError(f"{path}: the file is empty.")
-    if fmt == "csv" and not tsv and "\t" in first and "," not in first:
-        raise DataValidationError(
-            f"{path}: expected a comma-separated file whose first row names the columns, found tab-separated "
-            f"fields ({first.strip()[:80]!r}); for tab-separated data use a .tsv file with a header row naming the "
-            "columns (e.g. anchor<TAB>positive)."
-        )
-    if fmt == "json" and first.lstrip().startswith("{"):
+    @property
+    def column_names(self) -> list[str]:
+        return list(self.columns)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, column: str) -> list:
+        return self.columns[column]
+
+    def to_dataset(self) -> Dataset:
+        """The table as a :class:`datasets.Dataset`; a column mixing JSON types is an error naming file and line."""
+        _check_column_types(self.columns, self.rows)
         try:
-            json.loads(first)
-        except json.JSONDecodeError as exc:
-            if not str(path).endswith((".json", ".json.gz")):  # a .json file may hold one multi-line object
-                raise DataValidationError(f"{path}: line 1 is not valid JSON ({exc.msg}).") from None
+            return Dataset.from_dict(self.columns)
+        except Exception as exc:  # pyarrow cannot unify nested values (e.g. lists of texts and of numbers)
+            files = ", ".join(str(file) for file in dict.fromkeys(file for file, _ in self.rows))
+            raise DataValidationError(
+                f"{files}: could not be stored as a table: {type(exc).__name__}: {exc}"
+            ) from None
 
 
-def _load_files(files: list[str], fmt: str, tsv: bool, max_rows: int | None) -> Dataset:
-    from datasets import load_dataset
-
+def _load_files(files: Sequence[Path], max_rows: int | None) -> _Table:
+    """The records of ``files`` (read in order, at most ``max_rows`` in all) as one table."""
+    records: list[tuple[Path, int, dict]] = []
     for file in files:
-        check_file_layout(file, fmt, tsv)
-    kwargs = {"delimiter": "\t", "quoting": 3} if tsv else {}
-    split = "train" if max_rows is None else f"train[:{max_rows}]"
-    try:
-        return load_dataset(fmt, data_files=files, split=split, **kwargs)
-    except Exception as exc:
-        raise DataValidationError(f"{', '.join(files)}: could not be read as {fmt}: {exc}") from exc
+        if max_rows is not None and len(records) >= max_rows:
+            break
+        count = 0
+        try:
+            for line, record in read_records(file):
+                if max_rows is not None and len(records) >= max_rows:
+                    break
+                records.append((file, line, record))
+                count += 1
+        except FileFormatError as exc:
+            raise DataValidationError(f"{exc}.") from None
+        if count == 0:
+            raise DataValidationError(f"{file}: the file is empty (no rows).")
+    columns: dict[str, list] = {}
+    for row, (_, _, record) in enumerate(records):
+        for key in record:
+            if key not in columns:
+                columns[key] = [None] * row
+        for key, values in columns.items():
+            values.append(record.get(key))
+    return _Table(columns, [(file, line) for file, line, _ in records])
+
+
+def _kind(value: object) -> str | None:
+    """The JSON type of a value (what a column must hold throughout), ``None`` for null."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _check_column_types(columns: dict[str, list], rows: list[tuple[Path, int]]) -> None:
+    """Every column holds one JSON type (or null): a table cannot hold a string in one row and a number in
+    another. The error names the file, line, column and (0-based) row of the first value that differs."""
+    for column, values in columns.items():
+        first = next(((row, _kind(v)) for row, v in enumerate(values) if v is not None), None)
+        if first is None:
+            continue
+        for row, value in enumerate(values):
+            kind = _kind(value)
+            if kind is not None and kind != first[1]:
+                file, line = rows[row]
+                raise DataValidationError(
+                    f"{where(file, line)}: column {column!r}, row {row}: expected a {first[1]} (as in row {first[0]}), "
+                    f"got {type(value).__name__} ({value!r:.60})."
+                )
 
 
 def resolve_columns(column_names: Sequence[str], columns: Sequence[str] | None = None) -> tuple[str, str, list[str]]:
@@ -176,7 +216,7 @@ def resolve_columns(column_names: Sequence[str], columns: Sequence[str] | None =
 
 
 def prepare_source(
-    dataset: Dataset,
+    dataset: Dataset | _Table,
     source: str,
     *,
     columns: Sequence[str] | None = None,
@@ -252,7 +292,7 @@ def prepare_source(
     return Dataset.from_dict(out)
 
 
-def _teacher_scores(dataset: Dataset, source: str, num_negatives: int) -> list[list[float]]:
+def _teacher_scores(dataset: Dataset | _Table, source: str, num_negatives: int) -> list[list[float]]:
     """Per row ``[pos_scores[0], neg_scores[0..k-1]]``, checked to be finite numbers, one per kept text column."""
     pos_column, neg_column = SCORE_COLUMNS
     if num_negatives and neg_column not in dataset.column_names:
@@ -273,20 +313,17 @@ def _teacher_scores(dataset: Dataset, source: str, num_negatives: int) -> list[l
 
 
 def _finite_number(value: object, source: str, column: str, row: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise DataValidationError(
-            f"{source}: column {column!r}, row {row}: expected a finite number, got {value!r:.60}."
-        )
-    return float(value)
+    try:
+        return as_number(value, f"{source}: column {column!r}, row {row}")
+    except FileFormatError as exc:
+        raise DataValidationError(f"{exc}.") from None
 
 
 def _check_string(value: object, source: str, column: str, row: int) -> None:
-    if not isinstance(value, str):
-        raise DataValidationError(
-            f"{source}: column {column!r}, row {row}: expected a string, got {type(value).__name__} ({value!r:.60})."
-        )
-    if not value.strip():
-        raise DataValidationError(f"{source}: column {column!r}, row {row}: empty text.")
+    try:
+        as_text(value, f"{source}: column {column!r}, row {row}")
+    except FileFormatError as exc:
+        raise DataValidationError(f"{exc}.") from None
 
 
 def _string_column(values: list[object], source: str, column: str, *, first_only: bool) -> list[str]:
@@ -322,7 +359,7 @@ def load_training_data(
         source = SourceSpec.parse(spec)
         if source.name in data:
             raise DataValidationError(f"{spec}: two sources are named {source.name!r}; name them with NAME=PATH.")
-        dataset = load_source(source.location, split=split, max_rows=max_rows)
+        dataset = _load_table(source.location, split=split, max_rows=max_rows)
         data[source.name] = prepare_source(
             dataset, source.location, columns=columns, num_negatives=num_negatives, scored=scored
         )

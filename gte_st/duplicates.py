@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+# Queries per range search: the search's result buffers grow with chunk x neighbours above the threshold, so a
+# chunk bounds the memory of a dense corpus (many near-duplicates) while staying large enough for BLAS.
+DEFAULT_CHUNK_SIZE = 4096
+
 
 def mine_duplicates(
-    embeddings: np.ndarray, threshold: float, *, chunk_size: int = 4096
+    embeddings: np.ndarray, threshold: float, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> list[tuple[int, int, float]]:
     """All pairs ``(i, j, cosine)`` with ``i < j`` and cosine >= ``threshold`` of L2-normalised ``embeddings``,
     best first. Exact (flat inner-product range search), chunked over the queries."""

@@ -28,6 +28,7 @@ import contextlib
 import copy
 import functools
 import logging
+import re
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,37 +72,105 @@ def resolve_precision(precision: str, device: torch.device) -> Literal["fp32", "
     return "fp32"
 
 
-_COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, tuple[int, tokenizers.Tokenizer]] = weakref.WeakKeyDictionary()
+_COUNTING_TOKENIZERS: weakref.WeakKeyDictionary[object, tuple[int, tokenizers.Tokenizer, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+# How many characters of a text are tokenised at most: CAP_FACTOR x max_seq_length x (the vocabulary's longest token
+# + 1). The max_seq_length tokens a model keeps never span more than max_seq_length x (longest token + 1 separator)
+# characters of ordinary text; the factor leaves room for characters that make no token (runs of spaces, control
+# characters), so that one try nearly always suffices. Tokenising the rest of a long text costs time and memory
+# (gigabytes for a 20 MB line) only for truncation to drop it. The cap never changes a result: a text is cut only at
+# a space that follows a non-space (where every tokenizer's pre-tokenisation splits, so the tokens before the cut are
+# the whole text's first tokens), and the cut is kept only if it still makes max_seq_length tokens; otherwise the cap
+# doubles, up to the whole text.
+CAP_FACTOR = 4
 
 
-def _counting_tokenizer(tokenizer) -> tokenizers.Tokenizer:
-    """A private copy of ``tokenizer``'s Rust backend with padding and truncation off, made once per tokenizer and
-    again when tokens are added to it (its vocabulary size, added tokens included, is the cache key's check).
+def _counting_tokenizer(tokenizer) -> tuple[tokenizers.Tokenizer, int]:
+    """A private copy of ``tokenizer``'s Rust backend with padding and truncation off, and the length in characters
+    of its longest token; made once per tokenizer and again when tokens are added to it (its vocabulary size, added
+    tokens included, is the cache key's check).
 
     A copy, because transformers leaves the padding / truncation of the last call set on the shared backend (and
     sets it again on every call, so changing it there would race with a concurrent ``preprocess``)."""
     shared = tokenizer.backend_tokenizer
     size = shared.get_vocab_size(with_added_tokens=True)
-    size_and_backend = _COUNTING_TOKENIZERS.get(tokenizer)
-    if size_and_backend is None or size_and_backend[0] != size:
+    cached = _COUNTING_TOKENIZERS.get(tokenizer)
+    if cached is None or cached[0] != size:
         backend = copy.deepcopy(shared)
         backend.no_padding()
         backend.no_truncation()
-        size_and_backend = _COUNTING_TOKENIZERS[tokenizer] = (size, backend)
-    return size_and_backend[1]
+        longest = max((len(token) for token in backend.get_vocab(with_added_tokens=True)), default=1)
+        cached = _COUNTING_TOKENIZERS[tokenizer] = (size, backend, longest)
+    return cached[1], cached[2]
 
 
-def _token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
-    """Token counts (truncated to the model's max length) used to order the texts; falls back to characters.
+_SPACE_BEFORE_NON_SPACE = re.compile(r" \S")  # searched in the reversed window: a space that follows a non-space
+
+
+def _cut(text: str, cap: int) -> int | None:
+    """The last position in ``text[cap // 2 : cap + 1]`` holding a space that follows a non-space, or None (searched
+    from the end of the window, in C: a window of spaces costs no Python loop)."""
+    low, high = cap // 2, min(cap, len(text) - 1)
+    match = _SPACE_BEFORE_NON_SPACE.search(text[low : high + 1][::-1])
+    return None if match is None else high - match.start()
+
+
+def cap_texts(
+    backend: tokenizers.Tokenizer, texts: Sequence[str], max_length: int, cap: int
+) -> tuple[list[str], list[int]]:
+    """Each text cut to a prefix that tokenises to the same first ``max_length`` tokens as the whole text (see
+    :data:`CAP_FACTOR`), and its token count (without special tokens) truncated to ``max_length``.
+
+    Args:
+        backend: A Rust tokenizer without padding or truncation.
+        texts: The texts.
+        max_length: The number of tokens that must survive the cut.
+        cap: The first number of characters to try.
+    """
+    out = list(texts)
+    lengths = [0] * len(out)
+    caps = [cap] * len(out)
+    todo = list(range(len(out)))
+    while todo:
+        candidates = []
+        for i in todo:
+            text = texts[i]
+            while caps[i] < len(text) and (cut := _cut(text, caps[i])) is None:
+                caps[i] *= 2  # no word boundary in this window: widen it
+            out[i] = text[:cut] if caps[i] < len(text) else text
+            candidates.append(i)
+        encodings = backend.encode_batch_fast([out[i] for i in candidates], add_special_tokens=False)
+        todo = []
+        for i, encoding in zip(candidates, encodings):
+            lengths[i] = min(len(encoding), max_length)
+            if len(encoding) < max_length and len(out[i]) < len(texts[i]):
+                caps[i] *= 2  # too few tokens before the cut (e.g. a long run of spaces): try a longer prefix
+                todo.append(i)
+    return out, lengths
+
+
+def _capped(model: SentenceTransformer, texts: Sequence[str], prompt: str = "") -> tuple[list[str], np.ndarray]:
+    """The texts as :func:`encode` tokenises them (cut by :func:`cap_texts`; the cut is measured with ``prompt``
+    prepended, which ``preprocess`` prepends too) and their token counts with the prompt, truncated to the model's
+    max length, used to order the texts; counts are characters for a tokenizer without a Rust backend (uncut).
 
     Counted by the Rust tokenizer directly (``encode_batch_fast``: no offsets, no Python lists of ids), since this
     pass comes on top of the batches' own tokenisation."""
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None or not getattr(tokenizer, "is_fast", False):
-        return np.array([len(t) for t in texts])
+        return list(texts), np.array([len(prompt) + len(t) for t in texts])
     max_length = model.max_seq_length or tokenizer.model_max_length
-    encodings = _counting_tokenizer(tokenizer).encode_batch_fast(list(texts), add_special_tokens=False)
-    return np.minimum(np.array([len(e) for e in encodings], dtype=np.int64), max_length)
+    backend, longest = _counting_tokenizer(tokenizer)
+    cap = max(CAP_FACTOR * max_length * (longest + 1), 2 * len(prompt) + 2)  # a cut never falls in the prompt
+    prompted, lengths = cap_texts(backend, [prompt + t for t in texts], max_length, cap)
+    return [t[len(prompt) :] for t in prompted], np.array(lengths, dtype=np.int64)
+
+
+def _token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarray:
+    """Token counts (truncated to the model's max length) used to order the texts; falls back to characters."""
+    return _capped(model, texts)[1]
 
 
 def _batches(lengths_sorted: np.ndarray, batch_size: int, token_budget: int) -> list[tuple[int, int]]:
@@ -228,7 +297,7 @@ def encode(
         if compile:
             raise ValueError("compile=True applies to torch models; an exported artifact is already compiled")
         resolved = "fp32"
-    lengths = _token_lengths(model, [(prompt or "") + t for t in texts])
+    texts, lengths = _capped(model, texts, prompt or "")
     order = np.argsort(-lengths, kind="stable")
     spans = _batches(lengths[order], batch_size, token_budget=batch_size * 128)
 

@@ -11,7 +11,8 @@ The rules every command follows live here, each in one function:
   writer gets a one-line error naming the process that holds it.
 * **Nothing half-written is ever visible** (:func:`atomic_write_bytes`, :func:`replace_directory`), and the
   leftovers of a process that died mid-write are removed by the next run (:func:`remove_leftovers`).
-* Text files are opened one way (:func:`open_text`: gzip, byte-order mark).
+* Text files are read one way, by :mod:`gte_st.readers` (UTF-8 with file, line and byte offset in errors, gzip, one
+  reader per format family).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import gzip
 import io
 import json
 import os
@@ -38,17 +38,6 @@ class ConcurrentWriteError(GteStError, RuntimeError):
 
 class UnsafePathError(GteStError, ValueError):
     """A path read from a listing or manifest would leave the directory it belongs to."""
-
-
-def open_text(path: str | os.PathLike) -> io.TextIOBase:
-    """Open a UTF-8 text file for reading, transparently gunzipping ``*.gz`` and dropping a byte-order mark.
-
-    Newlines are left as they are (``newline=""``), which is what the ``csv`` module needs.
-    """
-    path = Path(path)
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
 
 
 # Temporary names carry the writing process's id, so that leftovers of a dead process can be told from the files of a
@@ -124,8 +113,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON (with a final newline) atomically."""
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Write ``data`` as indented, standard JSON (with a final newline) atomically. A NaN or infinity, which JSON
+    cannot represent (Python would write the non-standard ``NaN``), is a ``ValueError`` naming the file."""
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not written: {exc} (a NaN or infinity has no JSON form)") from None
+    atomic_write_text(path, text + "\n")
 
 
 def atomic_save_npy(path: str | os.PathLike, array: Any) -> None:
@@ -275,6 +269,5 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
-    "open_text",
     "replace_directory",
 ]

@@ -211,3 +211,108 @@ def test_bf16_copy_is_shared_by_threads_and_follows_weight_updates(tiny_model, s
         with torch.no_grad():
             for p, value in zip(params, saved):
                 p.copy_(value)
+
+
+# ------------------------------------------------------------------ the characters the tokenizer sees (issue 26.21)
+
+
+def _long_texts(sentences: list[str]) -> list[str]:
+    words = " ".join(sentences)
+    return [
+        " ".join([words] * 40),  # ordinary text far beyond max_seq_length
+        "lead " + " " * 200_000 + words,  # a run of spaces that makes no token: the first cut is too short
+        "x" * 150_000 + " " + words,  # no space to cut at within the first caps
+        "\n\t " * 30_000 + words * 3,  # whitespace of every kind before the words
+        sentences[0],  # short: never cut
+    ]
+
+
+def test_capped_long_texts_embed_exactly_like_the_whole_texts(tiny_model, sentences):
+    texts = _long_texts(sentences)
+    ours = encode(tiny_model, texts, batch_size=2, precision="fp32")
+    stock = tiny_model.encode(texts, batch_size=2, normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(ours, stock, atol=1e-5)
+    with_prompt = encode(tiny_model, texts, precision="fp32", prompt="query: ")
+    stock = tiny_model.encode(texts, prompt="query: ", normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(with_prompt, stock, atol=1e-5)
+
+
+def test_a_huge_line_reaches_the_tokenizer_as_a_capped_prefix(tiny_model, sentences, monkeypatch):
+    """A 20 MB line: the counting pass and the batches' ``preprocess`` see at most the cap, and the embedding is the
+    one of the text's beginning."""
+    import gte_st.encoding as encoding
+
+    seen: list[int] = []
+
+    class Recording:
+        def __init__(self, backend):
+            self.backend = backend
+
+        def encode_batch_fast(self, texts, **kwargs):
+            seen.extend(len(t) for t in texts)
+            return self.backend.encode_batch_fast(texts, **kwargs)
+
+    counting = encoding._counting_tokenizer
+    monkeypatch.setattr(encoding, "_counting_tokenizer", lambda t: (Recording(counting(t)[0]), counting(t)[1]))
+    preprocess = tiny_model.preprocess
+    monkeypatch.setattr(
+        tiny_model, "preprocess", lambda texts, **kw: seen.extend(map(len, texts)) or preprocess(texts, **kw)
+    )
+
+    huge = " ".join(sentences) * (20_000_000 // len(" ".join(sentences)))
+    assert len(huge) > 19_000_000
+    embedding = encode(tiny_model, [huge], precision="fp32")
+    cap = encoding.CAP_FACTOR * tiny_model.max_seq_length * (counting(tiny_model.tokenizer)[1] + 1)
+    assert len(seen) == 2 and max(seen) <= cap  # one count, one batch
+    expected = tiny_model.encode([huge[:cap]], normalize_embeddings=True, convert_to_numpy=True)
+    np.testing.assert_allclose(embedding, expected, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_families() -> dict[str, object]:
+    """A byte-level BPE (GPT-2, ModernBERT, Qwen), a Unigram with Metaspace (SentencePiece: XLM-R, T5) and a WordPiece
+    (BERT) tokenizer, trained here on STS-B sentences."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    corpus = [a for _, a, _ in stsb_rows("train")[:3000]]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(
+        corpus, trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator(
+        corpus, trainers.UnigramTrainer(vocab_size=400, unk_token="<unk>", special_tokens=["<unk>"])
+    )
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=["[UNK]"]))
+    return {"byte-level-bpe": bpe, "unigram-metaspace": unigram, "wordpiece": wordpiece}
+
+
+@pytest.mark.parametrize("family", ["byte-level-bpe", "unigram-metaspace", "wordpiece"])
+def test_the_cut_keeps_the_first_tokens_of_every_tokenizer_family(tokenizer_families, family):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gte_st.encoding import cap_texts
+
+    tokenizer = tokenizer_families[family]
+    words = [a for _, a, _ in stsb_rows("dev")[:200]]
+    piece = st.sampled_from(words) | st.sampled_from([" " * 50, "\n\t ", "x" * 120, "中文字符", "e\u0301", "123456789",
+                                                      "'s", " \u3000 ", "!!", "  "])  # fmt: skip
+    text = st.lists(piece, max_size=400).map(" ".join)
+
+    @settings(max_examples=60, deadline=None, database=None)
+    @given(text=text, max_length=st.sampled_from([4, 16, 64]), cap=st.sampled_from([8, 40, 200]))
+    def check(text, max_length, cap):
+        (cut,), (count,) = cap_texts(tokenizer, [text], max_length, cap)
+        whole = tokenizer.encode(text, add_special_tokens=False).ids[:max_length]
+        assert text.startswith(cut)
+        assert tokenizer.encode(cut, add_special_tokens=False).ids[:max_length] == whole
+        assert count == len(whole)
+
+    check()

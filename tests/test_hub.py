@@ -25,10 +25,10 @@ from huggingface_hub.repocard_data import model_index_to_eval_results
 from sentence_transformers import SentenceTransformer
 
 from gte_st import build_model
+from gte_st.checkpoints import latest_checkpoint_name
 from gte_st.cli import main as cli_main
 from gte_st.hub import (
     CorruptDownloadError,
-    latest_checkpoint_name,
     model_files,
     pull_latest_checkpoint,
     pull_model,

@@ -59,7 +59,11 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="gte-st dedup", description="Mine near-duplicate / paraphrase pairs.")
     add_corpus_and_model_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.9, help="minimum cosine similarity (default 0.9)")
-    parser.add_argument("--chunk-size", type=positive_int, default=4096, help="queries per range-search chunk")
+    from gte_st.duplicates import DEFAULT_CHUNK_SIZE
+
+    parser.add_argument(
+        "--chunk-size", type=positive_int, default=DEFAULT_CHUNK_SIZE, help="queries per range-search chunk"
+    )
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
@@ -19,6 +19,36 @@ from gte_st.fingerprint import corpus_fingerprint, model_fingerprint
 from gte_st.ranking.fusion import check_bm25_weight, fuse_scores
 
 logger = logging.getLogger(__name__)
+
+
+# The retrieval metrics gte-st reports: EvalResult key -> (sentence-transformers' metric family, k). The one list:
+# gte-st eval and the evaluation during training both report exactly these.
+RETRIEVAL_METRICS: dict[str, tuple[str, int]] = {
+    "ndcg_at_10": ("ndcg", 10),
+    "mrr_at_10": ("mrr", 10),
+    "recall_at_10": ("recall", 10),
+    "recall_at_100": ("recall", 100),
+    "map": ("map", 100),
+    "accuracy_at_1": ("accuracy", 1),
+}
+# sentence-transformers' InformationRetrievalEvaluator settings that compute RETRIEVAL_METRICS (and nothing it lacks).
+IR_EVALUATOR_SETTINGS: dict[str, list[int]] = {
+    "mrr_at_k": sorted({k for family, k in RETRIEVAL_METRICS.values() if family == "mrr"}),
+    "ndcg_at_k": sorted({k for family, k in RETRIEVAL_METRICS.values() if family == "ndcg"}),
+    "accuracy_at_k": sorted({k for family, k in RETRIEVAL_METRICS.values() if family == "accuracy"}),
+    "precision_recall_at_k": sorted({k for family, k in RETRIEVAL_METRICS.values() if family == "recall"}),
+    "map_at_k": sorted({k for family, k in RETRIEVAL_METRICS.values() if family == "map"}),
+}
+
+
+def retrieval_metrics(scores: dict[str, Any]) -> dict[str, float]:
+    """:data:`RETRIEVAL_METRICS` from either of sentence-transformers' forms: ``compute_metrics``'s nested
+    ``{"ndcg@k": {10: v}}`` or an evaluator call's flat ``{"ndcg@10": v}`` (its prefix already removed)."""
+    out = {}
+    for key, (family, k) in RETRIEVAL_METRICS.items():
+        nested = scores.get(f"{family}@k")
+        out[key] = float(nested[k] if isinstance(nested, dict) else scores[f"{family}@{k}"])
+    return out
 
 
 def encode_corpus_cached(
@@ -120,8 +150,6 @@ def evaluate_retrieval(
         top_k: Hits kept per query (the deepest metric is @100).
         dataset: Name reported in the result (default: the folder's name).
     """
-    import faiss
-
     if retriever not in ("dense", "bm25"):
         raise ValueError(f"retriever must be 'dense' or 'bm25', got {retriever!r}")
     check_bm25_weight(bm25_weight, bm25_rerank, "bm25_rerank")
@@ -129,70 +157,32 @@ def evaluate_retrieval(
     data = read_beir(beir_dir, split)
     _limit_queries(data, max_queries)
     corpus_ids = limit_corpus(data, max_corpus)
-    corpus_texts = [data.corpus[doc] for doc in corpus_ids]
     evaluator = InformationRetrievalEvaluator(
         queries=data.queries,
         corpus={doc: data.corpus[doc] for doc in corpus_ids},
         relevant_docs=data.qrels,
-        mrr_at_k=[10],
-        ndcg_at_k=[10],
-        accuracy_at_k=[1, 10],
-        precision_recall_at_k=[10, 100],
-        map_at_k=[100],
         write_csv=False,
+        **IR_EVALUATOR_SETTINGS,
     )
-    query_ids = evaluator.queries_ids
-    query_texts = [data.queries[qid] for qid in query_ids]
+    query_texts = [data.queries[qid] for qid in evaluator.queries_ids]
     k = min(top_k, len(corpus_ids))
-    details: dict = {"queries": len(query_ids), "corpus": len(corpus_ids), "retriever": retriever}
-
-    if retriever == "bm25" or bm25_rerank:
-        from gte_st.ranking.bm25 import BM25Retriever
-
-        bm25_hits = BM25Retriever(corpus_ids, corpus_texts).search(query_texts, bm25_rerank or k)
+    details: dict = {"queries": len(query_texts), "corpus": len(corpus_ids), "retriever": retriever}
+    encoding = {"batch_size": batch_size, "precision": precision, "compile": compile}
     if retriever == "bm25":
-        results = [[{"corpus_id": doc, "score": float(score)} for doc, score in hits] for hits in bm25_hits]
+        results = [_as_results(hits) for hits in _bm25_hits(data, corpus_ids, query_texts, k)]
+    elif bm25_rerank:
+        hits = _bm25_hits(data, corpus_ids, query_texts, bm25_rerank)
+        results, encoded = _rerank_bm25(model, data, query_texts, hits, bm25_weight, **encoding)
+        first_stage = _first_stage_metrics(evaluator, hits, data.qrels, evaluator.queries_ids, bm25_rerank)
+        details.update(
+            {"bm25_rerank": bm25_rerank, "bm25_weight": bm25_weight, "encoded_documents": encoded,
+             "first_stage": first_stage}
+        )  # fmt: skip
     else:
-        query_prompt = "query" if model.prompts.get("query") else None
-        q_emb = encode(
-            model, query_texts, batch_size=batch_size, precision=precision, prompt_name=query_prompt, compile=compile
+        name = dataset or Path(beir_dir).name
+        results, details["cache_hit"] = _dense_search(
+            model, data, corpus_ids, query_texts, k, cache_dir, name, encoding
         )
-        if bm25_rerank:
-            candidates = sorted({doc for hits in bm25_hits for doc, _ in hits})
-            position = {doc: i for i, doc in enumerate(candidates)}
-            doc_prompt = "document" if model.prompts.get("document") else None
-            d_emb = encode(
-                model, [data.corpus[doc] for doc in candidates], batch_size=batch_size, precision=precision,
-                prompt_name=doc_prompt, compile=compile,
-            )  # fmt: skip
-            results = []
-            for qi, hits in enumerate(bm25_hits):
-                docs = [doc for doc, _ in hits]
-                dense = d_emb[[position[doc] for doc in docs]] @ q_emb[qi] if docs else np.zeros(0)
-                scores = fuse_scores(np.array([score for _, score in hits]), dense, bm25_weight)
-                results.append([{"corpus_id": doc, "score": float(s)} for doc, s in zip(docs, scores)])
-            details.update(
-                {
-                    "bm25_rerank": bm25_rerank,
-                    "bm25_weight": bm25_weight,
-                    "encoded_documents": len(candidates),
-                    "first_stage": _first_stage_metrics(evaluator, bm25_hits, data.qrels, query_ids, bm25_rerank),
-                }
-            )
-        else:
-            d_emb, cache_hit = encode_corpus_cached(
-                model, corpus_ids, corpus_texts, cache_dir=cache_dir, batch_size=batch_size, precision=precision,
-                compile=compile, name=dataset or Path(beir_dir).name,
-            )  # fmt: skip
-            index = faiss.IndexFlatIP(d_emb.shape[1])
-            index.add(np.ascontiguousarray(d_emb, dtype=np.float32))
-            scores, indices = index.search(np.ascontiguousarray(q_emb, dtype=np.float32), k)
-            results = [
-                [{"corpus_id": corpus_ids[j], "score": float(s)} for s, j in zip(row_s, row_i) if j >= 0]
-                for row_s, row_i in zip(scores, indices)
-            ]
-            details["cache_hit"] = cache_hit
-    scores = evaluator.compute_metrics(results)
     details.update(
         {"encode_precision": precision, "encode_compile": compile, "runtime_s": round(time.perf_counter() - start, 2)}
     )
@@ -200,17 +190,81 @@ def evaluate_retrieval(
         task_type="Retrieval",
         dataset=dataset or Path(beir_dir).name,
         split=split,
-        metrics={
-            "ndcg_at_10": scores["ndcg@k"][10],
-            "mrr_at_10": scores["mrr@k"][10],
-            "recall_at_10": scores["recall@k"][10],
-            "recall_at_100": scores["recall@k"][100],
-            "map": scores["map@k"][100],
-            "accuracy_at_1": scores["accuracy@k"][1],
-        },
+        metrics=retrieval_metrics(evaluator.compute_metrics(results)),
         main_score="ndcg_at_10",
         details=details,
     )
+
+
+def _as_results(hits: list[tuple[str, float]]) -> list[dict]:
+    """Hits as sentence-transformers' ``compute_metrics`` reads them."""
+    return [{"corpus_id": doc, "score": float(score)} for doc, score in hits]
+
+
+def _bm25_hits(data: BEIRData, corpus_ids: list[str], queries: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """BM25's top ``k`` (document id, score) per query over the (limited) corpus."""
+    from gte_st.ranking.bm25 import BM25Retriever
+
+    return BM25Retriever(corpus_ids, [data.corpus[doc] for doc in corpus_ids]).search(queries, k)
+
+
+def _query_embeddings(model: SentenceTransformer, queries: list[str], **encoding: Any) -> np.ndarray:
+    return encode(model, queries, prompt_name="query" if model.prompts.get("query") else None, **encoding)
+
+
+def _document_embeddings(model: SentenceTransformer, texts: list[str], **encoding: Any) -> np.ndarray:
+    return encode(model, texts, prompt_name="document" if model.prompts.get("document") else None, **encoding)
+
+
+def _rerank_bm25(
+    model: SentenceTransformer,
+    data: BEIRData,
+    queries: list[str],
+    hits: list[list[tuple[str, float]]],
+    bm25_weight: float,
+    **encoding: Any,
+) -> tuple[list[list[dict]], int]:
+    """BM25's candidates re-scored by the model (hybrid with ``bm25_weight``); only the candidates are encoded.
+    Returns the results and the number of documents encoded."""
+    q_emb = _query_embeddings(model, queries, **encoding)
+    candidates = sorted({doc for row in hits for doc, _ in row})
+    position = {doc: i for i, doc in enumerate(candidates)}
+    d_emb = _document_embeddings(model, [data.corpus[doc] for doc in candidates], **encoding)
+    results = []
+    for qi, row in enumerate(hits):
+        docs = [doc for doc, _ in row]
+        dense = d_emb[[position[doc] for doc in docs]] @ q_emb[qi] if docs else np.zeros(0)
+        scores = fuse_scores(np.array([score for _, score in row]), dense, bm25_weight)
+        results.append(_as_results(list(zip(docs, scores))))
+    return results, len(candidates)
+
+
+def _dense_search(
+    model: SentenceTransformer,
+    data: BEIRData,
+    corpus_ids: list[str],
+    queries: list[str],
+    k: int,
+    cache_dir: str | Path | None,
+    name: str,
+    encoding: dict[str, Any],
+) -> tuple[list[list[dict]], bool]:
+    """Exact top ``k`` by cosine (FAISS inner product on unit vectors); the corpus embeddings come from the cache when
+    it holds them. Returns the results and whether the cache was hit."""
+    import faiss
+
+    q_emb = _query_embeddings(model, queries, **encoding)
+    d_emb, cache_hit = encode_corpus_cached(
+        model, corpus_ids, [data.corpus[doc] for doc in corpus_ids], cache_dir=cache_dir, name=name, **encoding
+    )
+    index = faiss.IndexFlatIP(d_emb.shape[1])
+    index.add(np.ascontiguousarray(d_emb, dtype=np.float32))
+    scores, indices = index.search(np.ascontiguousarray(q_emb, dtype=np.float32), k)
+    results = [
+        [{"corpus_id": corpus_ids[j], "score": float(s)} for s, j in zip(row_s, row_i) if j >= 0]
+        for row_s, row_i in zip(scores, indices)
+    ]
+    return results, cache_hit
 
 
 def _first_stage_metrics(

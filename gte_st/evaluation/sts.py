@@ -41,6 +41,8 @@ def evaluate_sts(
     n = len(data.scores) if max_samples is None else min(max_samples, len(data.scores))
     if n < 2:
         raise ValueError(f"{path}: need at least 2 scored pairs for a correlation, found {n}")
+    if len(set(data.scores[:n])) == 1:
+        raise ValueError(f"{path}: all {n} gold scores are {data.scores[0]}; a correlation needs scores that differ")
     evaluator = make_evaluator(
         STSEvaluator,
         precision,

@@ -10,13 +10,13 @@
 
 All three keep the feed-forward **down-projections** (the MatMuls whose reduction dimension exceeds their output
 dimension: BERT's ``output.dense``, GTE's ``down_proj``, ModernBERT's ``Wo``) in float: their input, the GELU / GLU
-activations, carries outlier channels that one per-tensor int8 scale cannot represent, and on all-MiniLM-L6-v2 they
-were what pushed one-word texts below the gate (NNCF static: minimum cosine over the parity sample 0.966 with them
-quantised, 0.995 without; :func:`down_projections`). The other two thirds of the linear-layer FLOPs run in int8.
+activations, carries outlier channels that one per-tensor int8 scale cannot represent: quantised, they push short
+texts below the parity gate (:func:`down_projections`; figures in docs/benchmarks.md, "Serving on CPU"). The other
+two thirds of the linear-layer FLOPs run in int8.
 For OpenVINO, :func:`search_int8_down_projections` instead splits those outlier channels first
 (:mod:`gte_st.export.outlier_channels`, exact) and then measures how many down-projections a model tolerates in int8
 and quantises those too (``export(..., down_projections="search")``): on CPUs without AMX the float
-down-projections were 41 % of the int8 IR's time; on all-MiniLM-L6-v2 every one of them passes once split.
+down-projections are a large share of the int8 IR's time (docs/benchmarks.md, "Serving on CPU").
 
 No step downloads anything: the calibration texts are the user's or the built-in sample
 (:func:`gte_st.export.samples.calibration_sample`).
@@ -239,10 +239,10 @@ def search_int8_down_projections(
     """Static int8 (:func:`quantize_openvino_static`) with as many down-projections in int8 as ``score`` allows.
 
     1. The outlier channels of the down-projections' inputs are split first
-       (:func:`gte_st.export.outlier_channels.split_outlier_channels`: exact, and the int8 activation ranges of
-       all-MiniLM-L6-v2's first layers shrink 3.5x); every trial below quantises the split IR.
+       (:func:`gte_st.export.outlier_channels.split_outlier_channels`: exact, and it narrows the int8 activation
+       ranges); every trial below quantises the split IR.
     2. Every down-projection in int8, once per SmoothQuant strength in ``alphas``; the best-scoring trial is
-       written if it scores at least ``threshold`` (on all-MiniLM-L6-v2 it does: 0.991 at 0.8).
+       written if it scores at least ``threshold``.
     3. Otherwise greedily, at the best strength: each down-projection is quantised alone (the others in float) and
        scored; those scoring at least ``threshold`` are added one at a time, best first, each addition re-quantised
        and scored, until one falls below ``threshold``; the last set that passed is written (with none passing,

@@ -57,6 +57,8 @@ EXPORT_LOCK = ".gte-st-export.lock"
 EXPORT_WORK_PREFIX = ".gte-st-export-"
 QUANTIZE = ("none", "int8-dynamic", "int8-static", "bf16")
 DOWN_PROJECTIONS = ("float", "search")
+# How much of the worst parity text a report quotes: enough to recognise it, short enough for one line.
+WORST_TEXT_CHARS = 80
 ONNX_FILE_NAMES = {
     "fp32": "model.onnx",
     "O2": "model_O2.onnx",
@@ -400,7 +402,7 @@ def _export_locked(
                 size_mb=round(sum(f.stat().st_size for f in _files(path)) / 2**20, 2),
                 export_s=round(export_s, 2),
                 precision=step.precision,
-                worst_text=texts[int(values.argmin())][:80],
+                worst_text=texts[int(values.argmin())][:WORST_TEXT_CHARS],
                 details=details,
             )
             if min_cos < threshold:

@@ -89,6 +89,24 @@ def load_query_model(model: str | SentenceTransformer) -> tuple[SentenceTransfor
 
 
 # ---------------------------------------------------------------------------------------------------------- index
+# What Index.load and the queries read from meta.json, with the JSON type each must have.
+META_FIELDS = {"files": dict, "count": int, "precision": str, "model": dict}
+MODEL_FIELDS = {"dimension": int, "probe_embeddings": list}
+
+
+def _check_meta(meta: dict, meta_file: Path) -> None:
+    """Every field the index reads is in ``meta.json`` with its type, else the file is named as corrupted (a
+    hand-edited or truncated ``meta.json`` is not a ``KeyError`` later)."""
+    for fields, record, prefix in ((META_FIELDS, meta, ""), (MODEL_FIELDS, meta.get("model"), "model.")):
+        for key, kind in fields.items():
+            if not isinstance(record, dict) or not isinstance(record.get(key), kind):
+                raise CorruptIndexError(
+                    f"{meta_file}: lacks {prefix}{key} (a JSON {kind.__name__}); rebuild the index"
+                )
+    if not all(isinstance(digest, str) for digest in meta["files"].values()):
+        raise CorruptIndexError(f"{meta_file}: files must map file names to checksums; rebuild the index")
+
+
 class Index:
     """A built index directory: documents, embeddings, FAISS index and the model that embeds queries."""
 
@@ -125,11 +143,12 @@ class Index:
                 )
             raise IncompleteIndexError(f"{path}: not an index directory (no meta.json); build it with `gte-st index`")
         try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CorruptIndexError(f"{meta_file} is not valid JSON ({exc})") from None
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise CorruptIndexError(f"{meta_file}: not a {FORMAT} v{FORMAT_VERSION} index")
+        _check_meta(meta, meta_file)
         for name, checksum in meta["files"].items():
             file = path / name
             if not file.is_file():
@@ -164,7 +183,7 @@ class Index:
     @property
     def model(self) -> SentenceTransformer:
         if self._model is None:
-            name = self.meta["model"]["name"]
+            name = self.meta["model"].get("name")
             if not name:
                 raise ModelMismatchError(f"{self.path}: the index records no model name; pass model=...")
             self.set_model(name)
@@ -177,14 +196,14 @@ class Index:
         dim = st_model.get_embedding_dimension()
         if dim != recorded["dimension"]:
             raise ModelMismatchError(
-                f"{self.path} was built by {recorded['name']!r} ({recorded['dimension']}-d embeddings); the query "
+                f"{self.path} was built by {recorded.get('name')!r} ({recorded['dimension']}-d embeddings); the query "
                 f"model {name or type(st_model).__name__!r} gives {dim}-d embeddings"
             )
         probes = encode(st_model, PROBE_TEXTS, batch_size=16, precision=self.meta.get("encode_precision", "auto"))
         cosine = float((probes * np.asarray(recorded["probe_embeddings"], dtype=np.float32)).sum(axis=1).min())
         if cosine < PROBE_MIN_COSINE:
             raise ModelMismatchError(
-                f"{self.path} was built by {recorded['name']!r}; the query model {name!r} embeds the probe texts "
+                f"{self.path} was built by {recorded.get('name')!r}; the query model {name!r} embeds the probe texts "
                 f"differently (cosine {cosine:.3f} < {PROBE_MIN_COSINE}): it is another model. Query with the model "
                 "that built the index, or rebuild the index."
             )

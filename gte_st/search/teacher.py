@@ -2,8 +2,8 @@
 two-stage hybrid retriever, on the model's cosine scale.
 
 The hybrid score of :func:`gte_st.search.fuse_scores` (``w * mm(BM25) + (1 - w) * mm(cosine)`` over a query's BM25
-candidates) ranks better than either retriever alone (docs/benchmarks.md: SciFact 0.729 test nDCG@10 with the
-untrained MiniLM, against 0.645 dense and 0.686 BM25). :func:`hybrid_teacher_rows` maps it back onto the cosine
+candidates) ranks better than either retriever alone (docs/benchmarks.md, "Search"). :func:`hybrid_teacher_rows`
+maps it back onto the cosine
 range of each query's candidates, ``lo + (hi - lo) * fused`` (an increasing affine map, so the order is the
 hybrid's), which makes it a target a dense student can match with an MSE on its own cosines: the
 ``score_distillation_weight`` term of :class:`gte_st.losses.NormalizedMSELoss`. Rows are written in FlagEmbedding's

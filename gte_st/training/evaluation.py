@@ -14,14 +14,11 @@ from sentence_transformers import SentenceTransformer
 from gte_st.evaluation.embedding import RetrievalEvaluator, STSEvaluator, make_evaluator
 from gte_st.evaluation.readers import read_beir, read_sts
 from gte_st.evaluation.result import EvalResult
-from gte_st.evaluation.retrieval import limit_corpus
+from gte_st.evaluation.retrieval import IR_EVALUATOR_SETTINGS, limit_corpus, retrieval_metrics
 from gte_st.training.arguments import RecipeArguments
 
-# sentence-transformers' retrieval metric names -> EvalResult metric names (as gte_st.evaluation.evaluate_retrieval)
-RETRIEVAL_METRICS = {"ndcg@10": "ndcg_at_10", "mrr@10": "mrr_at_10", "recall@10": "recall_at_10",
-                     "recall@100": "recall_at_100", "map@100": "map"}  # fmt: skip
-IR_SETTINGS = {"mrr_at_k": [10], "ndcg_at_k": [10], "accuracy_at_k": [1], "precision_recall_at_k": [10, 100],
-               "map_at_k": [100], "batch_size": 64, "show_progress_bar": False}  # fmt: skip
+# The retrieval metrics are gte_st.evaluation.retrieval's (one list for `gte-st eval` and training).
+IR_SETTINGS = {**IR_EVALUATOR_SETTINGS, "batch_size": 64, "show_progress_bar": False}
 
 
 @dataclass
@@ -38,8 +35,7 @@ class EvalTask:
         prefix = f"{self.evaluator.name}_cosine_" if self.task_type == "Retrieval" else f"{self.evaluator.name}_"
         values = {k.removeprefix(prefix): float(v) for k, v in scores.items() if k.startswith(prefix)}
         if self.task_type == "Retrieval":
-            metrics = {new: values[old] for old, new in RETRIEVAL_METRICS.items() if old in values}
-            main = "ndcg_at_10"
+            metrics, main = retrieval_metrics(values), "ndcg_at_10"
         else:
             metrics, main = {"spearman": values["spearman_cosine"], "pearson": values["pearson_cosine"]}, "spearman"
         return EvalResult(self.task_type, self.dataset, self.split, metrics, main)

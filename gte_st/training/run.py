@@ -65,9 +65,11 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         first.recipe.resume = True
     default_train = held_out = None
     if any(stage.recipe.data is None for stage in stages):
-        from gte_st.default_data import default_datasets
+        from gte_st.default_data import HELD_OUT_QUERIES, default_datasets
 
-        default_train, held_out = default_datasets(max_train=first.recipe.default_train_pairs, max_test=200)
+        default_train, held_out = default_datasets(
+            max_train=first.recipe.default_train_pairs, max_test=HELD_OUT_QUERIES
+        )
     # Every source and evaluation file is read and validated before the model is loaded.
     stage_data = [load_stage_data(stage, default_train) for stage in stages]
     tasks = build_eval_tasks(first.recipe, held_out)
