@@ -441,7 +441,10 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_at_start": os.getloadavg()[0],
-        "sources": {name: sum(1 for _ in open(path, encoding="utf8")) for name, path in files.items()},
+        "sources": {
+            name: sum(1 for _ in open(path, encoding="utf8")) for name, path in files.items() if path.is_file()
+        },
+        "recipe_data": {name: str(path) for name, path in files.items() if path.is_dir()},
     }
     for arm in arms:
         name, budget = labels.get(arm, arm), budget_of(arm)
