@@ -378,30 +378,62 @@ def validate_sizes(data: DatasetDict, *, min_rows: int, locations: dict[str, str
     return data
 
 
-def sampling_probabilities(sizes: Sequence[int], alpha: float = 0.5) -> list[float]:
-    """GTE's multi-source mixture: p_i = n_i^alpha / sum_j n_j^alpha (alpha=1: proportional, 0: uniform).
+def sampling_probabilities(
+    sizes: Sequence[int], alpha: float = 0.5, replay: Sequence[bool] | None = None, replay_share: float = 0.0
+) -> list[float]:
+    """GTE's multi-source mixture, with an optional share of batches kept for replay sources.
+
+    Without replay: p_i = n_i^alpha / sum_j n_j^alpha over all sources (alpha=1: proportional, 0: uniform). With
+    replay sources R (``replay[i]`` true) and share s: the stage's own sources D share 1 - s and the replay sources
+    share s, each group split by the same rule,
+
+        p_i = (1 - s) n_i^alpha / sum_{j in D} n_j^alpha  (i in D),    p_i = s n_i^alpha / sum_{j in R} n_j^alpha  (i in R),
+
+    so the replay share does not depend on how large the replay data are (general data sets are often far larger
+    than the domain's) and the domain's own mixture is the one it would have without replay.
 
     Computed in log space (a softmax of ``alpha * log n_i``), so any finite ``alpha`` gives finite probabilities: a
-    large one puts (nearly) all the mass on the largest source instead of overflowing."""
+    large one puts (nearly) all the mass on the largest source of each group instead of overflowing."""
     if not (math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
-    logits = [alpha * math.log(n) if n > 0 else -math.inf for n in sizes]
-    top = max(logits, default=-math.inf)
-    if top == -math.inf:
-        raise ValueError(f"every training source is empty (sizes {list(sizes)}); nothing to sample from.")
-    weights = [math.exp(logit - top) for logit in logits]
-    total = sum(weights)
-    return [w / total for w in weights]
+    flags = [False] * len(sizes) if replay is None else [bool(r) for r in replay]
+    if len(flags) != len(sizes):
+        raise ValueError(f"replay flags {list(flags)} do not match the {len(sizes)} sources")
+    if any(flags):
+        if not (math.isfinite(replay_share) and 0 < replay_share < 1):
+            raise ValueError(f"replay_share must lie strictly between 0 and 1, got {replay_share}")
+        if all(flags):
+            raise ValueError("every source is a replay source; a stage needs data of its own besides replay")
+    groups = [(False, 1 - replay_share if any(flags) else 1.0), (True, replay_share)]
+    probabilities = [0.0] * len(sizes)
+    for flag, share in groups:
+        members = [i for i, f in enumerate(flags) if f == flag]
+        if not members:
+            continue
+        logits = [alpha * math.log(sizes[i]) if sizes[i] > 0 else -math.inf for i in members]
+        top = max(logits)
+        if top == -math.inf:
+            what = "replay" if flag else "training"
+            raise ValueError(
+                f"every {what} source is empty (sizes {[sizes[i] for i in members]}); nothing to sample from."
+            )
+        weights = [math.exp(logit - top) for logit in logits]
+        for i, weight in zip(members, weights):
+            probabilities[i] = share * weight / sum(weights)
+    return probabilities
 
 
 class AlphaSourceBatchSampler(MultiDatasetDefaultBatchSampler):
-    """Draws each batch from a single source, chosen with probability proportional to ``n_i ** alpha``.
+    """Draws each batch from a single source, chosen with probability proportional to ``n_i ** alpha`` (with replay
+    sources: a fixed share of the batches for them, see :func:`sampling_probabilities`).
 
     Under data parallelism accelerate hands batch ``i`` of this sampler to rank ``i % world_size``; the sampler
     therefore draws sources for whole groups of ``world_size`` consecutive batches, so that at every step all ranks
     train on the same source. The sequence is a pure function of ``seed`` and the epoch, so every rank (and a resumed
     run) sees the same batches. An epoch has as many batches as the sources hold together; a source exhausted before
-    the epoch ends is reshuffled and drawn again (small sources are up-sampled when ``alpha < 1``).
+    the epoch ends is reshuffled and drawn again (small sources are up-sampled when ``alpha < 1``). Replay sources
+    do not lengthen the epoch: it holds the batches of the stage's own sources plus the replay share on top
+    (``own / (1 - replay_share)`` batches), so an epoch still means one pass over the stage's own data.
 
     Args:
         dataset: The :class:`~torch.utils.data.ConcatDataset` of the sources.
@@ -409,6 +441,8 @@ class AlphaSourceBatchSampler(MultiDatasetDefaultBatchSampler):
         generator, seed: As in sentence-transformers' multi-dataset samplers.
         alpha: The mixture exponent.
         world_size: Number of data-parallel ranks (batches per step).
+        replay: Per source, whether it is a replay source (default: none is).
+        replay_share: The share of batches drawn from the replay sources.
     """
 
     def __init__(
@@ -419,11 +453,17 @@ class AlphaSourceBatchSampler(MultiDatasetDefaultBatchSampler):
         seed: int = 0,
         alpha: float = 0.5,
         world_size: int = 1,
+        replay: Sequence[bool] | None = None,
+        replay_share: float = 0.0,
     ) -> None:
         super().__init__(dataset, batch_samplers, generator=generator, seed=seed)
         self.alpha = alpha
         self.world_size = max(1, world_size)
-        self.probabilities = sampling_probabilities([len(d) for d in dataset.datasets], alpha)
+        self.replay = [False] * len(batch_samplers) if replay is None else [bool(r) for r in replay]
+        self.replay_share = replay_share if any(self.replay) else 0.0
+        self.probabilities = sampling_probabilities(
+            [len(d) for d in dataset.datasets], alpha, self.replay, self.replay_share
+        )
 
     def source_sequence(self) -> list[int]:
         """The source index of every batch of the current epoch."""
@@ -461,7 +501,8 @@ class AlphaSourceBatchSampler(MultiDatasetDefaultBatchSampler):
                 sampler.set_epoch(self.epoch)
 
     def __len__(self) -> int:
-        total = sum(len(sampler) for sampler in self.batch_samplers)
+        own = sum(len(sampler) for sampler, replay in zip(self.batch_samplers, self.replay) if not replay)
+        total = round(own / (1 - self.replay_share))
         return max(self.world_size, total - total % self.world_size)
 
 

@@ -30,7 +30,12 @@ def format_summary(summary: dict[str, Any], final_dir: str | os.PathLike) -> str
         lines.append(
             f"  stage {stage['name']}: {stage['steps']} steps x {stage['global_batch_size']} "
             f"({stage['loss']['name']}), {stage['pairs_per_second']:.1f} pairs/s, {stage['runtime_s']:.0f}s"
+            + (f", replay share {stage['replay_share']}" if stage.get("replay_share") else "")
+            + (f", LoRA r={stage['lora']['r']}" if stage.get("lora") else "")
         )
+    if wise_ft := summary.get("wise_ft"):
+        lines.append(f"  WiSE-FT: weights = {1 - wise_ft['alpha']:.2g} x base + {wise_ft['alpha']:.2g} x fine-tuned "
+                     f"({'chosen on the evaluation tasks' if wise_ft['mode'] == 'auto' else 'fixed'})")  # fmt: skip
     before = {(r["dataset"], r["split"]): r for r in summary["eval"]["before"]}
     if before:
         lines.append(f"  {'evaluation':<36} {'before':>8} {'after':>8} {'delta':>8}")
@@ -41,7 +46,10 @@ def format_summary(summary: dict[str, Any], final_dir: str | os.PathLike) -> str
         old_value = old["metrics"][key] if old else math.nan
         label = f"{result['dataset']} {key}"
         lines.append(f"  {label:<36} {old_value:8.4f} {new_value:8.4f} {new_value - old_value:+8.4f}")
-    lines.append(f'Load it with SentenceTransformer("{final_dir}").')
+    if any(stage.get("lora", {}).get("saved") == "adapter" for stage in summary["stages"]):
+        lines.append(f'Load it with gte_st.lora.load_adapter("{final_dir}"); it keeps its LoRA adapter (peft layout).')
+    else:
+        lines.append(f'Load it with SentenceTransformer("{final_dir}").')
     return "\n".join(lines)
 
 

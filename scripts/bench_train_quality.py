@@ -16,11 +16,25 @@ triplets), through the same `gte-st train` pipeline (one source per batch, p ~ n
   recipe   gte-st's full recipe: stage 1 weak title -> abstract pairs, stage 2 claims + SNLI triplets with hard
            negatives mined from the stage-1 model, NormalizedMSELoss (``--mse-new-kwargs``); same total budget
 
+Keeping what the base model knew (issue 29): arms of the SciFact recipe (scripts/recipes/scifact-hybrid.yaml: a
+claims stage on hybrid-mined negatives, then a short CoSENT stage on STS-B train; budget label ``scifact-hybrid``),
+its data built once by the recipe's builders (build_scifact_distillation.py, build_general_pairs.py):
+
+  sf-plain    the recipe without any option for keeping general quality (the recipe before issue 29)
+  sf-replay   sf-plain, the claims stage with ``--replay`` general sources (``--replay-sources``, ``--replay-share``)
+  sf-lora     sf-plain, the claims stage as a LoRA adapter (``--lora-r``, ``--lora-lr``), merged
+  sf-distill  sf-plain, the claims stage with self-distillation to the base (``--distillation-weight``)
+  sf-recipe   the shipped recipe as it is
+  ARM@wA      ARM's saved models (same seeds, same --out-dir) interpolated with the base model at A, which is what
+              ``gte-st train --wise_ft A`` does after training; evaluation only
+
 Every model is scored (encoded in ``--eval-precision``) on STS-B test, SICK-R test, SciFact test nDCG@10 (full
 corpus), WikiQA test reranking MAP and nDCG@10 on the default job's held-out docstring split, all with
-gte_st.evaluation. Results are merged into ``--results`` as ``{arm: {budget: {metric: [per-seed values]}}}`` (plus
-``seed`` and ``train_s`` lists, and an ``_about`` entry with the settings of each run); a mean +- std table is printed
-and a plot written.
+gte_st.evaluation; with ``--split dev`` instead on dev data only, for choosing settings: STS-B dev, SICK trial, a
+WikiQA split of train questions (build_general_pairs.py), the held-out docstrings and 200 held-out SciFact train
+claims (the sf arms then train without them). Results are merged into ``--results`` as ``{arm: {budget: {metric:
+[per-seed values]}}}`` (plus ``seed`` and ``train_s`` lists, and an ``_about`` entry with the settings of each run);
+a mean +- std table is printed and a plot written.
 
 To keep a concurrent edit of the working tree from changing a run, run it from a snapshot, e.g.::
 
@@ -44,9 +58,15 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ARMS = ("base", "mse", "mse-new", "mnrl", "gte", "recipe", "matryoshka", "fn-margin", "fn-guide")
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+SF_ARMS = ("sf-plain", "sf-replay", "sf-lora", "sf-distill", "sf-recipe")
+ARMS = ("base", "mse", "mse-new", "mnrl", "gte", "recipe", "matryoshka", "fn-margin", "fn-guide", *SF_ARMS)
 METRICS = ("stsb_test", "sickr_test", "scifact_test_ndcg@10", "wikiqa_test_map", "docstrings_ndcg@10")
+DEV_METRICS = ("stsb_dev", "sick_trial", "scifact_dev_ndcg@10", "wikiqa_dev_map", "docstrings_ndcg@10")
+# Options of the recipe that keep general quality: sf-plain drops them from every level of the recipe.
+RETENTION_OPTIONS = ("replay", "replay_share", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                     "lora_save", "wise_ft", "wise_ft_grid", "wise_ft_tolerance")  # fmt: skip
 
 
 def training_module() -> str:
@@ -112,6 +132,83 @@ def docstrings_beir(work: Path) -> Path:
     return folder
 
 
+def build_recipe_data(data: Path, work: Path, dev: bool) -> tuple[Path, Path]:
+    """The SciFact recipe's training files (with ``dev``: 200 train claims held out as ``dev-claims/``) and the
+    general replay sources, each built once by the recipe's own builders."""
+    scifact = work / ("scifact-dev" if dev else "scifact")
+    general = work / "general"
+    if not (scifact / "claims.jsonl").exists():
+        command = [sys.executable, str(REPO / "scripts" / "recipes" / "build_scifact_distillation.py"),
+                   "--data", str(data / "beir_scifact"), "--stsb", str(data / "stsb" / "sts-train.csv"),
+                   "--out-dir", str(scifact), *(["--holdout", "200"] if dev else [])]  # fmt: skip
+        subprocess.run(command, check=True)
+    if not (general / "wikiqa-dev.txt").exists():
+        command = [sys.executable, str(REPO / "scripts" / "recipes" / "build_general_pairs.py"),
+                   "--data", str(data), "--out-dir", str(general)]  # fmt: skip
+        subprocess.run(command, check=True)
+    return scifact, general
+
+
+def recipe_config(arm: str, scifact: Path, general: Path, args: argparse.Namespace, out: Path) -> dict:
+    """The SciFact recipe of ``arm``: the shipped recipe with its data paths pointed at the built files and, except
+    for sf-recipe, its retention options replaced by the arm's own (on the stage named ``claims``)."""
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "scripts" / "recipes" / "scifact-hybrid.yaml").read_text(encoding="utf8"))
+
+    def local(value):
+        if isinstance(value, list):
+            return [local(v) for v in value]
+        if isinstance(value, str):
+            return value.replace("scifact-hybrid/data/", f"{scifact}/").replace(
+                "scifact-hybrid/general/", f"{general}/"
+            )
+        return value
+
+    levels = [recipe, *recipe.get("stages", [])]
+    for level in levels:
+        for key in ("data", "replay"):
+            if key in level:
+                level[key] = local(level[key])
+    if arm != "sf-recipe":
+        for level in levels:
+            for key in RETENTION_OPTIONS:
+                level.pop(key, None)
+            if isinstance(level.get("loss_kwargs"), dict):
+                level["loss_kwargs"].pop("distillation_weight", None)
+        (claims,) = [stage for stage in recipe["stages"] if stage.get("name") == "claims"]
+        if arm == "sf-replay":
+            claims["replay"] = [f"{name}={general}/{name}.jsonl" for name in args.replay_sources.split(",")]
+            claims["replay_share"] = args.replay_share
+        elif arm == "sf-lora":
+            claims.update(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, learning_rate=args.lora_lr)
+        elif arm == "sf-distill":
+            claims["loss_kwargs"] = {**claims.get("loss_kwargs", {}), "distillation_weight": args.distillation_weight}
+    recipe["output_dir"] = str(out)
+    return recipe
+
+
+def interpolated(arm: str, seed: int, args: argparse.Namespace, models: Path) -> tuple[Path, float]:
+    """``ARM@wA``: the saved model of ARM (this seed) interpolated with the base model at A (gte_st.interpolation,
+    what ``--wise_ft A`` does after training), written beside it."""
+    from sentence_transformers import SentenceTransformer
+
+    import gte_st
+    from gte_st.interpolation import interpolate_state_dicts
+
+    source, _, alpha = arm.rpartition("@w")
+    tuned_dir, out = models / f"{source}-seed{seed}", models / f"{arm}-seed{seed}"
+    if not tuned_dir.exists():
+        raise SystemExit(f"arm {arm}: train {source} (seed {seed}) into this --out-dir first")
+    base = SentenceTransformer(args.base_model or gte_st.default_base_model(), device="cpu").state_dict()
+    model = SentenceTransformer(str(tuned_dir), device="cpu")
+    model.load_state_dict(interpolate_state_dicts(base, model.state_dict(), float(alpha)))
+    model.save(str(out))
+    summary = tuned_dir / "training_summary.json"
+    seconds = json.loads(summary.read_text())["total_runtime_s"] if summary.exists() else 0.0
+    return out, seconds
+
+
 def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace, out: Path) -> float:
     out.parent.mkdir(parents=True, exist_ok=True)
     common = [
@@ -121,7 +218,12 @@ def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace,
         *shlex.split(args.train_args),
     ]  # fmt: skip
     all_sources = [f"claims={files['claims']}", f"titles={files['titles']}", f"snli={files['snli']}"]
-    if arm == "recipe":
+    if arm in SF_ARMS:
+        config = out.parent / f"{out.name}.recipe.json"
+        config.write_text(json.dumps(recipe_config(arm, files["scifact"], files["general"], args, out), indent=2))
+        command = ["--config", str(config), "--seed", str(seed), "--precision", args.precision,
+                   *(["--base_model", args.base_model] if args.base_model else [])]  # fmt: skip
+    elif arm == "recipe":
         pretrain_steps = max(1, round(args.steps * 0.3))
         stage = {"loss": "mse", "loss_kwargs": args.mse_new_kwargs}
         recipe = {
@@ -193,7 +295,20 @@ def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Names
         "wikiqa_test_map": lambda: evaluate_reranking(model, data / "wikiqa" / "WikiQA-test.txt", precision=precision),
         "docstrings_ndcg@10": lambda: evaluate_retrieval(model, docstrings, split="test", precision=precision),
     }
-    return {metric: round(100 * measures[metric]().score, 2) for metric in args.metrics.split(",")}
+    metrics = args.metrics.split(",")
+    if args.split == "dev":  # dev data only, for choosing settings
+        scifact_dev, general = build_recipe_data(data, Path(args.out_dir).resolve() / "data", dev=True)
+        measures = {
+            "stsb_dev": lambda: evaluate_sts(model, data / "stsb" / "sts-dev.csv", precision=precision),
+            "sick_trial": lambda: evaluate_sts(model, data / "sick" / "SICK_trial.txt", precision=precision),
+            "scifact_dev_ndcg@10": lambda: evaluate_retrieval(
+                model, scifact_dev / "dev-claims", split="dev", precision=precision, max_corpus=args.eval_max_corpus
+            ),
+            "wikiqa_dev_map": lambda: evaluate_reranking(model, general / "wikiqa-dev.txt", precision=precision),
+            "docstrings_ndcg@10": lambda: evaluate_retrieval(model, docstrings, split="test", precision=precision),
+        }
+        metrics = [DEV_METRICS[METRICS.index(metric)] for metric in metrics]
+    return {metric: round(100 * measures[metric]().score, 2) for metric in metrics}
 
 
 def mean_std(values: list[float]) -> str:
@@ -204,14 +319,15 @@ def mean_std(values: list[float]) -> str:
 
 def table(results: dict, budget: str) -> str:
     """Markdown table, mean ± sample std over seeds (``n`` seeds), of every arm measured at ``budget``."""
-    lines = ["| arm | n | " + " | ".join(METRICS) + " | train s |", "|---" * (len(METRICS) + 3) + "|"]
+    metrics = DEV_METRICS if budget.endswith("-dev") else METRICS
+    lines = ["| arm | n | " + " | ".join(metrics) + " | train s |", "|---" * (len(metrics) + 3) + "|"]
     for arm, budgets in results.items():
         if arm.startswith("_") or budget not in budgets:
             continue
         scores = budgets[budget]
-        cells = [mean_std(scores[m]) if scores.get(m) else "" for m in METRICS]
+        cells = [mean_std(scores[m]) if scores.get(m) else "" for m in metrics]
         seconds = f"{statistics.mean(scores['train_s']):.0f}" if scores.get("train_s") else ""
-        lines.append(f"| {arm} | {len(scores[METRICS[0]])} | " + " | ".join(cells) + f" | {seconds} |")
+        lines.append(f"| {arm} | {len(scores[metrics[0]])} | " + " | ".join(cells) + f" | {seconds} |")
     return "\n".join(lines)
 
 
@@ -278,7 +394,24 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated subset of {METRICS}")
     parser.add_argument("--cache-dir", default=None, help="cache SciFact corpus embeddings here (keyed by model)")
-    parser.add_argument("--budget", default=None, help="budget label in the results (default: STEPSxBATCH)")
+    parser.add_argument(
+        "--budget", default=None, help="budget label (default: STEPSxBATCH; scifact-hybrid for sf arms)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "dev"),
+        default="test",
+        help="dev: score on dev data only (budget labels get '-dev'), for choosing settings",
+    )
+    parser.add_argument(
+        "--replay-sources",
+        default="snli,wikiqa,stsb,mrpc,docstrings",
+        help="sf-replay: general sources of build_general_pairs.py",
+    )
+    parser.add_argument("--replay-share", type=float, default=0.2, help="sf-replay: share of the batches")
+    parser.add_argument("--lora-r", type=int, default=16, help="sf-lora: rank (lora_alpha = 2 r)")
+    parser.add_argument("--lora-lr", type=float, default=5e-4, help="sf-lora: learning rate of the claims stage")
+    parser.add_argument("--distillation-weight", type=float, default=10.0, help="sf-distill: the term's weight")
     parser.add_argument("--base-model", default=None, help="default: the offline all-MiniLM-L6-v2 copy")
     parser.add_argument("--eval-max-corpus", type=int, default=None, help="smoke tests only: SciFact sub-corpus")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="the shared data folder")
@@ -306,8 +439,8 @@ def main() -> None:
     if unknown := set(args.metrics.split(",")) - set(METRICS):
         parser.error(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
     arms = args.arms.split(",")
-    if unknown := set(arms) - set(ARMS):
-        parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}")
+    if unknown := {arm for arm in arms if arm.rpartition("@w")[0 if "@w" in arm else 2] not in ARMS}:
+        parser.error(f"unknown arms {sorted(unknown)}; choose from {ARMS}, or ARM@wA")
     json.loads(args.mse_new_kwargs)
     seeds = [int(s) for s in args.seeds.split(",")]
     if malformed := [item for item in args.label if "=" not in item]:
@@ -315,11 +448,22 @@ def main() -> None:
     labels = dict(item.split("=", 1) for item in args.label)
     if unknown := set(labels) - set(arms):
         parser.error(f"--label names arms not run: {sorted(unknown)}")
-    budget = args.budget or f"{args.steps}x{args.batch_size}"
+    suffix = "-dev" if args.split == "dev" else ""
+
+    def budget_of(arm: str) -> str:
+        """The arm's budget label; ``base`` takes the label of the arms it is run with (when they share one)."""
+        if args.budget:
+            return args.budget
+        if arm == "base" and len(others := {budget_of(a) for a in arms if a != "base"}) == 1:
+            return others.pop()
+        recipe_arm = arm.rpartition("@w")[0] or arm
+        return ("scifact-hybrid" if recipe_arm in SF_ARMS else f"{args.steps}x{args.batch_size}") + suffix
 
     data = Path(args.data_dir).resolve()
     out_dir = Path(args.out_dir).resolve()
     files = prepare_data(data, out_dir / "data")
+    if any((arm.rpartition("@w")[0] or arm) in SF_ARMS for arm in arms):
+        files["scifact"], files["general"] = build_recipe_data(data, out_dir / "data", dev=args.split == "dev")
     docstrings = docstrings_beir(out_dir / "data")
     import gte_st
 
@@ -333,10 +477,13 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_at_start": os.getloadavg()[0],
-        "sources": {name: sum(1 for _ in open(path, encoding="utf8")) for name, path in files.items()},
+        "sources": {
+            name: sum(1 for _ in open(path, encoding="utf8")) for name, path in files.items() if path.is_file()
+        },
+        "recipe_data": {name: str(path) for name, path in files.items() if path.is_dir()},
     }
     for arm in arms:
-        name = labels.get(arm, arm)
+        name, budget = labels.get(arm, arm), budget_of(arm)
         run_seeds = [seeds[0]] if arm == "base" else seeds
         # Merge with earlier runs of this arm and budget: keep their other seeds, replace the seeds run again.
         scores = drop_seeds(results.get(name, {}).get(budget, {}), None if arm == "base" else run_seeds)
@@ -346,6 +493,8 @@ def main() -> None:
         for seed in run_seeds:
             if arm == "base":
                 model, seconds = args.base_model or gte_st.default_base_model(), 0.0
+            elif "@w" in arm:
+                model, seconds = interpolated(arm, seed, args, out_dir / "models" / budget)
             else:
                 model = out_dir / "models" / budget / f"{arm}-seed{seed}"
                 seconds = train(arm, seed, files, args, model)
@@ -357,7 +506,8 @@ def main() -> None:
             results.setdefault(name, {})[budget] = scores
             results_file.parent.mkdir(parents=True, exist_ok=True)
             results_file.write_text(json.dumps(results, indent=1) + "\n")
-    print(table(results, budget))
+    for budget in dict.fromkeys(budget_of(arm) for arm in arms):
+        print(table(results, budget))
     if args.plot:
         plot(results, Path(args.plot))
 

@@ -134,7 +134,31 @@ def test_sampling_probabilities():
     assert sampling_probabilities([100, 400], 0.0) == pytest.approx([0.5, 0.5])
 
 
-def _sampler(sizes: list[int], batch_size: int, alpha: float, world_size: int = 1, seed: int = 7):
+def test_sampling_probabilities_with_replay_keep_the_replay_share():
+    # own sources 100 and 400 share 0.8 by n^0.5 (1:2); replay sources 900 and 100 share 0.2 by n^0.5 (3:1)
+    p = sampling_probabilities([100, 400, 900, 100], 0.5, replay=[False, False, True, True], replay_share=0.2)
+    assert p == pytest.approx([0.8 / 3, 1.6 / 3, 0.15, 0.05])
+    # the share does not depend on how large the replay data are
+    big = sampling_probabilities([100, 400, 90_000], 0.5, replay=[False, False, True], replay_share=0.2)
+    assert big == pytest.approx([0.8 / 3, 1.6 / 3, 0.2])
+    # without replay sources the share is not used
+    assert sampling_probabilities([100, 400], 0.5, [False, False], 0.2) == pytest.approx([1 / 3, 2 / 3])
+    for share in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="replay_share must lie strictly between 0 and 1"):
+            sampling_probabilities([100, 400], 0.5, [False, True], share)
+    with pytest.raises(ValueError, match="every source is a replay source"):
+        sampling_probabilities([100, 400], 0.5, [True, True], 0.2)
+
+
+def _sampler(
+    sizes: list[int],
+    batch_size: int,
+    alpha: float,
+    world_size: int = 1,
+    seed: int = 7,
+    replay: list[bool] | None = None,
+    replay_share: float = 0.0,
+):
     rows = stsb_rows("train")
     datasets, start = [], 0
     for size in sizes:
@@ -145,7 +169,14 @@ def _sampler(sizes: list[int], batch_size: int, alpha: float, world_size: int = 
     samplers = [NoDuplicatesBatchSampler(d, batch_size, True, generator=generator, seed=seed) for d in datasets]
     concat = ConcatDataset(datasets)
     return concat, AlphaSourceBatchSampler(
-        concat, samplers, generator=generator, seed=seed, alpha=alpha, world_size=world_size
+        concat,
+        samplers,
+        generator=generator,
+        seed=seed,
+        alpha=alpha,
+        world_size=world_size,
+        replay=replay,
+        replay_share=replay_share,
     )
 
 
@@ -179,6 +210,31 @@ def test_alpha_sampler_groups_world_size_batches_per_source():
     # accelerate gives batch i to rank i % 2: both ranks see the same source at every step
     assert all(sources[i] == sources[i + 1] for i in range(0, len(sources), 2))
     assert len(set(sources)) == 2
+
+
+def test_replay_sources_get_the_share_asked_for_over_many_batches():
+    """Counted over many batches of the sampler (20 epochs), each source's share of the batches is the one asked
+    for: 0.7 for the stage's own sources (split 1:2 by n^0.5), 0.3 for the replay sources (split 2:1); an epoch
+    holds the own sources' batches plus the replay share on top."""
+    sizes, replay = [160, 640, 1280, 320], [False, False, True, True]
+    concat, sampler = _sampler(sizes, batch_size=8, alpha=0.5, replay=replay, replay_share=0.3)
+    own_batches = (160 + 640) // 8
+    assert len(sampler) == round(own_batches / 0.7) == 143
+    counts, total = [0] * 4, 0
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        for batch in batches:
+            counts[source_of(batch, sizes)] += 1
+            texts = [text for index in batch for text in concat[index].values()]
+            assert len(texts) == len(set(texts)), "duplicate text inside a batch"
+        total += len(batches)
+    expected = sampling_probabilities(sizes, 0.5, replay, 0.3)
+    assert expected == pytest.approx([0.7 / 3, 1.4 / 3, 0.2, 0.1])
+    for count, p in zip(counts, expected):
+        assert abs(count / total - p) < 4 * (p * (1 - p) / total) ** 0.5, (counts, total, expected)
+    assert abs(sum(counts[2:]) / total - 0.3) < 4 * (0.3 * 0.7 / total) ** 0.5
 
 
 def test_default_docstring_pairs_are_real_and_split_by_file():

@@ -366,3 +366,26 @@ def test_one_loss_registry_drives_the_cli(tiny_bert_dir, monkeypatch, capsys):
     assert "{mse,gte,mnrl,cosent,symmetric}" in capsys.readouterr().out
     assert main(["--data", "x.jsonl", "--loss", "nope"]) != 0
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_replay_sources_join_a_stage_with_their_share(tiny_bert_dir, pairs_file, tmp_path):
+    """`--replay` adds general sources to a stage: they get `--replay_share` of the batches whatever their size, and
+    an epoch stays one pass over the stage's own data plus the replay batches on top."""
+    general = tmp_path / "general.jsonl"
+    rows = stsb_rows("train")[1000:1400]
+    general.write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in rows), encoding="utf8")
+    out = tmp_path / "out"
+    assert main(["--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--replay", f"general={general}",
+                 "--replay_share", "0.25", "--precision", "fp32", "--per_device_train_batch_size", "8",
+                 "--num_train_epochs", "1", "--save_steps", "100", "--output_dir", str(out)]) == 0  # fmt: skip
+    (stage,) = json.loads((out / "training_summary.json").read_text())["stages"]
+    own, replay = stage["data"]
+    assert (own["name"], own["rows"], own["sampling_probability"]) == ("pairs", 96, 0.75) and "replay" not in own
+    assert (replay["name"], replay["rows"], replay["sampling_probability"], replay["replay"]) == (
+        "general",
+        400,
+        0.25,
+        True,
+    )
+    assert stage["replay_share"] == 0.25
+    assert stage["steps"] == round((96 // 8) / 0.75) == 16

@@ -48,6 +48,17 @@ class RecipeArguments:
         default=0.5,
         metadata={"help": "Multi-source mixture: each batch comes from one source, chosen with p ~ n_i^alpha."},
     )
+    replay: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Replay sources (same forms as --data): general-domain data mixed into this stage so that it "
+            "keeps what the base model knew. They get --replay_share of the batches, the stage's own sources the "
+            "rest (each group split by n_i^alpha); an epoch stays one pass over the stage's own data."
+        },
+    )
+    replay_share: float = field(
+        default=0.2, metadata={"help": "Share of the batches drawn from the --replay sources (0 < share < 1)."}
+    )
     pooling: str = field(
         default="auto",
         metadata={
@@ -100,6 +111,45 @@ class RecipeArguments:
     )
     gather_across_devices: bool = field(
         default=False, metadata={"help": "Share in-batch negatives across all ranks (DDP)."}
+    )
+    lora_r: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train a LoRA adapter of this rank (peft) instead of every weight: the base weights stay frozen "
+            "and the adapter is merged into them when the stage ends (see --lora_save). Needs gte-st[lora]."
+        },
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scale numerator: the update is (lora_alpha / r) B A. Default: r."}
+    )
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA adapter's input."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt (e.g. query key value dense). Default: peft's for the model type."},
+    )
+    lora_save: Literal["merged", "adapter"] = field(
+        default="merged",
+        metadata={
+            "help": "merged: the final model has the adapter merged into its weights (portable layout, loads "
+            "without peft); adapter: it keeps the adapter (adapter_config.json + adapter_model.safetensors naming "
+            "the base model). adapter needs a single --lora_r stage."
+        },
+    )
+    wise_ft: str | None = field(
+        default=None,
+        metadata={
+            "help": "After training, interpolate the weights with the base model's (WiSE-FT): (1 - a) base + a "
+            "tuned. A number a in (0, 1], or 'auto': the a of --wise_ft_grid that keeps every --eval_* task (dev "
+            "data!) within --wise_ft_tolerance of the base model and gains most on their mean."
+        },
+    )
+    wise_ft_grid: list[float] | None = field(
+        default=None,
+        metadata={"help": "The a values --wise_ft auto tries. Default: 0.1 0.2 ... 1.0."},
+    )
+    wise_ft_tolerance: float = field(
+        default=0.003,
+        metadata={"help": "--wise_ft auto: the largest drop below the base model allowed on any task (0-1 scale)."},
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = field(
         default="auto",

@@ -62,7 +62,9 @@ class Stage:
 
 # Recipe options that are lists of paths: a single string in a recipe file is one entry, never a sequence of
 # characters (``data: /abs/path.jsonl`` is one source).
-LIST_OPTIONS = ("data", "columns", "eval_sts", "eval_beir")
+LIST_OPTIONS = ("data", "replay", "columns", "eval_sts", "eval_beir", "lora_target_modules", "wise_ft_grid")
+# Options that are text on the command line but may be a number in a recipe file (``wise_ft: 0.5``).
+NUMBER_OR_WORD_OPTIONS = ("wise_ft",)
 # Options that are mappings in a recipe file and JSON text on the command line.
 MAPPING_OPTIONS = ("loss_kwargs",)
 _TRUE, _FALSE = ("true", "yes", "1", "t", "y"), ("false", "no", "0", "f", "n")
@@ -138,6 +140,8 @@ def check_recipe_values(values: dict[str, Any], where: str) -> dict[str, Any]:
             continue
         if key in LIST_OPTIONS and isinstance(value, str):
             value = checked[key] = [value]
+        if key in NUMBER_OR_WORD_OPTIONS and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = checked[key] = str(value)
         if key in MAPPING_OPTIONS and (value is None or isinstance(value, (dict, str))):
             continue
         annotation = types_.get(key)
@@ -227,6 +231,23 @@ def check_stage(stage: Stage, where: str) -> None:
         raise ValueError(f"{where}: --pooling must be one of {list(POOLING_CHOICES)}, got {recipe.pooling!r}")
     if not (math.isfinite(recipe.alpha) and recipe.alpha >= 0):
         raise ValueError(f"{where}: --alpha must be a finite number >= 0, got {recipe.alpha}")
+    if recipe.replay and not (math.isfinite(recipe.replay_share) and 0 < recipe.replay_share < 1):
+        raise ValueError(f"{where}: --replay_share must lie strictly between 0 and 1, got {recipe.replay_share}")
+    if recipe.lora_r is not None:
+        from gte_st.lora import lora_config
+
+        try:
+            lora_config(recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
+        except ValueError as exc:
+            raise ValueError(f"{where}: --lora_r/--lora_alpha/--lora_dropout: {exc}") from None
+        except ImportError as exc:
+            raise ValueError(f"{where}: --lora_r: {exc}") from None
+    from gte_st.training.wise_ft import check_grid, parse_wise_ft
+
+    parse_wise_ft(recipe.wise_ft, f"{where}: --wise_ft")
+    check_grid(recipe.wise_ft_grid, f"{where}: --wise_ft_grid")
+    if not (math.isfinite(recipe.wise_ft_tolerance) and recipe.wise_ft_tolerance >= 0):
+        raise ValueError(f"{where}: --wise_ft_tolerance must be a finite number >= 0, got {recipe.wise_ft_tolerance}")
     if recipe.mini_batch_size is not None and recipe.mini_batch_size < 1:
         raise ValueError(f"{where}: --mini_batch_size must be >= 1, got {recipe.mini_batch_size}")
     if recipe.resume_from_hub:
@@ -334,6 +355,7 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
         stages.append(stage)
     if len({s.name for s in stages}) != len(stages):
         raise ValueError(f"--config {config_path}: stage names must be unique, got {[s.name for s in stages]}")
+    check_run_options(stages, from_default_job=config_path is None and not stages[0].recipe.data)
     from gte_st.model import default_base_model
 
     base_model = stages[0].recipe.base_model or default_base_model()
@@ -342,6 +364,27 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
     for stage in stages:
         check_frozen_models(base_model, stage.recipe.matryoshka_dims, stage.loss_kwargs, where=f"stage {stage.name}")
     return stages
+
+
+def check_run_options(stages: list[Stage], *, from_default_job: bool = False) -> None:
+    """Checks of the options that act on the whole run after its stages (read from the first stage, as
+    ``--output_dir``): ``--lora_save adapter`` keeps the adapter of a single LoRA stage (an adapter names the base
+    model it applies to, so no other stage may change that model, and interpolating needs merged weights);
+    ``--wise_ft auto`` chooses on the evaluation tasks, so it needs some."""
+    first = stages[0].recipe
+    if first.lora_save == "adapter":
+        if len(stages) != 1 or first.lora_r is None:
+            raise ValueError(
+                "--lora_save adapter keeps the adapter of a single --lora_r stage (other stages would change the base "
+                "model the adapter applies to); use --lora_save merged"
+            )
+        if first.wise_ft is not None:
+            raise ValueError("--wise_ft interpolates merged weights; use --lora_save merged with it")
+    if first.wise_ft is not None and first.wise_ft.strip().lower() == "auto":
+        if not (first.eval_sts or first.eval_beir or from_default_job):
+            raise ValueError(
+                "--wise_ft auto chooses the weight on the evaluation tasks: give dev data with --eval_sts / --eval_beir"
+            )
 
 
 def check_output_dir(stages: list[Stage], base_model: str, config_path: str | None) -> None:
@@ -354,6 +397,8 @@ def check_output_dir(stages: list[Stage], base_model: str, config_path: str | No
         recipe = stage.recipe
         for i, spec in enumerate(recipe.data or []):
             inputs[f"stage {stage.name} --data #{i + 1}"] = SourceSpec.parse(spec).location
+        for i, spec in enumerate(recipe.replay or []):
+            inputs[f"stage {stage.name} --replay #{i + 1}"] = SourceSpec.parse(spec).location
         for option in ("eval_sts", "eval_beir"):
             for i, path in enumerate(getattr(recipe, option) or []):
                 inputs[f"--{option} #{i + 1}"] = path

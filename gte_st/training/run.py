@@ -26,6 +26,8 @@ from gte_st.data import (
     validate_sizes,
 )
 from gte_st.files import atomic_write_json, replace_directory
+from gte_st.lora import add_lora, has_lora, load_lora_weights, lora_config, merge_lora
+from gte_st.training.arguments import RecipeArguments
 from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
 from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
@@ -34,6 +36,7 @@ from gte_st.training.prompts import check_prompts, column_prompts, served_prompt
 from gte_st.training.recipe import Stage
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
 from gte_st.training.vocabulary import new_token_callbacks, prepare_vocabulary
+from gte_st.training.wise_ft import apply_wise_ft, parse_wise_ft
 from gte_st.training_summary import STAGE_DONE_FILE, SUMMARY_FILE, jsonable
 from gte_st.weights import naming_weight_files
 
@@ -76,6 +79,9 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     base_model = first.recipe.base_model or gte_st.default_base_model()
     model = build_model(base_model, pooling=first.recipe.pooling)
     vocabulary = prepare_vocabulary(model, stages, stage_data)  # --extend_vocab, then the [UNK] guard
+    wise_ft = parse_wise_ft(first.recipe.wise_ft)
+    # WiSE-FT interpolates with the weights the run started from; kept on the CPU.
+    base_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if wise_ft else None
     serving_length = resolve_serving_length(model, first.recipe.serving_max_seq_length)
     # Evaluated as it is served: at its serving length, before and after training.
     model.max_seq_length = serving_length
@@ -91,6 +97,17 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         stage_summaries.append(_run_stage(stage, model, data, locations, tasks, callbacks))
 
     model.max_seq_length = serving_length
+    interpolation = None
+    if wise_ft is not None and _is_main_process():
+        interpolation = apply_wise_ft(
+            model,
+            base_state,
+            wise_ft,
+            tasks=tasks,
+            before=before,
+            grid=first.recipe.wise_ft_grid,
+            tolerance=first.recipe.wise_ft_tolerance,
+        )
     after = [r.to_dict() for r in evaluate(tasks, model)] if _is_main_process() else []
     summary = {
         "gte_st_version": gte_st.__version__,
@@ -101,6 +118,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         "serving_max_seq_length": serving_length,
         "stages": stage_summaries,
         "vocabulary_extension": vocabulary,
+        **({"wise_ft": interpolation} if interpolation is not None else {}),
         "eval": {"before": before, "after": after},
         "total_runtime_s": round(time.perf_counter() - start, 2),
         "world_size": first.args.world_size,
@@ -139,15 +157,36 @@ def resolve_serving_length(model: SentenceTransformer, requested: int | None) ->
 
 
 def load_stage_data(stage: Stage, default_train: dict[str, Dataset] | None) -> tuple[DatasetDict, dict[str, str]]:
-    """A stage's sources, loaded and validated (files, columns, rows, sizes), and where each came from."""
+    """A stage's sources, then its replay sources, loaded and validated (files, columns, rows, sizes), and where each
+    came from."""
     recipe, args = stage.recipe, stage.args
     min_rows = args.per_device_train_batch_size * args.world_size
     if recipe.data is None:
-        data = DatasetDict(default_train)
-        locations = {name: f"gte_st.default_data:{name}" for name in data}
-        return validate_sizes(data, min_rows=min_rows, locations=locations), locations
-    data = load_training_data(
-        recipe.data,
+        locations = {name: f"gte_st.default_data:{name}" for name in default_train}
+        data = validate_sizes(DatasetDict(default_train), min_rows=min_rows, locations=locations)
+    else:
+        data = _load_sources(stage, recipe.data, min_rows)
+        check_teacher_scores(stage, data)
+        locations = {name: SourceSpec.parse(spec).location for name, spec in zip(data, recipe.data)}
+    if recipe.replay:
+        replay = _load_sources(stage, recipe.replay, min_rows)
+        if clash := sorted(set(replay) & set(data)):
+            raise DataValidationError(
+                f"stage {stage.name}: --replay source name(s) {clash} also name --data sources; name them NAME=PATH."
+            )
+        locations.update({name: SourceSpec.parse(spec).location for name, spec in zip(replay, recipe.replay)})
+        data = DatasetDict({**data, **replay})
+    # checked before the model loads
+    sampling_probabilities(
+        [len(d) for d in data.values()], recipe.alpha, replay_flags(stage, data), recipe.replay_share
+    )
+    return data, locations
+
+
+def _load_sources(stage: Stage, specs: list[str], min_rows: int) -> DatasetDict:
+    recipe = stage.recipe
+    return load_training_data(
+        specs,
         columns=recipe.columns,
         num_negatives=recipe.num_negatives,
         split=recipe.data_split,
@@ -155,9 +194,28 @@ def load_stage_data(stage: Stage, default_train: dict[str, Dataset] | None) -> t
         min_rows=min_rows,
         scored=uses_scores(recipe.loss),
     )
-    check_teacher_scores(stage, data)
-    sampling_probabilities([len(d) for d in data.values()], recipe.alpha)  # checked before the model loads
-    return data, {name: SourceSpec.parse(spec).location for name, spec in zip(data, recipe.data)}
+
+
+def replay_flags(stage: Stage, data: DatasetDict) -> list[bool]:
+    """For each source of ``data`` (in order), whether it is one of the stage's ``--replay`` sources."""
+    replay = {SourceSpec.parse(spec).name for spec in stage.recipe.replay or []}
+    return [name in replay for name in data]
+
+
+def stage_lora_config(recipe: RecipeArguments) -> Any:
+    """peft's ``LoraConfig`` of a stage's ``--lora_*`` options."""
+    return lora_config(recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout, recipe.lora_target_modules)
+
+
+def lora_summary(recipe: RecipeArguments, model: SentenceTransformer) -> dict[str, Any]:
+    """What the training summary records of a LoRA stage."""
+    return {
+        "r": recipe.lora_r,
+        "alpha": recipe.lora_alpha if recipe.lora_alpha is not None else recipe.lora_r,
+        "dropout": recipe.lora_dropout,
+        "target_modules": recipe.lora_target_modules or "peft's default",
+        "saved": "adapter" if has_lora(model) else "merged",
+    }
 
 
 def check_teacher_scores(stage: Stage, data: DatasetDict) -> None:
@@ -187,16 +245,23 @@ def _run_stage(
         model.matryoshka_dims = list(recipe.matryoshka_dims)  # saved in config_sentence_transformers.json
     checkpoint_dir = Path(args.output_dir)
     done_dir = checkpoint_dir / "final"
+    keep_adapter = recipe.lora_r is not None and recipe.lora_save == "adapter"  # a single stage (check_run_options)
     if recipe.resume and (done_dir / STAGE_DONE_FILE).is_file():
         logger.info(f"stage {stage.name}: already finished, loading its weights from {done_dir}")
-        finished = SentenceTransformer(str(done_dir), device=str(model.device))
-        model.load_state_dict(finished.state_dict())
+        if keep_adapter:  # saved as an adapter: the same adapter on the same base, with the saved adapter weights
+            add_lora(model, stage_lora_config(recipe))
+            load_lora_weights(model, done_dir)
+        else:
+            finished = SentenceTransformer(str(done_dir), device=str(model.device))
+            model.load_state_dict(finished.state_dict())
         return json.loads((done_dir / STAGE_DONE_FILE).read_text())
 
     model.max_seq_length = recipe.max_seq_length
     global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
-    if recipe.mine_hard_negatives:
-        data = mine_negatives(data, model, recipe)
+    replay = replay_flags(stage, data)
+    if recipe.mine_hard_negatives:  # for the stage's own sources; replay sources are replayed as they are
+        own = mine_negatives(DatasetDict({n: d for (n, d), r in zip(data.items(), replay) if not r}), model, recipe)
+        data = DatasetDict({name: own[name] if name in own else dataset for name, dataset in data.items()})
         # mining keeps only the anchors for which enough negatives were found: check the sources again
         mined_where = {name: f"{where} (after hard-negative mining)" for name, where in locations.items()}
         validate_sizes(data, min_rows=args.per_device_train_batch_size * args.world_size, locations=mined_where)
@@ -210,6 +275,8 @@ def _run_stage(
         matryoshka_dims=recipe.matryoshka_dims,
         **stage.loss_kwargs,
     )
+    if recipe.lora_r is not None:  # after the loss: a frozen teacher (self-distillation) copies the plain model
+        add_lora(model, stage_lora_config(recipe))
     throughput = ThroughputCallback()
     extra: list[TrainerCallback] = [throughput, *callbacks, *new_token_callbacks(model, recipe)]
     if recipe.hub_checkpoints:
@@ -229,6 +296,8 @@ def _run_stage(
         alpha=recipe.alpha,
         length_grouping=recipe.length_grouping,
         pretokenize=recipe.pretokenize,
+        replay=replay,
+        replay_share=recipe.replay_share,
     )
     resume_from = args.resume_from_checkpoint
     if recipe.resume_from_hub:
@@ -252,9 +321,11 @@ def _run_stage(
         where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
         raise NonFiniteLossError(f"stage {stage.name}: {exc} {where}.") from None
 
+    if recipe.lora_r is not None and not keep_adapter:
+        merge_lora(model)
     steps = throughput.end_step - throughput.start_step
     runtime = max(throughput.end_time - throughput.start_time, 1e-9)
-    probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha)
+    probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha, replay, recipe.replay_share)
     summary = {
         "name": stage.name,
         "loss": jsonable(describe_loss(loss)),
@@ -274,9 +345,12 @@ def _run_stage(
                 "rows": len(d),
                 "columns": list(d.column_names),
                 "sampling_probability": round(p, 6),
+                **({"replay": True} if is_replay else {}),
             }
-            for (name, d), p in zip(data.items(), probabilities)
+            for (name, d), p, is_replay in zip(data.items(), probabilities, replay)
         ],  # fmt: skip
+        **({"replay_share": recipe.replay_share} if any(replay) else {}),
+        **({"lora": lora_summary(recipe, model)} if recipe.lora_r is not None else {}),
         "pairs_per_second": round(steps * global_batch / runtime, 3),
         "runtime_s": round(runtime, 2),
     }

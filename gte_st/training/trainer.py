@@ -4,6 +4,7 @@ non-finite losses, plus the callbacks a run uses."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from transformers import TrainerCallback
 
 from gte_st.data import AlphaSourceBatchSampler
+from gte_st.lora import has_lora, load_lora_weights
 from gte_st.losses.in_batch import NonFiniteEmbeddingError
 from gte_st.training.batching import (
     DEFAULT_LENGTH_GROUPING,
@@ -46,11 +48,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 class GTETrainer(SentenceTransformerTrainer):
-    """sentence-transformers' Trainer with n^alpha single-source batches, a stop on non-finite losses and, as options,
-    texts tokenised once per dataset and length-grouped batches (:mod:`gte_st.training.batching`).
+    """sentence-transformers' Trainer with n^alpha single-source batches (a share of them for replay sources), a stop
+    on non-finite losses, resuming a LoRA stage from its adapter checkpoints and, as options, texts tokenised once per
+    dataset and length-grouped batches (:mod:`gte_st.training.batching`).
 
     Args:
         alpha: Multi-source mixture exponent (:class:`~gte_st.data.AlphaSourceBatchSampler`).
+        replay: Per source of the training ``DatasetDict`` (in order), whether it is a replay source; they get
+            ``replay_share`` of the batches.
+        replay_share: The share of the batches drawn from replay sources.
         length_grouping: Batches per window ordered by token length
             (:class:`~gte_st.training.batching.LengthGroupedBatchSampler`); 0: sentence-transformers' samplers. Used
             with the ``no_duplicates`` batch samplers (the default), whose no-repeat rule it keeps.
@@ -62,6 +68,8 @@ class GTETrainer(SentenceTransformerTrainer):
         self,
         *args: Any,
         alpha: float = 0.5,
+        replay: Sequence[bool] | None = None,
+        replay_share: float = 0.0,
         length_grouping: int = DEFAULT_LENGTH_GROUPING,
         pretokenize: bool = DEFAULT_PRETOKENIZE,
         **kwargs: Any,
@@ -69,6 +77,7 @@ class GTETrainer(SentenceTransformerTrainer):
         if length_grouping < 0:
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
         self.alpha = alpha
+        self.replay, self.replay_share = replay, replay_share
         self.length_grouping = length_grouping
         self.pretokenize = pretokenize
         self.token_cache: TokenCache | None = None
@@ -139,8 +148,24 @@ class GTETrainer(SentenceTransformerTrainer):
 
     def get_multi_dataset_batch_sampler(self, dataset, batch_samplers, generator=None, seed=0):  # noqa: D102
         return AlphaSourceBatchSampler(
-            dataset, batch_samplers, generator=generator, seed=seed, alpha=self.alpha, world_size=self.args.world_size
+            dataset,
+            batch_samplers,
+            generator=generator,
+            seed=seed,
+            alpha=self.alpha,
+            world_size=self.args.world_size,
+            replay=self.replay,
+            replay_share=self.replay_share,
         )
+
+    def _load_from_checkpoint(self, checkpoint_path: str, *args: Any, **kwargs: Any) -> None:
+        """A LoRA stage's checkpoints hold its adapter (peft's layout): its weights go into the model's adapter, on
+        the weights the stage started from; other checkpoints load as sentence-transformers loads them."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        if has_lora(model):
+            load_lora_weights(model, checkpoint_path)
+            return
+        super()._load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: D102
         try:
