@@ -98,11 +98,11 @@ BACKENDS = Registry("backend", option="--backend")
 BACKENDS.register("torch", "gte_st.loading:load", help="the model's own weights in PyTorch")
 BACKENDS.register(
     "onnx", "gte_st.export.runtime:load_onnx_model", help="an exported ONNX graph on ONNX Runtime",
-    default_file="onnx/model.onnx", suffix=".onnx",
+    default_variant="onnx-fp32", suffix=".onnx",
 )  # fmt: skip
 BACKENDS.register(
     "openvino", "gte_st.export.runtime:load_openvino_model", help="an exported OpenVINO IR",
-    default_file="openvino/openvino_model.xml", suffix=".xml",
+    default_variant="openvino-fp32", suffix=".xml",
 )  # fmt: skip
 BACKENDS.register(
     "auto", "gte_st.export.auto:load_auto_model",
@@ -162,5 +162,82 @@ EVAL_TASKS.register(
     data="with --mteb-data: one file or folder per --mteb-tasks name", options={},
 )  # fmt: skip
 
+# ------------------------------------------------------------------------------------------------ export variants
+# name -> its builder ``fn(source, path, context) -> details`` (gte_st.export.builders). Everything else an export
+# needs to know about a variant is its metadata, read by gte_st.export.variants (the plan, the gate, the move into
+# place) and by gte-st export's choices:
+#   format           the --format it belongs to;
+#   quantize         the --quantize value that asks for it (None: the format's base variant, written with every
+#                    value unless the asked-for variant ``replaces`` it); optimize=True: written when --optimize is on;
+#   file             where it is written, under the model's transformer folder (the names sentence-transformers and
+#                    transformers.js read; ``alias``: a second name, a hard link);
+#   source           the variant it is built from (``optimized_source`` instead when --optimize builds that one);
+#   gate             its parity threshold class (gte_st.export.parity.PARITY_THRESHOLDS: fp32, bf16, int8);
+#   run_precision    the OpenVINO inference precision it is gated and served with;
+#   calibrated       built from calibration texts; ``searchable``: takes --down-projections search.
+EXPORT_VARIANTS = Registry("export variant")
+_BUILDERS = "gte_st.export.builders"
+EXPORT_VARIANTS.register(
+    "onnx-fp32", f"{_BUILDERS}:build_torch_onnx", help="fp32 ONNX graph (torch.onnx, TorchScript)",
+    format="onnx", quantize=None, file="onnx/model.onnx", gate="fp32",
+)  # fmt: skip
+EXPORT_VARIANTS.register(
+    "onnx-O2", f"{_BUILDERS}:build_ort_optimized", help="fused fp32 graph (ONNX Runtime's transformer optimizer)",
+    format="onnx", quantize=None, optimize=True, file="onnx/model_O2.onnx", source="onnx-fp32", gate="fp32",
+)  # fmt: skip
+EXPORT_VARIANTS.register(
+    "onnx-int8-dynamic", f"{_BUILDERS}:build_ort_dynamic", help="ONNX Runtime quantize_dynamic",
+    format="onnx", quantize="int8-dynamic", file="onnx/model_qint8.onnx", source="onnx-fp32",
+    optimized_source="onnx-O2", gate="int8", alias="model_quantized.onnx",
+)  # fmt: skip
+EXPORT_VARIANTS.register(
+    # Always from the fused graph: on the unfused all-MiniLM-L6-v2 graph its QKV projections lost too much.
+    "onnx-int8-static", f"{_BUILDERS}:build_ort_static", help="ONNX Runtime quantize_static (calibrated)",
+    format="onnx", quantize="int8-static", file="onnx/model_qint8_static.onnx", source="onnx-O2", gate="int8",
+    calibrated=True,
+)  # fmt: skip
+EXPORT_VARIANTS.register(
+    "openvino-fp32", f"{_BUILDERS}:build_openvino_ir", help="OpenVINO IR converted from the verified fp32 ONNX graph",
+    format="openvino", quantize=None, file="openvino/openvino_model.xml", source="onnx-fp32", gate="fp32",
+    run_precision="fp32",
+)  # fmt: skip
+EXPORT_VARIANTS.register(
+    # ONNX has no bf16 variant: ONNX Runtime's CPU provider has no bf16 MatMul / attention kernels.
+    "openvino-bf16", f"{_BUILDERS}:build_openvino_ir", help="the same IR, gated and served in bf16",
+    format="openvino", quantize="bf16", replaces="openvino-fp32", file="openvino/openvino_model.xml",
+    source="onnx-fp32", gate="bf16", run_precision="bf16",
+)  # fmt: skip
+EXPORT_VARIANTS.register(
+    "openvino-int8-static", f"{_BUILDERS}:build_nncf_static", help="NNCF quantize: int8 compute (calibrated)",
+    format="openvino", quantize="int8-static", file="openvino/openvino_model_qint8_quantized.xml",
+    source="openvino-fp32", gate="int8", calibrated=True, searchable=True,
+)  # fmt: skip
+EXPORT_VARIANTS.register(
+    # OpenVINO's CPU plugin has no run-time activation quantisation for these layers: int8-dynamic is int8 weights.
+    "openvino-int8-weights", f"{_BUILDERS}:build_nncf_weights", help="NNCF compress_weights: int8 weights",
+    format="openvino", quantize="int8-dynamic", file="openvino/openvino_model_qint8_weights.xml",
+    source="openvino-fp32", gate="int8",
+)  # fmt: skip
 
-__all__ = ["BACKENDS", "EVAL_TASKS", "PRECISIONS", "Entry", "Registry"]
+
+def export_formats() -> tuple[str, ...]:
+    """The ``--format`` choices: every format an export variant belongs to."""
+    return tuple(dict.fromkeys(EXPORT_VARIANTS.entry(name).metadata["format"] for name in EXPORT_VARIANTS))
+
+
+def export_quantize_choices() -> tuple[str, ...]:
+    """The ``--quantize`` choices: ``none`` (the base variants) and every value a variant answers to."""
+    values = (EXPORT_VARIANTS.entry(name).metadata.get("quantize") for name in EXPORT_VARIANTS)
+    return ("none", *dict.fromkeys(value for value in values if value))
+
+
+__all__ = [
+    "BACKENDS",
+    "EVAL_TASKS",
+    "EXPORT_VARIANTS",
+    "PRECISIONS",
+    "Entry",
+    "Registry",
+    "export_formats",
+    "export_quantize_choices",
+]

@@ -117,7 +117,7 @@ CASES = [
     # ---- export / push / pull
     Case("export-missing-model-dir", lambda w: ["export", str(w["tmp"] / "gone"), "--format", "onnx"], "gone"),
     Case("export-down-projection-search-on-onnx", lambda w: ["export", str(w["model"]), "--quantize", "int8-static",
-         "--down-projections", "search"], "down_projections='search' applies to format='openvino'"),
+         "--down-projections", "search"], "down_projections='search' applies to the openvino-int8-static variant only"),
     Case("push-missing-dir-before-token", lambda w: ["push", str(w["tmp"] / "gone"), "me/x"],
          "gone does not exist"),
     Case("push-not-a-sentence-transformers-dir", lambda w: ["push", str(w["not_a_model"]), "me/x"],

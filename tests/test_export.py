@@ -338,7 +338,7 @@ def test_export_down_projection_search_is_gated_and_reported(tiny_gte_dir, tmp_p
     from gte_st.export import export
 
     model_dir = _copy(tiny_gte_dir, tmp_path)
-    with pytest.raises(ValueError, match="down_projections='search' applies to format='openvino'"):
+    with pytest.raises(ValueError, match="down_projections='search' applies to the openvino-int8-static variant only"):
         export(model_dir, "onnx", "int8-static", down_projections="search")
     assert not (model_dir / "onnx").exists()  # refused before any work
     # a threshold of 0 lets every down-projection into int8; the gate (also 0) still runs and reports
@@ -372,7 +372,10 @@ def test_openvino_bf16_is_gated_as_bf16_execution(tiny_gte_dir, tmp_path):
     constants = [op for op in ir.get_ops() if op.get_type_name() == "Constant"]
     # INT8_ASYM: unsigned int8 weights with zero points
     assert "u8" in {op.get_output_element_type(0).get_type_name() for op in constants}
-    with pytest.raises(ValueError, match="quantize='bf16' is an OpenVINO variant"):
+    with pytest.raises(
+        ValueError,
+        match=r"quantize='bf16' is an export variant of another format \(openvino-bf16\), not of format='onnx'",
+    ):
         export(model_dir, "onnx", "bf16")
     with pytest.raises(ValueError, match="format must be"):
         export(model_dir, "tensorrt")
@@ -447,7 +450,7 @@ def test_export_cli_errors_and_report(tiny_gte_dir, tmp_path, capsys):
     assert main(["export", str(tiny_gte_dir), "--quantize", "int8"]) == 2  # the unreleased alias is gone
     assert "invalid choice: 'int8'" in capsys.readouterr().err
     assert main(["export", str(tiny_gte_dir), "--quantize", "bf16"]) == 1
-    assert "OpenVINO variant" in capsys.readouterr().err
+    assert "export variant of another format (openvino-bf16)" in capsys.readouterr().err
 
     model_dir = _copy(tiny_gte_dir, tmp_path)
     report_file = tmp_path / "report.json"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gte_st.commands._args import ArgumentParser, check_outputs, positive_int
 from gte_st.loading import check_model_location
+from gte_st.registry import EXPORT_VARIANTS, export_formats, export_quantize_choices
 
 
 def _threshold(value: str) -> tuple[str, float]:
@@ -35,12 +36,17 @@ def build_parser() -> ArgumentParser:
         "if it passes.",
     )
     parser.add_argument("model_dir", help="saved sentence-transformers / GTE model directory")
-    parser.add_argument("--format", choices=["onnx", "openvino"], default=None, help="artifact format (default onnx)")
+    parser.add_argument("--format", choices=export_formats(), default=None, help="artifact format (default onnx)")
     parser.add_argument(
         "--quantize",
-        choices=["none", "int8-dynamic", "int8-static", "bf16"],
+        choices=export_quantize_choices(),
         default="none",
-        help="also write a quantised variant ('bf16' is OpenVINO's bf16 execution)",
+        help="also write a quantised variant: "
+        + "; ".join(
+            f"{entry.name} ({entry.help})"
+            for entry in map(EXPORT_VARIANTS.entry, EXPORT_VARIANTS)
+            if entry.metadata.get("quantize")
+        ),
     )
     parser.add_argument(
         "--no-optimize",

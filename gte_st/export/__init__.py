@@ -37,10 +37,6 @@ from gte_st.export.runtime import (
 )
 from gte_st.export.samples import PARITY_SAMPLE, calibration_sample, read_texts
 from gte_st.export.variants import (
-    FORMATS,
-    ONNX_FILE_NAMES,
-    OPENVINO_FILE_NAMES,
-    QUANTIZE,
     TRANSFORMERS_JS_NAMES,
     ExportParityError,
     ExportReport,
@@ -50,13 +46,9 @@ from gte_st.export.variants import (
 
 __all__ = [
     "DEFAULT_FILES",
-    "FORMATS",
-    "ONNX_FILE_NAMES",
     "ONNX_INPUT_NAMES",
-    "OPENVINO_FILE_NAMES",
     "PARITY_SAMPLE",
     "PARITY_THRESHOLDS",
-    "QUANTIZE",
     "TRANSFORMERS_JS_NAMES",
     "ExportParityError",
     "ExportReport",

@@ -19,7 +19,7 @@ import torch
 
 from gte_st.hardware import isa_limit_allows_bf16
 from gte_st.model import usable_positions
-from gte_st.registry import BACKENDS
+from gte_st.registry import BACKENDS, EXPORT_VARIANTS
 
 ONNX_DIR, OPENVINO_DIR = "onnx", "openvino"
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "f32": "f32"}
@@ -263,7 +263,7 @@ def _replace_encoder(model_dir: Path, encoder_factory, backend: str, **kwargs: A
 
 def load_onnx_model(
     model_dir: str | Path,
-    file_name: str = "onnx/model.onnx",
+    file_name: str | None = None,
     *,
     providers: list[str] | None = None,
     num_threads: int | None = None,
@@ -274,10 +274,12 @@ def load_onnx_model(
 
     With optimum-onnx installed this is ``SentenceTransformer(model_dir, backend="onnx", model_kwargs={"file_name":
     ...})``; without it (optimum-onnx pins transformers<4.58) the same pipeline is assembled from the model's own
-    tokenizer, pooling and normalisation modules with ONNX Runtime in place of the torch encoder.
+    tokenizer, pooling and normalisation modules with ONNX Runtime in place of the torch encoder. ``file_name``
+    defaults to the ONNX backend's default file (:data:`DEFAULT_FILES`).
     """
     from sentence_transformers import SentenceTransformer
 
+    file_name = file_name or DEFAULT_FILES["onnx"]
     model_dir = Path(model_dir)
     onnx_path = _resolve(model_dir, file_name)
     if not onnx_path.is_file():
@@ -304,7 +306,7 @@ def load_onnx_model(
 
 def load_openvino_model(
     model_dir: str | Path,
-    file_name: str = "openvino/openvino_model.xml",
+    file_name: str | None = None,
     *,
     precision: str | None = None,
     ov_config: dict[str, Any] | None = None,
@@ -318,10 +320,12 @@ def load_openvino_model(
     ``encoder_options`` is given, this is ``SentenceTransformer(model_dir, backend="openvino", model_kwargs={"file_name":
     ...})``; otherwise the pipeline is assembled with :class:`OpenVINOEncoder` in place of the torch encoder
     (``precision``, ``ov_config``: see there; ``encoder_options``: its other arguments, e.g. ``{"slice_rows": None,
-    "static_shapes": 0}`` for whole batches on the dynamic-shape compilation only).
+    "static_shapes": 0}`` for whole batches on the dynamic-shape compilation only). ``file_name`` defaults to the
+    OpenVINO backend's default file (:data:`DEFAULT_FILES`).
     """
     from sentence_transformers import SentenceTransformer
 
+    file_name = file_name or DEFAULT_FILES["openvino"]
     model_dir = Path(model_dir)
     xml_path = _resolve(model_dir, file_name)
     if not xml_path.is_file() or not xml_path.with_suffix(".bin").is_file():
@@ -360,11 +364,11 @@ def backend_of(file_name: str | Path) -> str:
     raise ValueError(f"{file_name}: not an exported artifact (expected a .onnx file or an OpenVINO .xml)")
 
 
-# The default artifact of each exported backend (gte_st.registry.BACKENDS holds them).
+# The default artifact of each exported backend: the file of its base variant (gte_st.registry holds both).
 DEFAULT_FILES = {
-    name: BACKENDS.entry(name).metadata["default_file"]
+    name: EXPORT_VARIANTS.entry(BACKENDS.entry(name).metadata["default_variant"]).metadata["file"]
     for name in BACKENDS
-    if "default_file" in BACKENDS.entry(name).metadata
+    if "default_variant" in BACKENDS.entry(name).metadata
 }
 
 

@@ -1,5 +1,9 @@
 """Which files an export writes, how each is built, and the gate every one passes before it is moved into place.
 
+Every variant is one entry of :data:`gte_st.registry.EXPORT_VARIANTS` (its format, the ``quantize`` value that asks
+for it, its file, what it is built from and by which builder of :mod:`gte_st.export.builders`, its gate); this module
+turns ``(format, quantize, optimize)`` into a plan from those entries and runs it:
+
 =========  ================  ==============================================  ============  =====================
 format     quantize          file (under the transformer folder)             gate          built by
 =========  ================  ==============================================  ============  =====================
@@ -12,6 +16,10 @@ openvino   ``bf16``          ``openvino/openvino_model.xml`` + ``.bin``      bf1
 openvino   ``int8-static``   ``openvino/openvino_model_qint8_quantized.xml``  int8 0.98     ``nncf.quantize``
 openvino   ``int8-dynamic``  ``openvino/openvino_model_qint8_weights.xml``   int8 0.98     ``nncf.compress_weights``
 =========  ================  ==============================================  ============  =====================
+
+Adding a variant is a builder in :mod:`gte_st.export.builders` (unless an existing one builds it) and an entry in
+the registry: ``gte-st export``'s choices, the plan, the gate, the files moved into place, the manifest and
+``load_exported``'s default files all read it from there.
 
 The names are the ones sentence-transformers uses for its own exports (``model_O2.onnx``,
 ``openvino_model_qint8_quantized.xml``), so ``model_kwargs={"file_name": ...}`` reads them. transformers.js picks its
@@ -44,41 +52,36 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gte_st.export.builders import BuildContext
 from gte_st.export.manifest import model_file_paths, record_variants
 from gte_st.export.parity import PARITY_THRESHOLDS, cosines, parity, quality
 from gte_st.export.runtime import load_onnx_model, load_openvino_model, transformer_subdir
 from gte_st.export.samples import PARITY_SAMPLE, SELECTION_SAMPLE, calibration_sample, read_texts
 from gte_st.files import atomic_link, exclusive_lock, remove_leftovers
+from gte_st.registry import EXPORT_VARIANTS, export_formats, export_quantize_choices
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "openvino")
 # Inside the model folder: the lock file of a running export and the prefix of its work folders (removed by the next
 # export when their process was killed).
 EXPORT_LOCK = ".gte-st-export.lock"
 EXPORT_WORK_PREFIX = ".gte-st-export-"
-QUANTIZE = ("none", "int8-dynamic", "int8-static", "bf16")
 DOWN_PROJECTIONS = ("float", "search")
 # How much of the worst parity text a report quotes: enough to recognise it, short enough for one line.
 WORST_TEXT_CHARS = 80
-ONNX_FILE_NAMES = {
-    "fp32": "model.onnx",
-    "O2": "model_O2.onnx",
-    "int8-dynamic": "model_qint8.onnx",
-    "int8-static": "model_qint8_static.onnx",
-}
-# Second names of written variants, for transformers.js (``dtype: "q8"`` loads ``onnx/model_quantized.onnx``).
-TRANSFORMERS_JS_NAMES = {"onnx-int8-dynamic": "model_quantized.onnx"}
-OPENVINO_FILE_NAMES = {
-    "fp32": "openvino_model.xml",
-    "int8-static": "openvino_model_qint8_quantized.xml",
-    "int8-dynamic": "openvino_model_qint8_weights.xml",
-}
+
+
+def _variant(name: str) -> dict[str, Any]:
+    return EXPORT_VARIANTS.entry(name).metadata
+
+
+# Second names of written variants, e.g. for transformers.js (``dtype: "q8"`` loads ``onnx/model_quantized.onnx``).
+TRANSFORMERS_JS_NAMES = {name: _variant(name)["alias"] for name in EXPORT_VARIANTS if "alias" in _variant(name)}
 
 
 @dataclass
@@ -133,121 +136,74 @@ class ExportParityError(RuntimeError):
 
 @dataclass(frozen=True)
 class _Step:
-    """One artifact to build in the temporary folder: ``name`` (the variant), ``path`` relative to it, the ``build``
-    kind and its ``source`` step, whether it is gated / written (``publish``), the threshold class and, for
-    OpenVINO, the inference precision it is checked with (None: OpenVINO's default)."""
+    """One artifact to build in the temporary folder: ``name`` (the variant), ``path`` relative to it, its
+    ``source`` step, whether it is gated / written (``publish``), the threshold class and, for OpenVINO, the
+    inference precision it is checked with (None: OpenVINO's default)."""
 
     name: str
     path: str
-    build: str
     source: str | None
     publish: bool
     precision: str
     run_precision: str | None = None
 
+    def build(self, source: Path | None, path: Path, context: BuildContext) -> dict[str, Any]:
+        """Write ``path`` with the variant's builder (:data:`gte_st.registry.EXPORT_VARIANTS`)."""
+        return EXPORT_VARIANTS.get(self.name)(source, path, context)
+
+
+def _requested(format: str, quantize: str, optimize: bool) -> list[str]:
+    """The variants ``(format, quantize, optimize)`` writes, or a ``ValueError`` naming what the format offers."""
+    if format not in (formats := export_formats()):
+        raise ValueError(f"format must be one of {formats}, got {format!r}")
+    if quantize not in (choices := export_quantize_choices()):
+        raise ValueError(f"quantize must be one of {choices}, got {quantize!r}")
+    of_format = [name for name in EXPORT_VARIANTS if _variant(name)["format"] == format]
+    requested = [
+        name for name in of_format if _variant(name)["quantize"] is None and not _variant(name).get("optimize")
+    ]
+    if optimize:
+        requested += [name for name in of_format if _variant(name).get("optimize")]
+    if quantize != "none":
+        asked = [name for name in of_format if _variant(name)["quantize"] == quantize]
+        if not asked:
+            elsewhere = [name for name in EXPORT_VARIANTS if _variant(name)["quantize"] == quantize]
+            offered = ", ".join(sorted({str(_variant(name)["quantize"]) for name in of_format} - {"None"}))
+            raise ValueError(
+                f"quantize={quantize!r} is an export variant of another format ({', '.join(elsewhere)}), not of "
+                f"format={format!r}, which offers quantize: none, {offered}"
+            )
+        requested = [name for name in requested if name != _variant(asked[0]).get("replaces")] + asked
+    return requested
+
 
 def _plan(format: str, quantize: str, optimize: bool) -> list[_Step]:
-    onnx_fp32 = _Step("onnx-fp32", f"onnx/{ONNX_FILE_NAMES['fp32']}", "torch.onnx", None, format == "onnx", "fp32")
-    o2 = _Step("onnx-O2", f"onnx/{ONNX_FILE_NAMES['O2']}", "optimize", "onnx-fp32", format == "onnx", "fp32")
-    if format == "onnx":
-        if quantize == "bf16":
-            raise ValueError(
-                "quantize='bf16' is an OpenVINO variant (OpenVINO runs an IR in bf16 on AMX / AVX512-BF16 CPUs); "
-                "ONNX Runtime's CPU provider has no bf16 MatMul / attention kernels, so a bf16 ONNX graph would run "
-                "slower than fp32. Use --format openvino --quantize bf16, or torch's bf16 path "
-                "(gte_st.encoding.encode(precision='bf16'))."
-            )
-        steps = [onnx_fp32]
-        needs_o2 = optimize or quantize == "int8-static"
-        if needs_o2:
-            steps.append(o2 if optimize else _Step(**{**asdict(o2), "publish": False}))
-        base = "onnx-O2" if needs_o2 else "onnx-fp32"
-        if quantize == "int8-dynamic":
-            steps.append(
-                _Step(
-                    "onnx-int8-dynamic", f"onnx/{ONNX_FILE_NAMES['int8-dynamic']}", "ort-dynamic", base, True, "int8"
-                )
-            )
-        elif quantize == "int8-static":
-            steps.append(
-                _Step(
-                    "onnx-int8-static", f"onnx/{ONNX_FILE_NAMES['int8-static']}", "ort-static", "onnx-O2", True, "int8"
-                )
-            )
-        return steps
-    ir = f"openvino/{OPENVINO_FILE_NAMES['fp32']}"
-    steps = [_Step(**{**asdict(onnx_fp32), "publish": False})]
-    if quantize == "bf16":
-        return steps + [_Step("openvino-bf16", ir, "convert", "onnx-fp32", True, "bf16", "bf16")]
-    steps.append(_Step("openvino-fp32", ir, "convert", "onnx-fp32", True, "fp32", "fp32"))
-    if quantize == "int8-static":
-        steps.append(
-            _Step("openvino-int8-static", f"openvino/{OPENVINO_FILE_NAMES['int8-static']}", "nncf-static",
-                  "openvino-fp32", True, "int8")
+    """Every variant to build, each after the one it is built from: the requested ones published, their sources
+    built for them (and gated only when requested)."""
+    requested = _requested(format, quantize, optimize)
+    steps: dict[str, _Step] = {}
+
+    def add(name: str) -> None:
+        if name in steps:
+            return
+        meta = _variant(name)
+        source = meta.get("source")
+        if optimize and meta.get("optimized_source"):
+            source = meta["optimized_source"]
+        if source:
+            add(source)
+        steps[name] = _Step(
+            name, meta["file"], source, name in requested, meta["gate"], meta.get("run_precision")
         )  # fmt: skip
-    elif quantize == "int8-dynamic":
-        steps.append(
-            _Step("openvino-int8-weights", f"openvino/{OPENVINO_FILE_NAMES['int8-dynamic']}", "nncf-weights",
-                  "openvino-fp32", True, "int8")
-        )  # fmt: skip
-    return steps
+
+    for name in requested:
+        add(name)
+    return list(steps.values())
 
 
 def _files(path: Path) -> list[Path]:
     """The files of one artifact (an IR is its .bin and its .xml, the .xml last: it is what loaders look for)."""
     return [path.with_suffix(".bin"), path] if path.suffix == ".xml" else [path]
-
-
-def _build(
-    step: _Step,
-    tmp: Path,
-    built: dict[str, Path],
-    reference,
-    calibration_texts: list[str],
-    opset: int,
-    search: Callable[[Path, Path, list], dict[str, Any]] | None = None,
-):
-    from gte_st.export.onnx import export_onnx_graph, optimize_onnx_graph
-
-    path = tmp / step.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    source = built.get(step.source) if step.source else None
-    details: dict[str, Any] = {}
-    if step.build == "torch.onnx":
-        export_onnx_graph(reference, path, opset)
-    elif step.build == "optimize":
-        details["fused_operators"] = optimize_onnx_graph(source, path, reference[0].model.config)
-    elif step.build == "ort-dynamic":
-        from gte_st.export.quantize import quantize_onnx_dynamic
-
-        quantize_onnx_dynamic(source, path)
-    elif step.build in ("ort-static", "nncf-static"):
-        from gte_st.export.quantize import calibration_batches, quantize_onnx_static, quantize_openvino_static
-
-        input_names = _graph_inputs(built["onnx-fp32"])
-        batches = calibration_batches(reference, calibration_texts, input_names)
-        details["calibration_texts"] = len(calibration_texts)
-        if step.build == "ort-static":
-            quantize_onnx_static(source, path, batches)
-        elif search is not None:
-            details["down_projection_search"] = search(source, path, batches)
-        else:
-            quantize_openvino_static(source, path, batches)
-    elif step.build == "convert":
-        from gte_st.export.openvino import convert_onnx_to_openvino
-
-        convert_onnx_to_openvino(source, path)
-    elif step.build == "nncf-weights":
-        import nncf
-        import openvino as ov
-
-        nncf.set_log_level(logging.ERROR)
-        compressed = nncf.compress_weights(ov.Core().read_model(str(source)), mode=nncf.CompressWeightsMode.INT8_ASYM)
-        ov.save_model(compressed, str(path), compress_to_fp16=False)
-    else:  # pragma: no cover - the plan only holds the kinds above
-        raise AssertionError(step.build)
-    built[step.name] = path
-    return path, details
 
 
 def _down_projection_search(model_dir: Path, step: _Step, reference, threshold: float):
@@ -259,12 +215,6 @@ def _down_projection_search(model_dir: Path, step: _Step, reference, threshold: 
         return float(cosines(reference, _load(model_dir, step, path), SELECTION_SAMPLE).min())
 
     return lambda source, path, batches: search_int8_down_projections(source, path, batches, score, threshold)
-
-
-def _graph_inputs(onnx_path: Path) -> list[str]:
-    import onnx
-
-    return [i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input]
 
 
 def _load(model_dir: Path, step: _Step, path: Path):
@@ -328,25 +278,22 @@ def export(
         export("my-gte", format="openvino", quantize="int8-static", calibration="my_texts.txt")
         model = load_exported("my-gte", "openvino/openvino_model_qint8_quantized.xml")
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if quantize not in QUANTIZE:
-        raise ValueError(f"quantize must be one of {QUANTIZE}, got {quantize!r}")
+    steps = _plan(format, quantize, optimize)
     if down_projections not in DOWN_PROJECTIONS:
         raise ValueError(f"down_projections must be one of {DOWN_PROJECTIONS}, got {down_projections!r}")
-    if down_projections == "search" and (format, quantize) != ("openvino", "int8-static"):
+    searchable = [name for name in EXPORT_VARIANTS if _variant(name).get("searchable")]
+    if down_projections == "search" and not any(step.name in searchable for step in steps if step.publish):
         raise ValueError(
-            "down_projections='search' applies to format='openvino', quantize='int8-static' only "
+            f"down_projections='search' applies to the {', '.join(searchable)} variant only "
             f"(got format={format!r}, quantize={quantize!r})"
         )
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    steps = _plan(format, quantize, optimize)
     limits = {**PARITY_THRESHOLDS, **(thresholds or {})}
     texts = read_texts(sample) if sample is not None else list(PARITY_SAMPLE)
     calibration_texts: list[str] = []
-    if quantize == "int8-static":
+    if any(_variant(step.name).get("calibrated") for step in steps):
         calibration_texts = (
             calibration_sample(calibration_size) if calibration is None else read_texts(calibration, calibration_size)
         )
@@ -386,15 +333,20 @@ def _export_locked(
     reference = SentenceTransformer(str(model_dir), device="cpu")
     reference_quality = quality(reference, sts, retrieval, max_corpus)
     reports: list[VariantReport] = []
-    built: dict[str, Path] = {}
+    context = BuildContext(reference, calibration_texts, opset)
     with tempfile.TemporaryDirectory(prefix=EXPORT_WORK_PREFIX, dir=model_dir) as tmp:
         tmp_dir = Path(tmp)
         for step in steps:
             start = time.perf_counter()
-            search = None
-            if down_projections == "search" and step.build == "nncf-static":
-                search = _down_projection_search(model_dir, step, reference, limits.get(step.name, limits["int8"]))
-            path, details = _build(step, tmp_dir, built, reference, calibration_texts, opset, search)
+            context.search = None
+            if down_projections == "search" and _variant(step.name).get("searchable"):
+                context.search = _down_projection_search(
+                    model_dir, step, reference, limits.get(step.name, limits["int8"])
+                )
+            path = tmp_dir / step.path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            details = step.build(context.built.get(step.source) if step.source else None, path, context)
+            context.built[step.name] = path
             export_s = time.perf_counter() - start
             if not step.publish:
                 continue
@@ -458,10 +410,6 @@ def _export_locked(
 __all__ = [
     "ExportParityError",
     "ExportReport",
-    "FORMATS",
-    "ONNX_FILE_NAMES",
-    "OPENVINO_FILE_NAMES",
-    "QUANTIZE",
     "TRANSFORMERS_JS_NAMES",
     "VariantReport",
     "export",
