@@ -240,31 +240,18 @@ def _run_stage(
     tasks: list[EvalTask],
     callbacks: Sequence[TrainerCallback],
 ) -> dict[str, Any]:
+    """Train ``model`` through one stage and save the stage's final weights (``<output_dir>/final``); a stage already
+    finished in an earlier run of a resumed recipe is loaded instead. Returns the stage's summary."""
     recipe, args = stage.recipe, stage.args
     if recipe.matryoshka_dims:
         model.matryoshka_dims = list(recipe.matryoshka_dims)  # saved in config_sentence_transformers.json
-    checkpoint_dir = Path(args.output_dir)
-    done_dir = checkpoint_dir / "final"
-    keep_adapter = recipe.lora_r is not None and recipe.lora_save == "adapter"  # a single stage (check_run_options)
+    done_dir = Path(args.output_dir) / "final"
     if recipe.resume and (done_dir / STAGE_DONE_FILE).is_file():
-        logger.info(f"stage {stage.name}: already finished, loading its weights from {done_dir}")
-        if keep_adapter:  # saved as an adapter: the same adapter on the same base, with the saved adapter weights
-            add_lora(model, stage_lora_config(recipe))
-            load_lora_weights(model, done_dir)
-        else:
-            finished = SentenceTransformer(str(done_dir), device=str(model.device))
-            model.load_state_dict(finished.state_dict())
-        return json.loads((done_dir / STAGE_DONE_FILE).read_text())
+        return _load_finished_stage(stage, model, done_dir)
 
     model.max_seq_length = recipe.max_seq_length
-    global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
     replay = replay_flags(stage, data)
-    if recipe.mine_hard_negatives:  # for the stage's own sources; replay sources are replayed as they are
-        own = mine_negatives(DatasetDict({n: d for (n, d), r in zip(data.items(), replay) if not r}), model, recipe)
-        data = DatasetDict({name: own[name] if name in own else dataset for name, dataset in data.items()})
-        # mining keeps only the anchors for which enough negatives were found: check the sources again
-        mined_where = {name: f"{where} (after hard-negative mining)" for name, where in locations.items()}
-        validate_sizes(data, min_rows=args.per_device_train_batch_size * args.world_size, locations=mined_where)
+    data = _mine_stage_negatives(stage, model, data, locations, replay)
     prompts = check_prompts(args.prompts)
     args.prompts = column_prompts(prompts, {column for d in data.values() for column in d.column_names})
     loss = build_loss(
@@ -278,55 +265,139 @@ def _run_stage(
     if recipe.lora_r is not None:  # after the loss: a frozen teacher (self-distillation) copies the plain model
         add_lora(model, stage_lora_config(recipe))
     throughput = ThroughputCallback()
-    extra: list[TrainerCallback] = [throughput, *callbacks, *new_token_callbacks(model, recipe)]
+    trainer = _stage_trainer(stage, model, data, loss, replay, tasks, [throughput, *callbacks])
+    _train(stage, trainer, _checkpoint_to_resume(stage))
+    if recipe.lora_r is not None and not _keeps_adapter(recipe):
+        merge_lora(model)
+    summary = _stage_summary(stage, model, data, locations, replay, loss, prompts, trainer, throughput)
+    if _is_main_process():
+        tmp = done_dir.with_name("final.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save(str(tmp))
+        atomic_write_json(tmp / STAGE_DONE_FILE, summary)
+        replace_directory(tmp, done_dir)
+    _wait_for_everyone()
+    return summary
+
+
+def _keeps_adapter(recipe: RecipeArguments) -> bool:
+    """A LoRA stage saved as an adapter (a single stage: check_run_options), not merged into the weights."""
+    return recipe.lora_r is not None and recipe.lora_save == "adapter"
+
+
+def _load_finished_stage(stage: Stage, model: SentenceTransformer, done_dir: Path) -> dict[str, Any]:
+    """The weights and summary of a stage an earlier run of the recipe finished."""
+    logger.info(f"stage {stage.name}: already finished, loading its weights from {done_dir}")
+    if _keeps_adapter(stage.recipe):  # saved as an adapter: the same adapter on the same base, its saved weights
+        add_lora(model, stage_lora_config(stage.recipe))
+        load_lora_weights(model, done_dir)
+    else:
+        finished = SentenceTransformer(str(done_dir), device=str(model.device))
+        model.load_state_dict(finished.state_dict())
+    return json.loads((done_dir / STAGE_DONE_FILE).read_text())
+
+
+def _mine_stage_negatives(
+    stage: Stage, model: SentenceTransformer, data: DatasetDict, locations: dict[str, str], replay: list[bool]
+) -> DatasetDict:
+    """``--mine_hard_negatives``: the stage's own sources with mined negatives (replay sources are replayed as they
+    are); mining keeps only the anchors for which enough negatives were found, so the sizes are checked again."""
+    if not stage.recipe.mine_hard_negatives:
+        return data
+    own_sources = DatasetDict({name: d for (name, d), is_replay in zip(data.items(), replay) if not is_replay})
+    own = mine_negatives(own_sources, model, stage.recipe)
+    data = DatasetDict({name: own[name] if name in own else dataset for name, dataset in data.items()})
+    mined_where = {name: f"{where} (after hard-negative mining)" for name, where in locations.items()}
+    min_rows = stage.args.per_device_train_batch_size * stage.args.world_size
+    validate_sizes(data, min_rows=min_rows, locations=mined_where)
+    return data
+
+
+def _stage_trainer(
+    stage: Stage,
+    model: SentenceTransformer,
+    data: DatasetDict,
+    loss: torch.nn.Module,
+    replay: list[bool],
+    tasks: list[EvalTask],
+    callbacks: list[TrainerCallback],
+) -> GTETrainer:
+    """The stage's Trainer: its batches (sources, replay share, length grouping), callbacks (new-token learning rate,
+    Hub checkpoints) and, with ``--eval_strategy``, the evaluation tasks during training."""
+    recipe, args = stage.recipe, stage.args
+    callbacks = [*callbacks, *new_token_callbacks(model, recipe)]
     if recipe.hub_checkpoints:
-        extra.append(HubCheckpointCallback(args.hub_repo_id, token=stage.hub_token))
+        callbacks.append(HubCheckpointCallback(args.hub_repo_id, token=stage.hub_token))
     evaluator = None
     if args.eval_strategy != "no" and tasks:
         from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
 
         evaluator = SequentialEvaluator([task.evaluator for task in tasks])
-    trainer = GTETrainer(
+    return GTETrainer(
         model=model,
         args=args,
         train_dataset=data if len(data) > 1 else next(iter(data.values())),
         loss=loss,
         evaluator=evaluator,
-        callbacks=extra,
+        callbacks=callbacks,
         alpha=recipe.alpha,
         length_grouping=recipe.length_grouping,
         pretokenize=recipe.pretokenize,
         replay=replay,
         replay_share=recipe.replay_share,
     )
-    resume_from = args.resume_from_checkpoint
+
+
+def _checkpoint_to_resume(stage: Stage) -> str | None:
+    """The checkpoint the stage continues from: ``--resume_from_checkpoint``, the latest one on the Hub
+    (``--resume_from_hub``), or with ``--resume`` the latest one in the stage's folder; None: from the start."""
+    recipe, args = stage.recipe, stage.args
+    checkpoint_dir = Path(args.output_dir)
     if recipe.resume_from_hub:
         from gte_st.hub import pull_latest_checkpoint, split_repo_revision
 
         repo_id, revision = split_repo_revision(recipe.resume_from_hub)
-        resume_from = str(
+        return str(
             pull_latest_checkpoint(
                 repo_id, revision=revision or "checkpoints", local_dir=checkpoint_dir, token=stage.hub_token
             )
         )
-    elif recipe.resume and resume_from is None:
+    if recipe.resume and args.resume_from_checkpoint is None:
         found = latest_checkpoint(checkpoint_dir)
-        resume_from = str(found) if found is not None else None
-        logger.info(f"stage {stage.name}: resuming from {resume_from or 'the start (no checkpoint found)'}")
+        logger.info(f"stage {stage.name}: resuming from {found or 'the start (no checkpoint found)'}")
+        return str(found) if found is not None else None
+    return args.resume_from_checkpoint
+
+
+def _train(stage: Stage, trainer: GTETrainer, resume_from: str | None) -> None:
+    """``trainer.train()``; a non-finite loss stops it with the last good checkpoint named (later ones removed)."""
     try:
         with naming_weight_files(resume_from) if resume_from else contextlib.nullcontext():
             trainer.train(resume_from_checkpoint=resume_from)
     except NonFiniteLossError as exc:
-        good = discard_non_finite_checkpoints(checkpoint_dir) if _is_main_process() else None
+        good = discard_non_finite_checkpoints(Path(stage.args.output_dir)) if _is_main_process() else None
         where = f"the last good checkpoint is {good}" if good else "no checkpoint was saved before it"
         raise NonFiniteLossError(f"stage {stage.name}: {exc} {where}.") from None
 
-    if recipe.lora_r is not None and not keep_adapter:
-        merge_lora(model)
+
+def _stage_summary(
+    stage: Stage,
+    model: SentenceTransformer,
+    data: DatasetDict,
+    locations: dict[str, str],
+    replay: list[bool],
+    loss: torch.nn.Module,
+    prompts: dict[str, str] | None,
+    trainer: GTETrainer,
+    throughput: ThroughputCallback,
+) -> dict[str, Any]:
+    """What the stage did, for ``training_summary.json`` and the model card."""
+    recipe, args = stage.recipe, stage.args
+    global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
     steps = throughput.end_step - throughput.start_step
     runtime = max(throughput.end_time - throughput.start_time, 1e-9)
     probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha, replay, recipe.replay_share)
-    summary = {
+    return {
         "name": stage.name,
         "loss": jsonable(describe_loss(loss)),
         "per_device_batch_size": args.per_device_train_batch_size,
@@ -354,14 +425,6 @@ def _run_stage(
         "pairs_per_second": round(steps * global_batch / runtime, 3),
         "runtime_s": round(runtime, 2),
     }
-    if _is_main_process():
-        tmp = checkpoint_dir / "final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save(str(tmp))
-        atomic_write_json(tmp / STAGE_DONE_FILE, summary)
-        replace_directory(tmp, done_dir)
-    _wait_for_everyone()
-    return summary
 
 
 __all__ = ["run"]
