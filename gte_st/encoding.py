@@ -314,14 +314,22 @@ def _token_lengths(model: SentenceTransformer, texts: Sequence[str]) -> np.ndarr
     return _capped(model, texts)[1]
 
 
+# Batches of short texts grow past ``batch_size`` (up to MAX_BATCH_GROWTH times as many rows) while their padded
+# token count stays within ``batch_size * TOKENS_PER_ROW``: the work of a full batch of 128-token texts. Reason: a
+# batch's cost is its padded tokens, and a batch of short texts at ``batch_size`` rows leaves the cores idle between
+# calls; the growth is capped so that memory per call stays bounded whatever the lengths.
+TOKENS_PER_ROW = 128
+MAX_BATCH_GROWTH = 4
+
+
 def _batches(lengths_sorted: np.ndarray, batch_size: int, token_budget: int) -> list[tuple[int, int]]:
-    """Split a descending-length order into [start, end) batches of at most ``batch_size`` rows, growing shorter
-    batches up to 4x ``batch_size`` while ``rows * longest`` stays within ``token_budget``."""
+    """Split a descending-length order into [start, end) batches of at least ``batch_size`` rows, growing shorter
+    batches up to ``MAX_BATCH_GROWTH`` x ``batch_size`` while ``rows * longest`` stays within ``token_budget``."""
     spans = []
     start, n = 0, len(lengths_sorted)
     while start < n:
-        longest = max(int(lengths_sorted[start]) + 2, 1)
-        rows = max(batch_size, min(4 * batch_size, token_budget // longest))
+        longest = max(int(lengths_sorted[start]) + 2, 1)  # + [CLS] and [SEP]
+        rows = max(batch_size, min(MAX_BATCH_GROWTH * batch_size, token_budget // longest))
         end = min(n, start + rows)
         spans.append((start, end))
         start = end
@@ -427,8 +435,8 @@ def encode(
         model: A loaded SentenceTransformer: torch, or ONNX Runtime / OpenVINO as loaded by
             :func:`gte_st.export.load_exported` or sentence-transformers' backends.
         texts: The texts to embed.
-        batch_size: Rows per batch for the longest texts; batches of short texts grow up to 4x this while their
-            token count stays below ``batch_size * 128``.
+        batch_size: Rows per batch for the longest texts; batches of short texts grow up to ``MAX_BATCH_GROWTH`` x
+            this while their token count stays below ``batch_size * TOKENS_PER_ROW``.
         precision: ``"auto"`` (the fastest of the three below on this CPU, measured once per model shape and CPU:
             :func:`resolve_precision`; bf16 on bf16-capable GPUs), ``"fp32"``, ``"bf16"`` (bf16 weight copies, all
             ops in bf16) or ``"bf16-autocast"``. Torch models only (exported artifacts run at their own precision).
@@ -471,11 +479,10 @@ def encode(
         resolved = resolve_precision(precision, model)
     texts, lengths = _capped(model, texts, prompt or "")
     order = np.argsort(-lengths, kind="stable")
-    spans = _batches(lengths[order], batch_size, token_budget=batch_size * 128)
+    spans = _batches(lengths[order], batch_size, token_budget=batch_size * TOKENS_PER_ROW)
 
     # "bf16": a bf16 copy of the model (made once, cached while the weights are unchanged), so every op -- matmuls,
-    # layer norms, GELU, attention -- runs in bf16. On the 2-core AMX CPU of docs/benchmarks.md this and autocast
-    # were equally fast (about 2x fp32, within run-to-run noise).
+    # layer norms, GELU, attention -- runs in bf16 (docs/benchmarks.md compares it with autocast and fp32).
     runner = _serving_copy(model, resolved, compile) if is_torch else model
     freezing = contextlib.nullcontext()
     if compile:

@@ -94,10 +94,9 @@ class OpenVINOEncoder(torch.nn.Module):
     Each batch runs in slices of at most ``slice_rows`` rows, and the first slice shape ``(rows, length)`` that recurs
     gets a compilation of its own with static shapes, which OpenVINO's CPU plugin fuses further than the dynamic-shape
     one (the elementwise work joins the attention and feed-forward subgraphs). For a corpus truncated at the model's
-    length that shape is ``(slice_rows, max_seq_length)``. On the 2-core AMX CPU of docs/benchmarks.md (600 SciFact
-    abstracts at length 256, all-MiniLM-L6-v2) this encodes 1.09--1.13x as fast as whole batches on the dynamic
-    compilation, natively (bf16 IR) and under the AVX-512-VNNI limit (int8 IR); slices alone 0.99--1.04x, and
-    four static shapes instead of one 1.06--1.12x.
+    length that shape is ``(slice_rows, max_seq_length)``. Reason: static full slices encoded a corpus faster than
+    whole batches on the dynamic compilation, natively and under an AVX-512-VNNI limit (docs/benchmarks.md, "Serving"
+    has the figures).
 
     Args:
         xml_path: The IR's ``.xml`` file.
@@ -113,8 +112,7 @@ class OpenVINOEncoder(torch.nn.Module):
         device: OpenVINO device name.
         slice_rows: Most rows per inference call (``None``: the whole batch).
         static_shapes: How many slice shapes may get a static-shape compilation (``0``: dynamic shapes only). Each
-            costs a compile (under a second for MiniLM on a quiet CPU) and its own buffers (about 120 MB for
-            MiniLM); the first ``static_shapes`` full-slice shapes (``slice_rows`` rows; any shape when
+            costs a compile and its own buffers; the first ``static_shapes`` full-slice shapes (``slice_rows`` rows; any shape when
             ``slice_rows`` is ``None``) to recur ``static_after`` times keep theirs. A smaller slice -- a single
             query above all -- never waits for a compile: the compile would be that call's latency.
         static_after: How often a shape must be run (dynamically) before it is compiled static.
