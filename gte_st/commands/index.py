@@ -45,6 +45,7 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     from gte_st.corpus import read_corpus
     from gte_st.search import build_index
+    from gte_st.search.build import check_destination
     from gte_st.vocabulary import warn_unknown_tokens
 
     parser = build_parser()
@@ -54,6 +55,7 @@ def main(argv: list[str]) -> int:
     # Everything that can be checked without the model is checked before it is loaded.
     corpus = read_corpus(args.corpus, id_field=args.id_field, text_field=args.text_field)
     check_model_location(args.model)
+    check_destination(args.out, args.overwrite)  # before --backend auto loads the model to choose
     model = args.model
     if args.backend != "torch" or args.file_name:  # an exported artifact, or the fastest verified path (auto)
         model = load_model(

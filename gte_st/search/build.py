@@ -148,7 +148,7 @@ def build_index(
     if shard_size <= 0 or batch_size <= 0:
         raise ValueError("shard_size and batch_size must be positive")
     out = Path(out)
-    _check_destination(out, overwrite)
+    check_destination(out, overwrite)
 
     if isinstance(corpus, tuple):
         ids, texts = list(corpus[0]), list(corpus[1])
@@ -179,7 +179,7 @@ def build_index(
     }
     partial = out.with_name(out.name + ".partial")
     with exclusive_lock(out, doing="built"):
-        _check_destination(out, overwrite)  # again, now that no other build can be writing it
+        check_destination(out, overwrite)  # again, now that no other build can be writing it
         remove_leftovers(out.parent, of=out.name)
         shards = _ShardStore(partial, build_key)
         start = time.perf_counter()
@@ -213,7 +213,10 @@ def build_index(
     return Index.load(out, model=st_model, verify=False)
 
 
-def _check_destination(out: Path, overwrite: bool) -> None:
+def check_destination(out: str | Path, overwrite: bool) -> None:
+    """An index may be built at ``out``: it holds no index, or ``overwrite`` replaces it (checked again under the
+    build's lock)."""
+    out = Path(out)
     if (out / "meta.json").exists() and not overwrite:
         raise FileExistsError(f"{out} already holds an index; pass overwrite=True (--overwrite) to replace it")
     if out.exists() and (not out.is_dir() or (not (out / "meta.json").exists() and any(out.iterdir()))):
