@@ -65,8 +65,8 @@ def test_yaml_recipe_stages_and_cli_overrides(tmp_path):
 
     (default,) = parse_stages([])
     assert default.final_dir == Path("gte") and default.recipe.data is None
-    assert (default.recipe.loss, default.args.learning_rate, default.recipe.max_seq_length) == ("mse", 3e-5, 64)
-    assert default.loss_kwargs == {"distillation_weight": 30.0}
+    assert (default.recipe.loss, default.args.learning_rate, default.recipe.max_seq_length) == ("mse", 1e-4, 64)
+    assert default.loss_kwargs == {} and default.recipe.wise_ft == "0.3"
     (other_loss,) = parse_stages(["--loss", "gte"])  # the default job's loss options stay with its own loss
     assert (other_loss.recipe.loss, other_loss.loss_kwargs) == ("gte", {})
     (own_kwargs,) = parse_stages(["--loss_kwargs", '{"distillation_weight": 5}'])

@@ -22,13 +22,18 @@ variant() {
   evaluate "$OUT/$name" "$OUT/eval_$name.log"
 }
 echo "== base model"; evaluate "$(python -c 'import gte_st; print(gte_st.default_base_model())')" "$OUT/eval_base.log"
-variant default                                             # DEFAULT_JOB: mse, lr 3e-5, distillation 30
-variant gte-1e-4 --loss gte --learning_rate 1e-4            # the previous default job
-variant mse-1e-4 --learning_rate 1e-4 --loss_kwargs '{}'
-variant mse-3e-5 --loss_kwargs '{}'
-variant mse-1e-4-d10 --learning_rate 1e-4 --loss_kwargs '{"distillation_weight": 10}'
-variant mse-3e-5-d10 --loss_kwargs '{"distillation_weight": 10}'
-variant mse-1e-4-d30 --learning_rate 1e-4
-variant mse-5e-5-d100 --learning_rate 5e-5 --loss_kwargs '{"distillation_weight": 100}'
-variant mse-1e-4-d100 --learning_rate 1e-4 --loss_kwargs '{"distillation_weight": 100}'
-variant mse-1e-4-d1000 --learning_rate 1e-4 --loss_kwargs '{"distillation_weight": 1000}'
+variant default                                             # DEFAULT_JOB: mse, lr 1e-4, WiSE-FT 0.3
+variant mse-1e-4-w0.4 --wise_ft 0.4
+variant mse-1e-4-w0.5 --wise_ft 0.5
+variant gte-1e-4-w0.2 --loss gte --learning_rate 1e-4 --wise_ft 0.2
+variant gte-1e-4-w0.3 --loss gte --learning_rate 1e-4 --wise_ft 0.3
+variant mse-3e-5-d30 --learning_rate 3e-5 --loss_kwargs '{"distillation_weight": 30}' --wise_ft off  # the job before
+variant gte-1e-4 --loss gte --wise_ft off                     # unconstrained
+variant mse-1e-4 --wise_ft off                                # no interpolation
+variant mse-3e-5 --learning_rate 3e-5 --wise_ft off
+variant mse-1e-4-d10 --loss_kwargs '{"distillation_weight": 10}' --wise_ft off
+variant mse-3e-5-d10 --learning_rate 3e-5 --loss_kwargs '{"distillation_weight": 10}' --wise_ft off
+variant mse-1e-4-d30 --loss_kwargs '{"distillation_weight": 30}' --wise_ft off
+variant mse-5e-5-d100 --learning_rate 5e-5 --loss_kwargs '{"distillation_weight": 100}' --wise_ft off
+variant mse-1e-4-d100 --loss_kwargs '{"distillation_weight": 100}' --wise_ft off
+variant mse-1e-4-d1000 --loss_kwargs '{"distillation_weight": 1000}' --wise_ft off
