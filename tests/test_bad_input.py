@@ -7,22 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bad_input import Case, check_bad_input
 from conftest import stsb_rows
-
-from gte_st.cli import main
-
-
-@dataclass
-class Case:
-    id: str
-    argv: Callable[[dict[str, Path]], list[str]]  # built from the files of the `world` fixture
-    expected: str  # must appear in the one error line
-    before_model: bool = True  # the case must fail before a SentenceTransformer is constructed
 
 
 def _train(w: dict[str, Path], *extra: str) -> list[str]:
@@ -293,45 +282,9 @@ def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir, tiny_gte_original_dir) 
     return w
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file and folder under ``root`` (the Hugging Face home aside) with its size and modification time."""
-    return {
-        str(p): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (-1, 0)
-        for p in root.rglob("*")
-        if "hf-home" not in p.relative_to(root).parts
-    }
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_error_before_work(case: Case, world, monkeypatch, capsys):
-    import sentence_transformers
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setenv("HF_HOME", str(world["tmp"] / "hf-home"))
-    if case.before_model:
-
-        def refuse(*args, **kwargs):
-            raise AssertionError(f"{case.id}: a model was loaded before the bad input was reported")
-
-        monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", refuse)
-    before = _snapshot(world["tmp"])
-    capsys.readouterr()
-
-    code = main(case.argv(world))
-
-    err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if line.startswith("gte-st")]
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    assert len(error_lines) == 1, err
-    expected = case.expected.format(**{k: v for k, v in world.items()})
-    assert expected in error_lines[0], error_lines[0]
-    after = _snapshot(world["tmp"])
-    changed = [path for path, stat in before.items() if after.get(path) != stat]
-    assert not changed, f"{case.id} changed or removed existing files: {changed}"
-    added = sorted(set(after) - set(before))
-    assert not added, f"{case.id} left new files behind: {added}"
+    check_bad_input(case, world, monkeypatch, capsys)
 
 
 def test_table_is_large_and_covers_every_command():

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bad_input import Case, check_bad_input
 from conftest import stsb_rows
 
 from gte_st.cli import main
-
-
-@dataclass
-class Case:
-    id: str
-    argv: Callable[[dict[str, Path]], list[str]]  # built from the files of the `world` fixture
-    expected: str  # must appear in the one error line
-    before_model: bool = True  # the case must fail before a SentenceTransformer is constructed
 
 
 def _eval(w: dict[str, Path], task: str, data: str, *extra: str) -> list[str]:
@@ -203,36 +194,9 @@ def world(tmp_path_factory, tiny_gte_dir) -> dict[str, Path]:
     return w
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_file_is_one_line_error_naming_file_and_line(case: Case, world, monkeypatch, capsys):
-    import sentence_transformers
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(world["tmp"] / "hf-home"))
-    if case.before_model:
-
-        def refuse(*args, **kwargs):
-            raise AssertionError(f"{case.id}: a model was loaded before the bad input was reported")
-
-        monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", refuse)
-    before = _snapshot(world["tmp"])
-    capsys.readouterr()
-
-    code = main(case.argv(world))
-
-    err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if line.startswith("gte-st")]
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    assert len(error_lines) == 1, err
-    assert case.expected in error_lines[0], error_lines[0]
-    after = _snapshot(world["tmp"])
-    changed = [path for path, stat in before.items() if after.get(path) != stat]
-    assert not changed, f"{case.id} changed or removed existing files: {changed}"
+    check_bad_input(case, world, monkeypatch, capsys)
 
 
 def test_qrels_naming_missing_documents_are_counted_in_a_warning(world, tmp_path, capsys, caplog):

@@ -5,22 +5,11 @@ before any model is built; nothing that existed is changed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from bad_input import Case, check_bad_input
 from conftest import stsb_rows
-
-from gte_st.cli import main
-
-
-@dataclass
-class Case:
-    id: str
-    argv: Callable[[dict[str, Path]], list[str]]
-    expected: str
-    before_model: bool = True
 
 
 def _train(w: dict[str, Path], *extra: str) -> list[str]:
@@ -94,38 +83,12 @@ def world(tmp_path_factory, tiny_bert_dir, tiny_gte_dir, minilm_dir) -> dict[str
     return w
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_trainer_value_is_one_line_error_before_data(case: Case, world, monkeypatch, capsys):
-    import sentence_transformers
-
     import gte_st.training.run
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
     def no_data(*args, **kwargs):
         raise AssertionError(f"{case.id}: training data was read before the bad value was reported")
 
     monkeypatch.setattr(gte_st.training.run, "load_training_data", no_data)
-    if case.before_model:
-
-        def refuse(*args, **kwargs):
-            raise AssertionError(f"{case.id}: a model was loaded before the bad value was reported")
-
-        monkeypatch.setattr(sentence_transformers.SentenceTransformer, "__init__", refuse)
-    before = _snapshot(world["tmp"])
-    capsys.readouterr()
-
-    code = main(case.argv(world))
-
-    err = capsys.readouterr().err
-    error_lines = [line for line in err.splitlines() if line.startswith("gte-st")]
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    assert len(error_lines) == 1, err
-    assert case.expected in error_lines[0], error_lines[0]
-    after = _snapshot(world["tmp"])
-    assert not [path for path, stat in before.items() if after.get(path) != stat]
+    check_bad_input(case, world, monkeypatch, capsys)
