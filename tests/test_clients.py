@@ -203,11 +203,19 @@ def _run_snippet(python: str, name: str, site: Path, tmp_path: Path, port: int |
 
 
 SNIPPET_MIN_COSINE = {"st-onnx": 0.999, "st-openvino": 0.99, "fastembed": 0.999, "langchain": 0.999}
+VECTOR_STORES = ["qdrant", "lancedb", "chroma"]  # the snippets that store gte-st embeddings and rank by a query
 
 
 def test_every_doc_snippet_is_tested():
     """Each block docs/integrations.md marks as tested is run by a test here (a new block needs its test)."""
-    tested = {*SNIPPET_MIN_COSINE, "llamaindex", "qdrant", "infinity-server", "infinity-client", "transformers-js"}
+    tested = {
+        *SNIPPET_MIN_COSINE,
+        "llamaindex",
+        *VECTOR_STORES,
+        "infinity-server",
+        "infinity-client",
+        "transformers-js",
+    }
     assert set(_doc_blocks()) == tested
 
 
@@ -224,13 +232,21 @@ def test_doc_snippet(name, consumers_python, site, reference, tmp_path):
     assert cosines.min() >= SNIPPET_MIN_COSINE.get(name, 0.999), cosines
 
 
-def test_doc_snippet_qdrant(consumers_python, site, tmp_path):
-    """Qdrant's local mode ranks the snippet's documents as exact cosine search with this environment's model."""
+@pytest.mark.parametrize("name", VECTOR_STORES)
+def test_doc_snippet_vector_store(name, consumers_python, site, tmp_path):
+    """The vector-store snippet of docs/integrations.md (Qdrant's local mode, LanceDB embedded in a folder, Chroma's
+    in-memory client), run as written with the real client, ranks all its documents as exact cosine search with this
+    environment's model: the same ids in the same order. It runs in a folder of its own that links ``my-gte``, as
+    LanceDB writes its tables where it runs."""
     from sentence_transformers import SentenceTransformer
 
-    result = _run_snippet(consumers_python, "qdrant", site, tmp_path)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    (workdir / "my-gte").symlink_to(site / "my-gte")
+    result = _run_snippet(consumers_python, name, workdir, tmp_path)
     model = SentenceTransformer(str(site / "my-gte"), device="cpu")
     scores = model.encode(result["texts"]) @ model.encode(result["query"])
+    print(f"{name}: hits {result['hits']}, cosines {np.round(scores, 4).tolist()}")
     assert result["hits"] == [int(i) for i in np.argsort(-scores)], scores
 
 
