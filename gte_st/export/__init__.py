@@ -26,10 +26,10 @@ from __future__ import annotations
 from gte_st.export.onnx import ONNX_INPUT_NAMES
 from gte_st.export.parity import PARITY_THRESHOLDS, parity
 from gte_st.export.runtime import (
-    DEFAULT_FILES,
     OnnxRuntimeEncoder,
     OpenVINOEncoder,
     backend_of,
+    default_file,
     load_exported,
     load_model_dir,
     load_onnx_model,
@@ -37,7 +37,6 @@ from gte_st.export.runtime import (
 )
 from gte_st.export.samples import PARITY_SAMPLE, calibration_sample, read_texts
 from gte_st.export.variants import (
-    TRANSFORMERS_JS_NAMES,
     ExportParityError,
     ExportReport,
     VariantReport,
@@ -45,11 +44,10 @@ from gte_st.export.variants import (
 )
 
 __all__ = [
-    "DEFAULT_FILES",
+    "default_file",
     "ONNX_INPUT_NAMES",
     "PARITY_SAMPLE",
     "PARITY_THRESHOLDS",
-    "TRANSFORMERS_JS_NAMES",
     "ExportParityError",
     "ExportReport",
     "OnnxRuntimeEncoder",

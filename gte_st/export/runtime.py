@@ -273,11 +273,11 @@ def load_onnx_model(
     With optimum-onnx installed this is ``SentenceTransformer(model_dir, backend="onnx", model_kwargs={"file_name":
     ...})``; without it (optimum-onnx pins transformers<4.58) the same pipeline is assembled from the model's own
     tokenizer, pooling and normalisation modules with ONNX Runtime in place of the torch encoder. ``file_name``
-    defaults to the ONNX backend's default file (:data:`DEFAULT_FILES`).
+    defaults to the ONNX backend's default file (:func:`default_file`).
     """
     from sentence_transformers import SentenceTransformer
 
-    file_name = file_name or DEFAULT_FILES["onnx"]
+    file_name = file_name or default_file("onnx")
     model_dir = Path(model_dir)
     onnx_path = _resolve(model_dir, file_name)
     if not onnx_path.is_file():
@@ -319,11 +319,11 @@ def load_openvino_model(
     ...})``; otherwise the pipeline is assembled with :class:`OpenVINOEncoder` in place of the torch encoder
     (``precision``, ``ov_config``: see there; ``encoder_options``: its other arguments, e.g. ``{"slice_rows": None,
     "static_shapes": 0}`` for whole batches on the dynamic-shape compilation only). ``file_name`` defaults to the
-    OpenVINO backend's default file (:data:`DEFAULT_FILES`).
+    OpenVINO backend's default file (:func:`default_file`).
     """
     from sentence_transformers import SentenceTransformer
 
-    file_name = file_name or DEFAULT_FILES["openvino"]
+    file_name = file_name or default_file("openvino")
     model_dir = Path(model_dir)
     xml_path = _resolve(model_dir, file_name)
     if not xml_path.is_file() or not xml_path.with_suffix(".bin").is_file():
@@ -362,21 +362,20 @@ def backend_of(file_name: str | Path) -> str:
     raise ValueError(f"{file_name}: not an exported artifact (expected a .onnx file or an OpenVINO .xml)")
 
 
-# The default artifact of each exported backend: the file of its base variant (gte_st.registry holds both).
-DEFAULT_FILES = {
-    name: EXPORT_VARIANTS.entry(BACKENDS.entry(name).metadata["default_variant"]).metadata["file"]
-    for name in BACKENDS
-    if "default_variant" in BACKENDS.entry(name).metadata
-}
+def default_file(backend: str) -> str:
+    """The default artifact of an exported backend: the file of its base variant (``gte_st.registry`` holds both)."""
+    variant = BACKENDS.entry(backend).metadata.get("default_variant") if backend in BACKENDS else None
+    if variant is None:
+        exported = [name for name in BACKENDS if "default_variant" in BACKENDS.entry(name).metadata]
+        raise ValueError(f"backend must be one of {exported} when no file_name is given, got {backend!r}")
+    return EXPORT_VARIANTS.entry(variant).metadata["file"]
 
 
 def load_exported(model_dir: str | Path, file_name: str | None = None, *, backend: str | None = None, **kwargs: Any):
     """Load an exported artifact of ``model_dir``: ``file_name`` (``.onnx`` or ``.xml``) or the default file of
     ``backend`` (``"onnx"``: ``onnx/model.onnx``, ``"openvino"``: ``openvino/openvino_model.xml``)."""
     if file_name is None:
-        if backend not in DEFAULT_FILES:
-            raise ValueError(f"backend must be 'onnx' or 'openvino' when no file_name is given, got {backend!r}")
-        file_name = DEFAULT_FILES[backend]
+        file_name = default_file(str(backend))
     kind = backend_of(file_name)
     if backend is not None and backend != kind:
         raise ValueError(f"{file_name} is an {kind} artifact, not {backend}")

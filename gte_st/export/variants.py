@@ -25,7 +25,7 @@ The names are the ones sentence-transformers uses for its own exports (``model_O
 ``openvino_model_qint8_quantized.xml``), so ``model_kwargs={"file_name": ...}`` reads them. transformers.js picks its
 file by ``dtype`` instead: ``onnx/model.onnx`` for ``fp32`` (the same name) and ``onnx/model_quantized.onnx`` for
 ``q8``, its dynamically quantised int8 graph, so ``onnx/model_qint8.onnx`` is also written under that name
-(:data:`TRANSFORMERS_JS_NAMES`): a hard link, one copy of the weights on disk (a copy where the file system has no
+(the variant's ``alias`` in the registry): a hard link, one copy of the weights on disk (a copy where the file system has no
 hard links; the Hub stores identical files once). The ONNX quantised
 variants are built from the fused ``model_O2`` graph when ``optimize`` is on (static quantisation always is: on the
 unfused all-MiniLM-L6-v2 graph its QKV projections lost too much, minimum cosine 0.66). OpenVINO's IR is converted
@@ -78,10 +78,6 @@ WORST_TEXT_CHARS = 80
 
 def _variant(name: str) -> dict[str, Any]:
     return EXPORT_VARIANTS.entry(name).metadata
-
-
-# Second names of written variants, e.g. for transformers.js (``dtype: "q8"`` loads ``onnx/model_quantized.onnx``).
-TRANSFORMERS_JS_NAMES = {name: _variant(name)["alias"] for name in EXPORT_VARIANTS if "alias" in _variant(name)}
 
 
 @dataclass
@@ -394,7 +390,7 @@ def _export_locked(
                     if file.exists():
                         (target_root / report.file_name).parent.mkdir(parents=True, exist_ok=True)
                         os.replace(file, target_root / Path(report.file_name).parent / file.name)
-                if alias := TRANSFORMERS_JS_NAMES.get(report.variant):
+                if alias := _variant(report.variant).get("alias"):  # a second name, e.g. transformers.js's
                     written = target_root / report.file_name
                     atomic_link(written, written.with_name(alias))
                     report.details["transformers_js_name"] = str(Path(report.file_name).with_name(alias))
@@ -410,7 +406,6 @@ def _export_locked(
 __all__ = [
     "ExportParityError",
     "ExportReport",
-    "TRANSFORMERS_JS_NAMES",
     "VariantReport",
     "export",
     "parity",
