@@ -22,6 +22,7 @@ import errno
 import fcntl
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -110,6 +111,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """:func:`atomic_write_bytes` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf8"))
+
+
+def non_finite_as_null(data: Any) -> Any:
+    """``data`` with every NaN or infinite float replaced by ``None``, for records that must be written whatever a
+    run produced (a training summary after a diverged loss): standard JSON has no NaN, and Python would write the
+    non-standard ``NaN`` that strict readers (``jq``, JavaScript) refuse."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: non_finite_as_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [non_finite_as_null(value) for value in data]
+    return data
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:

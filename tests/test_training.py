@@ -175,10 +175,14 @@ def test_save_atomically_replaces_old_model(tiny_bert_dir, tmp_path):
     final = tmp_path / "gte"
     (final / "checkpoints" / "train" / "checkpoint-1").mkdir(parents=True)
     (final / "stale.txt").write_text("old")
-    save_atomically(model, final, {"training_summary.json": {"ok": True}}, keep=final / "checkpoints")
+    summary = {"ok": True, "losses": [0.5, float("nan")], "eval": {"score": float("inf")}}
+    save_atomically(model, final, {"training_summary.json": summary}, keep=final / "checkpoints")
     assert (final / "modules.json").is_file() and not (final / "stale.txt").exists()
     assert (final / "checkpoints" / "train" / "checkpoint-1").is_dir()
-    assert json.loads((final / "training_summary.json").read_text()) == {"ok": True}
+    strict = json.loads(
+        (final / "training_summary.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-standard {c}")
+    )
+    assert strict == {"ok": True, "losses": [0.5, None], "eval": {"score": None}}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gte"], "no temporary directories left behind"
 
 

@@ -13,7 +13,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 
 from gte_st.checkpoints import latest_checkpoint
-from gte_st.files import remove_leftovers, replace_directory, temporary_sibling
+from gte_st.files import non_finite_as_null, remove_leftovers, replace_directory, temporary_sibling
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ def save_atomically(
 ) -> None:
     """Write the model (portable layout) and ``extra_files`` (JSON) into a temporary sibling directory, then swap it
     in place of ``final_dir`` with renames: ``final_dir`` is always either absent, the old or the new complete model.
-    ``keep`` (a sub-directory of the old ``final_dir``, e.g. checkpoints) is moved into the new one."""
+    ``keep`` (a sub-directory of the old ``final_dir``, e.g. checkpoints) is moved into the new one. A NaN or infinity
+    in ``extra_files`` (a diverged loss in the summary) is written as ``null``: the model is saved whatever the run
+    logged, and the JSON stays standard."""
     final_dir = final_dir.resolve()
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(final_dir.parent, of=final_dir.name)
@@ -48,7 +50,8 @@ def save_atomically(
     try:
         model.save(str(tmp))
         for name, content in extra_files.items():
-            (tmp / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf8")
+            text = json.dumps(non_finite_as_null(content), indent=2, allow_nan=False)
+            (tmp / name).write_text(text + "\n", encoding="utf8")
         if keep is not None and keep.exists():
             moved = tmp / keep.relative_to(final_dir)
             os.replace(keep, moved)
