@@ -18,10 +18,13 @@ Arms (``--arms``; all at batch ``--batch-size``, length ``--max-seq-length``, bf
 st-mnrl              stock: ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss``, ``bf16=True``,
                      ``batch_sampler="no_duplicates"`` (the baseline)
 gte-mnrl-plain       gte-st's Trainer (``gte_st.training.GTETrainer``) + the same loss, new options off
-                     (``length_grouping=0``, ``pretokenize=False``): the pipeline as it was
+                     (``length_grouping=0``, ``pretokenize=False``, ``training_attention="sdpa"``): the pipeline
+                     as it was
 gte-mnrl             the same with gte-st's training defaults (length-grouped batches, texts tokenised once)
 gte-mse              gte-st's defaults with its default loss (``NormalizedMSELoss``)
 gte-mnrl-pretok      only ``pretokenize`` on; ``gte-mnrl-group`` only ``length_grouping`` on (which pays)
+gte-mnrl-sdpa        gte-st's defaults but training with SDPA attention (``training_attention="sdpa"``), not the
+                     eager attention that ``"auto"`` picks on a CPU
 st-cached-mnrl       stock ``CachedMultipleNegativesRankingLoss`` (mini-batch 32, ``mini_batch_num_tokens`` =
                      32 x length: mini-batches packed by real tokens), batch ``--cached-batch-size``
 gte-cached-mse       gte-st's ``CachedLoss(NormalizedMSELoss)`` (mini-batch 32) with gte-st's defaults, same batch
@@ -50,11 +53,18 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 ARMS = {
     "st-mnrl": {"trainer": "st", "loss": "mnrl"},
-    "gte-mnrl-plain": {"trainer": "gte", "loss": "mnrl", "length_grouping": 0, "pretokenize": False},
+    "gte-mnrl-plain": {
+        "trainer": "gte",
+        "loss": "mnrl",
+        "length_grouping": 0,
+        "pretokenize": False,
+        "training_attention": "sdpa",
+    },
     "gte-mnrl": {"trainer": "gte", "loss": "mnrl"},
     "gte-mse": {"trainer": "gte", "loss": "mse"},
     "gte-mnrl-pretok": {"trainer": "gte", "loss": "mnrl", "length_grouping": 0, "pretokenize": True},
     "gte-mnrl-group": {"trainer": "gte", "loss": "mnrl", "pretokenize": False},
+    "gte-mnrl-sdpa": {"trainer": "gte", "loss": "mnrl", "training_attention": "sdpa"},
     "st-cached-mnrl": {"trainer": "st", "loss": "cached-mnrl", "cached": True},
     "gte-cached-mse": {"trainer": "gte", "loss": "mse", "cached": True},
 }
@@ -109,10 +119,22 @@ def worker(config: dict) -> dict:
     counts: list[tuple[int, int]] = []
     sync = torch.cuda.synchronize if config.get("device", "cpu").startswith("cuda") else (lambda: None)
 
+    profiler = None
+    if config.get("profile"):
+        from torch.profiler import ProfilerActivity, profile
+
+        profiler = profile(activities=[ProfilerActivity.CPU])
+
     class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if profiler is not None and state.global_step == config["warmup"]:
+                profiler.start()  # the timed steps only
+
         def on_step_end(self, args, state, control, **kwargs):
             sync()
             stamps.append(time.perf_counter())
+            if profiler is not None and state.global_step == steps:
+                profiler.stop()
 
     class Counting:
         """The Trainer's collator, counting real (mask) and padded tokens of every batch it builds."""
@@ -156,7 +178,7 @@ def worker(config: dict) -> dict:
         model = gte_st.build_model(base, max_seq_length=config["max_len"], device=device)
         loss = build_loss(model, config["loss"], mini_batch_size=32 if cached else None)
         args = GTETrainingArguments(**common, **precision)
-        options = {k: config[k] for k in ("length_grouping", "pretokenize") if k in config}
+        options = {k: config[k] for k in ("length_grouping", "pretokenize", "training_attention") if k in config}
         trainer = GTETrainer(
             model=model, args=args, train_dataset=pairs, loss=loss, callbacks=[Clock()], **options
         )  # fmt: skip
@@ -182,6 +204,41 @@ def worker(config: dict) -> dict:
         "peak_gpu_memory_gib": (
             round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
         ),
+        **({"profile": where_the_time_goes(profiler, config["steps"], elapsed)} if profiler is not None else {}),
+    }
+
+
+# Operator groups of a training step (first match wins; names as torch.profiler reports aten operators).
+OPERATOR_GROUPS = (
+    ("attention", ("scaled_dot_product", "softmax", "_efficient_attention", "_flash_attention", "baddbmm", "bmm")),
+    ("matmul", ("addmm", "aten::mm", "matmul", "linear", "mkldnn")),
+    ("optimizer", ("_foreach", "adam", "optimizer", "zero_grad")),
+    ("casts and copies", ("aten::to", "_to_copy", "copy_", "contiguous", "clone")),
+    ("layer norm, GELU, dropout", ("layer_norm", "gelu", "dropout", "native_dropout")),
+    ("embedding", ("embedding",)),
+    ("loss and pooling", ("norm", "cross_entropy", "log_softmax", "nll", "mse", "sum", "mean", "div", "clamp")),
+)
+
+
+def where_the_time_goes(profiler, steps: int, elapsed: float) -> dict:
+    """Self CPU time of the timed steps by operator group (:data:`OPERATOR_GROUPS`), in ms per step and as a share
+    of the steps' wall time; what no operator accounts for (Python, data loading, the Trainer) is ``outside ops``.
+    Self times of operators on the main thread, so the groups add up to at most the wall time."""
+    groups: dict[str, float] = {}
+    top = []
+    for event in profiler.key_averages():
+        ms = event.self_cpu_time_total / 1000 / steps
+        name = event.key.lower()
+        group = next((g for g, keys in OPERATOR_GROUPS if any(k in name for k in keys)), "other operators")
+        groups[group] = groups.get(group, 0.0) + ms
+        top.append((event.key, ms))
+    step_ms = 1000 * elapsed / steps
+    groups["outside ops"] = max(0.0, step_ms - sum(groups.values()))
+    return {
+        "step_ms": round(step_ms, 1),
+        "groups_ms_per_step": {g: round(ms, 1) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "groups_share": {g: round(ms / step_ms, 3) for g, ms in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "top_operators_ms_per_step": [[k, round(ms, 1)] for k, ms in sorted(top, key=lambda kv: -kv[1])[:15]],
     }
 
 
@@ -215,6 +272,7 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, dic
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
                 "peak_gpu_memory_gib": rs[0].get("peak_gpu_memory_gib"),
                 "runs_pairs_per_s": [r["pairs_per_s"] for r in rs],
+                **({"profile": rs[-1]["profile"]} if "profile" in rs[-1] else {}),
             }
         for arm, r in results[shape].items():
             base = results[shape].get("st-cached-mnrl" if ARMS[arm].get("cached") else "st-mnrl")
@@ -235,6 +293,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of every arm, interleaved; medians kept")
     parser.add_argument("--data-dir", default=str(DATA), help="the shared data folder")
     parser.add_argument("--output", default=None, help="JSON results (e.g. docs/results/train_throughput.json)")
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also record where the timed steps' time goes (torch.profiler, self CPU time by operator group); "
+        "the profiler's own overhead lowers the pairs/s of such a run: profile and time in separate runs",
+    )  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -275,6 +338,7 @@ def main() -> None:
                         **ARMS[arm], "arm": arm, "data": shape, "pairs_file": str(files[shape]),
                         "batch": args.cached_batch_size if ARMS[arm].get("cached") else args.batch_size,
                         "max_len": args.max_seq_length, "steps": args.steps, "warmup": args.warmup,
+                        "profile": args.profile,
                     }  # fmt: skip
                     r = run_arm(config)
                     if r is None:
@@ -284,6 +348,9 @@ def main() -> None:
                           f"{r['pairs_per_s']:8.2f} pairs/s {r['real_tokens_per_s']:9.0f} real tok/s "
                           f"padding {r['padding_fraction']:.2f} {r['s_per_step']:6.2f} s/step "
                           f"RSS {r['peak_rss_mib']} MiB", flush=True)  # fmt: skip
+                    if "profile" in r:
+                        shares = r["profile"]["groups_share"]
+                        print("    " + ", ".join(f"{g} {100 * v:.0f}%" for g, v in shares.items()), flush=True)
     results = summarize(runs)
     header["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"\n{'data':<6} {'arm':<16} {'batch':>5} {'pairs/s':>8} {'real tok/s':>10} {'padding':>8} {'x stock':>8}")

@@ -183,6 +183,8 @@ CASES = [
          "max_seq_length must be an integer, got 1.5"),
     Case("recipe-max-steps-list", lambda w: ["train", "--config", str(w["steps_list_yaml"])],
          "max_steps must be an integer, got [1, 2]"),
+    Case("recipe-training-attention-unknown", lambda w: ["train", "--config", str(w["attention_yaml"])],
+         "training_attention must be one of 'auto', 'eager', 'sdpa', got 'flash'"),
     # ---- models that would load wrong or fail late (#26 items 10, 18)
     Case("eval-model-without-tokenizer", lambda w: ["eval", str(w["no_tokenizer"]), "--task", "sts", "--data",
                                                     str(w["sts_csv"])], "has no tokenizer files"),
@@ -273,6 +275,7 @@ def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir, tiny_gte_original_dir) 
         "alpha_null_yaml": {"data": [str(w["pairs"])], "stages": [{"name": "s1", "alpha": None}]},
         "length_float_yaml": {"data": [str(w["pairs"])], "max_seq_length": 1.5},
         "steps_list_yaml": {"data": [str(w["pairs"])], "max_steps": [1, 2]},
+        "attention_yaml": {"data": [str(w["pairs"])], "training_attention": "flash"},
     }
     import yaml
 

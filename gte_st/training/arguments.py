@@ -10,6 +10,7 @@ import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
 from gte_st.hardware import cpu_supports_bf16
+from gte_st.training.attention import DEFAULT_TRAINING_ATTENTION, TrainingAttention
 from gte_st.training.batching import DEFAULT_LENGTH_GROUPING, DEFAULT_PRETOKENIZE
 from gte_st.training.loss import LOSSES, loss_help, loss_kwargs_help
 
@@ -107,6 +108,14 @@ class RecipeArguments:
         metadata={
             "help": "Tokenise every training text once before the first step (with the model's own tokenizer; "
             "the batches are the same tensors) instead of in every batch."
+        },
+    )
+    training_attention: TrainingAttention = field(
+        default=DEFAULT_TRAINING_ATTENTION,
+        metadata={
+            "help": "The encoder's attention kernel while it trains: auto (eager attention on a CPU, where "
+            "PyTorch's fused SDPA is the slower one in training; the model's own on GPUs), eager or sdpa. Evaluation, "
+            "export and serving keep the model's own kernel."
         },
     )
     gather_across_devices: bool = field(

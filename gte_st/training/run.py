@@ -343,6 +343,7 @@ def _stage_trainer(
         alpha=recipe.alpha,
         length_grouping=recipe.length_grouping,
         pretokenize=recipe.pretokenize,
+        training_attention=recipe.training_attention,
         replay=replay,
         replay_share=recipe.replay_share,
     )

@@ -15,6 +15,7 @@ from transformers import TrainerCallback
 from gte_st.data import AlphaSourceBatchSampler
 from gte_st.lora import has_lora, load_lora_weights
 from gte_st.losses.in_batch import NonFiniteEmbeddingError
+from gte_st.training.attention import DEFAULT_TRAINING_ATTENTION, resolve_training_attention, training_attention
 from gte_st.training.batching import (
     DEFAULT_LENGTH_GROUPING,
     DEFAULT_PRETOKENIZE,
@@ -62,6 +63,8 @@ class GTETrainer(SentenceTransformerTrainer):
             with the ``no_duplicates`` batch samplers (the default), whose no-repeat rule it keeps.
         pretokenize: Tokenise every text of ``train_dataset`` once, before the first step
             (:class:`~gte_st.training.batching.TokenCache`), and build each batch from the cached ids.
+        training_attention: The encoder's attention kernel during :meth:`train` (``"auto"``: eager on a CPU, the
+            model's own elsewhere; :mod:`gte_st.training.attention`).
     """
 
     def __init__(
@@ -72,10 +75,13 @@ class GTETrainer(SentenceTransformerTrainer):
         replay_share: float = 0.0,
         length_grouping: int = DEFAULT_LENGTH_GROUPING,
         pretokenize: bool = DEFAULT_PRETOKENIZE,
+        training_attention: str = DEFAULT_TRAINING_ATTENTION,
         **kwargs: Any,
     ) -> None:
         if length_grouping < 0:
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
+        resolve_training_attention(training_attention, "cpu")  # a bad value fails before anything is built
+        self.training_attention = training_attention
         self.alpha = alpha
         self.replay, self.replay_share = replay, replay_share
         self.length_grouping = length_grouping
@@ -91,6 +97,11 @@ class GTETrainer(SentenceTransformerTrainer):
                     self.token_cache.add(list(source[column]))
         super().__init__(*args, **kwargs)
         self._autocast_frozen_models()
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's ``train`` with the encoder's attention kernel of ``training_attention``, put back after."""
+        with training_attention(self.model, self.training_attention):
+            return super().train(*args, **kwargs)
 
     def get_data_collator(self, model, args, processing_class=None):  # noqa: D102
         collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
