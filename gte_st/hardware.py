@@ -18,7 +18,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import platform
 import sys
@@ -130,6 +129,8 @@ def load_average() -> list[float]:
 
 def package_version(name: str) -> str | None:
     """The installed version of distribution ``name`` (e.g. ``"faiss-cpu"``); ``None`` when it is not installed."""
+    import importlib.metadata  # ~30 ms (email parsing): not at import time
+
     try:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
