@@ -5,7 +5,7 @@ Which encode path is fastest differs between CPUs (bf16 weight copies lead on AM
 CPUs with AVX-512 VNNI but no AMX; docs/benchmarks.md), so the decisions :mod:`gte_st.calibration` measures are keyed
 by :func:`cpu_key`. ``ONEDNN_MAX_CPU_ISA`` limits oneDNN (torch's and OpenVINO's CPU kernels) to a lower instruction
 set, which stands for an older CPU on the one at hand: :func:`cpu_supports_bf16` honours it, and it is part of the
-key.
+key. :func:`run_record` is the block of facts every benchmark script writes beside its figures.
 
 Example::
 
@@ -20,6 +20,9 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,8 @@ NO_BF16_ISAS = frozenset(
 )  # fmt: skip
 # The environment variables that limit the instruction sets of the math libraries (oneDNN, MKL).
 ISA_LIMIT_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+# The distributions whose versions every benchmark records (run_record); a script names the others it uses.
+RECORDED_PACKAGES = ("torch", "sentence-transformers", "transformers", "gte-st")
 
 
 def isa_limit() -> str | None:
@@ -117,12 +122,63 @@ def describe_cpu() -> str:
     )
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages of the machine, rounded to two decimals."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` (e.g. ``"faiss-cpu"``); ``None`` when it is not installed."""
+    import importlib.metadata  # ~30 ms (email parsing): not at import time
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def run_record(extra_packages: Sequence[str] = ()) -> dict[str, Any]:
+    """The facts a benchmark's figures depend on besides its own settings, for the header of its results JSON.
+
+    Every benchmark reports when and how it ran and on what: the date (UTC), the command line, the load average at
+    the start (a busy machine explains a slow figure), the machine and its cores, the CPU (:func:`cpu_details`: model,
+    caches, ISA flags), the instruction-set limit of the environment (:func:`isa_limit`), torch's intra-op threads and
+    the versions of torch, sentence-transformers, transformers and gte-st plus ``extra_packages`` (distribution names;
+    one that is not installed is ``None``). One function, so every script writes the same keys, and the record is
+    plain JSON (no NaN). torch is imported here, not at import time, so scripts answer ``--help`` without it.
+
+    Example::
+
+        from gte_st.hardware import load_average, run_record
+
+        report = {**run_record(["faiss-cpu"]), "settings": vars(args)}
+        ...  # measure
+        report["loadavg_at_end"] = load_average()
+    """
+    import torch
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python", *sys.argv]),
+        "loadavg_at_start": load_average(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "cpu": cpu_details(),
+        "isa_limit": isa_limit(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {name: package_version(name) for name in dict.fromkeys([*RECORDED_PACKAGES, *extra_packages])},
+    }
+
+
 __all__ = [
     "ISA_FLAGS",
+    "RECORDED_PACKAGES",
     "cpu_details",
     "cpu_key",
     "cpu_supports_bf16",
     "describe_cpu",
     "isa_limit",
     "isa_limit_allows_bf16",
+    "load_average",
+    "package_version",
+    "run_record",
 ]

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,18 +30,15 @@ def main() -> int:
     parser.add_argument("--cache-dir", default=None, help="corpus-embedding cache (default: a fresh temp dir)")
     args = parser.parse_args()
 
-    import sentence_transformers
-    import torch
-
     import gte_st
     from gte_st import cli
+    from gte_st.hardware import describe_cpu, run_record
 
     model = gte_st.default_base_model()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}  load average at start: {os.getloadavg()}")
-    print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"sentence-transformers {sentence_transformers.__version__}, gte-st {gte_st.__version__}"
-    )
+    run = run_record()
+    print(f"# {run['date']}  load average at start: {run['loadavg_at_start']}  ({run['command']})")
+    print(f"# {run['machine']}, {describe_cpu()}, {run['torch_threads']} torch threads; "
+          + ", ".join(f"{name} {version}" for name, version in run["versions"].items()))  # fmt: skip
     report, ok = {}, True
     with tempfile.TemporaryDirectory() as tmp:
         for name, (task, data, expected, tolerance) in ANCHORS.items():

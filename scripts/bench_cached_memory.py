@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -84,7 +83,13 @@ def main() -> None:
         print("RESULT " + json.dumps(result), flush=True)
         return
 
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.2f}")
+    from gte_st.hardware import describe_cpu, run_record
+
+    # run_record imports torch here; a child's ru_maxrss starts at this process's peak RSS (Linux carries it over
+    # exec), which every child passes anyway, since each imports torch itself and loads a model on top of it.
+    run = run_record()
+    print(f"{run['date']}, load average {run['loadavg_at_start'][0]:.2f}; {run['machine']}, {describe_cpu()}; "
+          + ", ".join(f"{name} {version}" for name, version in run["versions"].items()), flush=True)  # fmt: skip
     results = []
     for loss_name in args.losses.split(","):
         for batch in (int(b) for b in args.batches.split(",")):

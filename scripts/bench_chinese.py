@@ -25,9 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "recipes"))
-from bench_serving import cpu_details  # noqa: E402
 from build_chinese_pairs import SOURCES as TRAIN_SETS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,8 +133,10 @@ def choice(directory: Path) -> dict:
 
 def train(seed: int, work: Path, log: Path) -> tuple[str, dict]:
     """Run the Chinese recipe with ``seed``; returns the model directory and the run's timing."""
+    from gte_st.hardware import load_average
+
     out = work / f"seed{seed}"
-    load_before, cpu_before, start = os.getloadavg(), _children_cpu(), time.perf_counter()
+    load_before, cpu_before, start = load_average(), _children_cpu(), time.perf_counter()
     with open(log, "a", encoding="utf8") as f:
         f.write(f"$ scripts/recipes/chinese.sh --seed {seed} --output_dir {out}\n")
         f.flush()
@@ -147,8 +147,8 @@ def train(seed: int, work: Path, log: Path) -> tuple[str, dict]:
     timing = {
         "wall_s": round(time.perf_counter() - start, 1),
         "cpu_s": round(_children_cpu() - cpu_before, 1),
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"),
     }
     summary = json.loads((out / "training_summary.json").read_text())
@@ -174,6 +174,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     import gte_st
+    from gte_st.hardware import load_average, run_record
 
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -181,23 +182,7 @@ def main() -> None:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     report = json.loads(output.read_text()) if output.is_file() else {}
-    import sentence_transformers
-    import torch
-    import transformers
-
-    run = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python", *sys.argv]),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "cpu": cpu_details(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-            "transformers": transformers.__version__,
-            "gte_st": gte_st.__version__,
-        },
-    }
+    run = run_record()
     report["protocol"] = __doc__.split("\n\n", 2)[2].strip()
     report["sets"] = {name: f"../{path.relative_to(ROOT.parent)}" for name, path in STS_SETS.items()}
     base = args.base_model or gte_st.default_base_model()
@@ -230,7 +215,7 @@ def main() -> None:
                     "std": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
                 }
         report["recipe"]["mean_std"] = mean
-    run["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    run["loadavg_at_end"] = load_average()
     report.setdefault("runs", []).append(run)
     output.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf8")
     print(json.dumps(report, indent=2, ensure_ascii=False))

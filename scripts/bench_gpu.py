@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
 import sys
 import tempfile
 import time
@@ -94,12 +93,12 @@ def main() -> int:
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
 
-    import sentence_transformers
     import torch
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     import gte_st
     from gte_st.encoding import encode
+    from gte_st.hardware import run_record
     from gte_st.losses import NormalizedMSELoss
 
     device = torch.device(args.device)
@@ -107,13 +106,9 @@ def main() -> int:
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     header = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        **run_record(),
         "device": name,
         "peak_bf16_tflops": peak,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "gte_st": gte_st.__version__,
         "config": {k: v for k, v in vars(args).items() if k not in ("data_root", "output")},
     }
     print(json.dumps(header, indent=1))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -43,8 +42,10 @@ def main() -> None:
     from gte_st.encoding import encode
     from gte_st.evaluation.readers import read_beir
     from gte_st.evaluation.retrieval import encode_corpus_cached
+    from gte_st.hardware import run_record
     from gte_st.search import BM25Retriever, fuse_scores
 
+    run = run_record(["faiss-cpu"])
     start = time.time()
     model = SentenceTransformer(args.model or gte_st.default_base_model(), device="cpu")
     splits = {split: read_beir(args.data, split) for split in ("train", "test")}
@@ -68,8 +69,7 @@ def main() -> None:
         }
 
     report: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "loadavg_1min_at_start": os.getloadavg()[0],
+        **run,
         "settings": vars(args),
         "corpus": len(ids),
         "corpus_embeddings_from_cache": cached,

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import DATA, cpu_details  # noqa: E402
+from bench_serving import DATA  # noqa: E402
 
 HNSW_EF_SEARCH = (16, 64, 128)
 IVF_NPROBE = (1, 8)
@@ -136,25 +135,14 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=None, help="JSON results")
     args = parser.parse_args()
 
-    import faiss
-    import sentence_transformers
-    import torch
+    import faiss  # noqa: F401  (every section needs it: missing, the run stops here, not after the encoding)
     from sentence_transformers import SentenceTransformer
 
     import gte_st
+    from gte_st.hardware import load_average, run_record
 
     report: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python", *sys.argv]),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "cpu": cpu_details(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-            "faiss": faiss.__version__,
-            "gte_st": gte_st.__version__,
-        },
+        **run_record(["faiss-cpu"]),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     model = SentenceTransformer(args.model or str(gte_st.default_base_model()), device="cpu")
@@ -167,7 +155,7 @@ def main() -> int:
             report["ann"] = ann(model, subjects, args.ann_queries, args.ann_corpus, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["loadavg_at_end"] = load_average()
     print(json.dumps(report, indent=1))
     if args.output:
         args.output.write_text(json.dumps(report, indent=1) + "\n")

@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -166,15 +163,12 @@ def main() -> None:
     dims = [int(d) for d in args.dims.split(",")]
     if malformed := [m for m in args.models if "=" not in m]:
         parser.error(f"--models expects NAME=PATH, got {malformed}")
+    from gte_st.hardware import run_record
+
     data = Path(args.data_dir).resolve()
     results_file = Path(args.results)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
-    results["_about"] = {
-        "command": " ".join(sys.argv),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_average_at_start": os.getloadavg()[0],
-    }
+    results["_about"] = run_record(["faiss-cpu"])
     for item in args.models:
         name, path = item.split("=", 1)
         encoded = encode_model(path, data, args)

@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,7 +76,6 @@ def main() -> int:
     os.environ["GTE_ST_CACHE"] = str(work / "cache")  # this run calibrates "auto" afresh
     import shutil
 
-    import sentence_transformers
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -86,7 +84,7 @@ def main() -> int:
     from gte_st.export import export, load_model_dir
     from gte_st.export.auto import choose_backend, load_candidate
     from gte_st.export.manifest import usable_artifacts
-    from gte_st.hardware import cpu_details, cpu_supports_bf16
+    from gte_st.hardware import cpu_supports_bf16, load_average, run_record
 
     with args.queries.open(encoding="utf8") as f:
         queries = [json.loads(line)["text"] for line in f]
@@ -95,18 +93,8 @@ def main() -> int:
     timed, warm = queries[: args.calls], queries[args.calls : args.calls + args.warmup]
     limited = args.isa != "native"
     report: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "cpu": cpu_details(),
+        **run_record(["onnxruntime", "openvino", "nncf"]),
         "bf16_native": cpu_supports_bf16(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": {
-            "torch": torch.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-            "gte_st": gte_st.__version__,
-        },  # fmt: skip
-        "command": " ".join(["python", *sys.argv]),
         "isa": args.isa,
         "isa_env": isa_env,
         "calls": args.calls,
@@ -187,7 +175,7 @@ def main() -> int:
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["loadavg_at_end"] = load_average()
     print(f"\n{args.calls} queries ({report['distinct_lengths']} distinct token lengths), ISA {args.isa}; load average "
           f"{report['loadavg_at_start'][0]} at start, {report['loadavg_at_end'][0]} at end")  # fmt: skip
     print(f"{'path':<26} {'median':>8} {'p90':>8} {'p99':>8} {'max':>8} {'new len':>8} {'seen len':>9} {'x stock':>8}")

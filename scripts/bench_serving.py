@@ -63,7 +63,6 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -73,8 +72,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from gte_st.hardware import cpu_details  # noqa: F401  (stdlib only; scripts/bench_index.py imports it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
@@ -154,8 +151,7 @@ def main() -> int:
 
     isa_env = ISA_ENV.get(args.isa, {})
     os.environ.update(isa_env)  # before torch / OpenVINO / MKL load
-    import onnxruntime
-    import sentence_transformers
+    import onnxruntime  # noqa: F401  (the onnx paths need it: missing, the run stops here, before any export)
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -164,29 +160,18 @@ def main() -> int:
     from gte_st.export import PARITY_SAMPLE, PARITY_THRESHOLDS, ExportParityError, export, load_exported
     from gte_st.export.auto import choose_backend, load_choice
     from gte_st.export.runtime import transformer_subdir
-    from gte_st.hardware import cpu_supports_bf16
+    from gte_st.hardware import cpu_supports_bf16, load_average, run_record
 
     limited = args.isa != "native"
     paths = [p for p in args.paths if not (limited and p in ("stock-bf16-autocast",))]
-    versions = {
-        "torch": torch.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "gte_st": gte_st.__version__,
-    }
     for name in ("openvino", "nncf"):
         try:
-            versions[name] = __import__(name).__version__
+            __import__(name)
         except ImportError:
             paths = [p for p in paths if not ARTIFACTS.get(p, ("",))[0].startswith("openvino")]
     header = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16 matmul support (CPUID): {cpu_supports_bf16()}",
-        "cpu": cpu_details(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": versions,
-        "command": " ".join(["python", *sys.argv]),
+        **run_record(["onnxruntime", "openvino", "nncf"]),
+        "bf16_native": cpu_supports_bf16(),
         "isa": args.isa,
         "isa_env": isa_env,
         "isa_check": {"torch_onednn": _verify_torch_isa(isa_env)},
@@ -381,7 +366,7 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    header["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    header["loadavg_at_end"] = load_average()
     print(f"\n{len(docs)} documents, length {args.max_length}, {args.rounds} interleaved rounds, ISA {args.isa}; "
           f"load average {header['loadavg_at_start'][0]} at start, {header['loadavg_at_end'][0]} at end")  # fmt: skip
     sts_head = f" {'STS-B':>6} {'delta':>6}" if args.sts else ""

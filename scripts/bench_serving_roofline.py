@@ -24,8 +24,6 @@ import argparse
 import collections
 import functools
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -36,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import DATA, _docs, cpu_details  # noqa: E402
+from bench_serving import DATA, _docs  # noqa: E402
 
 
 def _seconds(fn, repeats: int) -> float:
@@ -137,12 +135,11 @@ def main() -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
 
-    import torch
     from sentence_transformers import SentenceTransformer
 
     import gte_st
     from gte_st.encoding import encode
-    from gte_st.hardware import cpu_supports_bf16
+    from gte_st.hardware import cpu_supports_bf16, load_average, run_record
 
     model_dir = Path(gte_st.default_base_model())
     model = SentenceTransformer(str(model_dir), device="cpu")
@@ -152,13 +149,8 @@ def main() -> int:
     heads = config.num_attention_heads
     rows = args.batch_size * args.max_length
     report: dict = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "command": " ".join(["python", *sys.argv]),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, bf16 matmul support (CPUID): {cpu_supports_bf16()}",
-        "cpu": cpu_details(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        **run_record(["openvino"]),
+        "bf16_native": cpu_supports_bf16(),
         "model": {
             "path": str(model_dir),
             "hidden": h,
@@ -223,7 +215,7 @@ def main() -> int:
     report["ceilings"] = ceilings
     if args.openvino:
         report["openvino_bf16_ms_per_batch"] = openvino_split(model_dir, args.batch_size, args.max_length)
-    report["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["loadavg_at_end"] = load_average()
 
     print(json.dumps(report, indent=1))
     if args.output:

@@ -49,8 +49,6 @@ import argparse
 import csv
 import gzip
 import json
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -466,17 +464,15 @@ def main() -> None:
         files["scifact"], files["general"] = build_recipe_data(data, out_dir / "data", dev=args.split == "dev")
     docstrings = docstrings_beir(out_dir / "data")
     import gte_st
+    from gte_st.hardware import run_record
 
     results_file = Path(args.results)
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     about = {
+        **run_record(["accelerate", "datasets"]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("results", "plot", "out_dir")},
-        "command": " ".join(sys.argv),
         "gte_st": str(Path(gte_st.__file__).parent),
         "training_module": training_module(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_average_at_start": os.getloadavg()[0],
         "sources": {
             name: sum(1 for _ in open(path, encoding="utf8")) for name, path in files.items() if path.is_file()
         },

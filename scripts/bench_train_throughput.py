@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -306,25 +305,10 @@ def main() -> None:
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
 
-    import sentence_transformers
-    import torch
-    import transformers
-
-    import gte_st
-    from gte_st.hardware import cpu_details
+    from gte_st.hardware import load_average, run_record
 
     header = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "cpu": cpu_details(),
-        "versions": {
-            "torch": torch.__version__,
-            "sentence_transformers": sentence_transformers.__version__,
-            "transformers": transformers.__version__,
-            "gte_st": gte_st.__version__,
-        },  # fmt: skip
-        "command": " ".join(["python", *sys.argv]),
+        **run_record(["accelerate", "datasets"]),
         "settings": {k: v for k, v in vars(args).items() if k not in ("output", "worker")},
     }
     print(json.dumps(header, indent=1), flush=True)
@@ -352,7 +336,7 @@ def main() -> None:
                         shares = r["profile"]["groups_share"]
                         print("    " + ", ".join(f"{g} {100 * v:.0f}%" for g, v in shares.items()), flush=True)
     results = summarize(runs)
-    header["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    header["loadavg_at_end"] = load_average()
     print(f"\n{'data':<6} {'arm':<16} {'batch':>5} {'pairs/s':>8} {'real tok/s':>10} {'padding':>8} {'x stock':>8}")
     for shape, arms in results.items():
         for arm, r in arms.items():
