@@ -325,7 +325,8 @@ def table(results: dict, budget: str) -> str:
         scores = budgets[budget]
         cells = [mean_std(scores[m]) if scores.get(m) else "" for m in metrics]
         seconds = f"{statistics.mean(scores['train_s']):.0f}" if scores.get("train_s") else ""
-        lines.append(f"| {arm} | {len(scores[metrics[0]])} | " + " | ".join(cells) + f" | {seconds} |")
+        runs = max((len(scores[m]) for m in metrics if scores.get(m)), default=0)  # --metrics may leave any out
+        lines.append(f"| {arm} | {runs} | " + " | ".join(cells) + f" | {seconds} |")
     return "\n".join(lines)
 
 
