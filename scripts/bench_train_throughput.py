@@ -271,7 +271,7 @@ def summarize(runs: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, dic
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
                 "peak_gpu_memory_gib": rs[0].get("peak_gpu_memory_gib"),
                 "runs_pairs_per_s": [r["pairs_per_s"] for r in rs],
-                **({"profile": rs[-1]["profile"]} if "profile" in rs[-1] else {}),
+                **({"profile": rs[-1]["profile"]} if rs[-1].get("profile") else {}),
             }
         for arm, r in results[shape].items():
             base = results[shape].get("st-cached-mnrl" if ARMS[arm].get("cached") else "st-mnrl")
@@ -332,7 +332,7 @@ def main() -> None:
                           f"{r['pairs_per_s']:8.2f} pairs/s {r['real_tokens_per_s']:9.0f} real tok/s "
                           f"padding {r['padding_fraction']:.2f} {r['s_per_step']:6.2f} s/step "
                           f"RSS {r['peak_rss_mib']} MiB", flush=True)  # fmt: skip
-                    if "profile" in r:
+                    if r.get("profile"):
                         shares = r["profile"]["groups_share"]
                         print("    " + ", ".join(f"{g} {100 * v:.0f}%" for g, v in shares.items()), flush=True)
     results = summarize(runs)
