@@ -30,7 +30,7 @@ its data built once by the recipe's builders (build_scifact_distillation.py, bui
 
 Every model is scored (encoded in ``--eval-precision``) on STS-B test, SICK-R test, SciFact test nDCG@10 (full
 corpus), WikiQA test reranking MAP and nDCG@10 on the default job's held-out docstring split, all with
-gte_st.evaluation; with ``--split dev`` instead on dev data only, for choosing settings: STS-B dev, SICK trial, a
+gte_st.evaluation; with ``--split dev`` instead on dev data only, for choosing settings: STS-B dev, SICK train, a
 WikiQA split of train questions (build_general_pairs.py), the held-out docstrings and 200 held-out SciFact train
 claims (the sf arms then train without them). Results are merged into ``--results`` as ``{arm: {budget: {metric:
 [per-seed values]}}}`` (plus ``seed`` and ``train_s`` lists, and an ``_about`` entry with the settings of each run);
@@ -61,7 +61,9 @@ DEFAULT_DATA = REPO.parent / "shared" / "data"
 SF_ARMS = ("sf-plain", "sf-replay", "sf-lora", "sf-distill", "sf-recipe")
 ARMS = ("base", "mse", "mse-new", "mnrl", "gte", "recipe", "matryoshka", "fn-margin", "fn-guide", *SF_ARMS)
 METRICS = ("stsb_test", "sickr_test", "scifact_test_ndcg@10", "wikiqa_test_map", "docstrings_ndcg@10")
-DEV_METRICS = ("stsb_dev", "sick_trial", "scifact_dev_ndcg@10", "wikiqa_dev_map", "docstrings_ndcg@10")
+# SICK's dev measure is its train split (4,500 pairs; no arm trains on SICK): the 500 trial pairs are too few for the
+# 0.3 that issue 29 allows (docs/results/scifact_retention_dev.json: the same models move differently on the two).
+DEV_METRICS = ("stsb_dev", "sick_train", "scifact_dev_ndcg@10", "wikiqa_dev_map", "docstrings_ndcg@10")
 # Options of the recipe that keep general quality: sf-plain drops them from every level of the recipe.
 RETENTION_OPTIONS = ("replay", "replay_share", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
                      "lora_save", "wise_ft", "wise_ft_grid", "wise_ft_tolerance")  # fmt: skip
@@ -298,7 +300,7 @@ def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Names
         scifact_dev, general = build_recipe_data(data, Path(args.out_dir).resolve() / "data", dev=True)
         measures = {
             "stsb_dev": lambda: evaluate_sts(model, data / "stsb" / "sts-dev.csv", precision=precision),
-            "sick_trial": lambda: evaluate_sts(model, data / "sick" / "SICK_trial.txt", precision=precision),
+            "sick_train": lambda: evaluate_sts(model, data / "sick" / "SICK_train.txt", precision=precision),
             "scifact_dev_ndcg@10": lambda: evaluate_retrieval(
                 model, scifact_dev / "dev-claims", split="dev", precision=precision, max_corpus=args.eval_max_corpus
             ),
