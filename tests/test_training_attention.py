@@ -94,7 +94,7 @@ def test_the_trainer_trains_with_the_chosen_kernel_and_saves_none(tiny_bert_dir,
         model=model, args=args, train_dataset=pairs, loss=build_loss(model, "mse"), callbacks=[Record()], **options
     )
     trainer.train()
-    assert seen == [expected, expected]
+    assert seen == [expected, expected] and trainer.attention_kernel == expected
     assert _kernel(model) == "sdpa", "evaluation and serving after training use the model's own kernel"
     model.save(str(tmp_path / "saved"))
     config = json.loads((tmp_path / "saved" / "config.json").read_text())

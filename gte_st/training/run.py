@@ -408,6 +408,7 @@ def _stage_summary(
         "prompts": served_prompts(prompts) or None,
         "max_seq_length": recipe.max_seq_length,
         "learning_rate": args.learning_rate,
+        "attention_kernel": getattr(trainer, "attention_kernel", None),
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0.0), 4),
         "data": [

@@ -82,6 +82,7 @@ class GTETrainer(SentenceTransformerTrainer):
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
         resolve_training_attention(training_attention, "cpu")  # a bad value fails before anything is built
         self.training_attention = training_attention
+        self.attention_kernel: str | None = None
         self.alpha = alpha
         self.replay, self.replay_share = replay, replay_share
         self.length_grouping = length_grouping
@@ -100,7 +101,8 @@ class GTETrainer(SentenceTransformerTrainer):
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's ``train`` with the encoder's attention kernel of ``training_attention``, put back after."""
-        with training_attention(self.model, self.training_attention):
+        with training_attention(self.model, self.training_attention) as kernel:
+            self.attention_kernel = kernel  # what the run trained with (the training summary records it)
             return super().train(*args, **kwargs)
 
     def get_data_collator(self, model, args, processing_class=None):  # noqa: D102
