@@ -18,13 +18,15 @@ Arms (``--arms``; all at batch ``--batch-size``, length ``--max-seq-length``, bf
 st-mnrl              stock: ``SentenceTransformerTrainer`` + ``MultipleNegativesRankingLoss``, ``bf16=True``,
                      ``batch_sampler="no_duplicates"`` (the baseline)
 gte-mnrl-plain       gte-st's Trainer (``gte_st.training.GTETrainer``) + the same loss, new options off
-                     (``length_grouping=0``, ``pretokenize=False``, ``training_attention="sdpa"``): the pipeline
-                     as it was
+                     (``length_grouping=0``, ``pretokenize=False``, ``training_attention="sdpa"``,
+                     ``training_dropout="torch"``): the pipeline as it was
 gte-mnrl             the same with gte-st's training defaults (length-grouped batches, texts tokenised once)
 gte-mse              gte-st's defaults with its default loss (``NormalizedMSELoss``)
 gte-mnrl-pretok      only ``pretokenize`` on; ``gte-mnrl-group`` only ``length_grouping`` on (which pays)
 gte-mnrl-sdpa        gte-st's defaults but training with SDPA attention (``training_attention="sdpa"``), not the
                      eager attention that ``"auto"`` picks on a CPU
+gte-mnrl-torchdrop   gte-st's defaults but with PyTorch's dropout masks (``training_dropout="torch"``), not the
+                     fast masks that ``"auto"`` picks on a CPU
 st-cached-mnrl       stock ``CachedMultipleNegativesRankingLoss`` (mini-batch 32, ``mini_batch_num_tokens`` =
                      32 x length: mini-batches packed by real tokens), batch ``--cached-batch-size``
 gte-cached-mse       gte-st's ``CachedLoss(NormalizedMSELoss)`` (mini-batch 32) with gte-st's defaults, same batch
@@ -58,12 +60,14 @@ ARMS = {
         "length_grouping": 0,
         "pretokenize": False,
         "training_attention": "sdpa",
+        "training_dropout": "torch",
     },
     "gte-mnrl": {"trainer": "gte", "loss": "mnrl"},
     "gte-mse": {"trainer": "gte", "loss": "mse"},
     "gte-mnrl-pretok": {"trainer": "gte", "loss": "mnrl", "length_grouping": 0, "pretokenize": True},
     "gte-mnrl-group": {"trainer": "gte", "loss": "mnrl", "pretokenize": False},
     "gte-mnrl-sdpa": {"trainer": "gte", "loss": "mnrl", "training_attention": "sdpa"},
+    "gte-mnrl-torchdrop": {"trainer": "gte", "loss": "mnrl", "training_dropout": "torch"},
     "st-cached-mnrl": {"trainer": "st", "loss": "cached-mnrl", "cached": True},
     "gte-cached-mse": {"trainer": "gte", "loss": "mse", "cached": True},
 }
@@ -177,7 +181,7 @@ def worker(config: dict) -> dict:
         model = gte_st.build_model(base, max_seq_length=config["max_len"], device=device)
         loss = build_loss(model, config["loss"], mini_batch_size=32 if cached else None)
         args = GTETrainingArguments(**common, **precision)
-        options = {k: config[k] for k in ("length_grouping", "pretokenize", "training_attention") if k in config}
+        options = {k: config[k] for k in ("length_grouping", "pretokenize", "training_attention", "training_dropout") if k in config}
         trainer = GTETrainer(
             model=model, args=args, train_dataset=pairs, loss=loss, callbacks=[Clock()], **options
         )  # fmt: skip
@@ -213,6 +217,7 @@ OPERATOR_GROUPS = (
     ("matmul", ("addmm", "aten::mm", "matmul", "linear", "mkldnn")),
     ("optimizer", ("_foreach", "adam", "optimizer", "zero_grad")),
     ("casts and copies", ("aten::to", "_to_copy", "copy_", "contiguous", "clone")),
+    ("dropout masks", ("bernoulli", "random_", "bitwise_and")),
     ("layer norm, GELU, dropout", ("layer_norm", "gelu", "dropout", "native_dropout")),
     ("embedding", ("embedding",)),
     ("loss and pooling", ("norm", "cross_entropy", "log_softmax", "nll", "mse", "sum", "mean", "div", "clamp")),

@@ -185,6 +185,8 @@ CASES = [
          "max_steps must be an integer, got [1, 2]"),
     Case("recipe-training-attention-unknown", lambda w: ["train", "--config", str(w["attention_yaml"])],
          "training_attention must be one of 'auto', 'eager', 'sdpa', got 'flash'"),
+    Case("recipe-training-dropout-unknown", lambda w: ["train", "--config", str(w["dropout_yaml"])],
+         "training_dropout must be one of 'auto', 'fast', 'torch', got 'none'"),
     # ---- models that would load wrong or fail late (#26 items 10, 18)
     Case("eval-model-without-tokenizer", lambda w: ["eval", str(w["no_tokenizer"]), "--task", "sts", "--data",
                                                     str(w["sts_csv"])], "has no tokenizer files"),
@@ -276,6 +278,7 @@ def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir, tiny_gte_original_dir) 
         "length_float_yaml": {"data": [str(w["pairs"])], "max_seq_length": 1.5},
         "steps_list_yaml": {"data": [str(w["pairs"])], "max_steps": [1, 2]},
         "attention_yaml": {"data": [str(w["pairs"])], "training_attention": "flash"},
+        "dropout_yaml": {"data": [str(w["pairs"])], "training_dropout": "none"},
     }
     import yaml
 

@@ -153,6 +153,7 @@ def test_stage_chaining_starts_from_previous_weights(tiny_bert_dir, pairs_file, 
     assert pretrain["steps"] == 3 and pretrain["data"][0]["rows"] == 96 and pretrain["pairs_per_second"] > 0
     assert summary["precision"] == "fp32" and summary["world_size"] == 1
     assert pretrain["attention_kernel"] == finetune["attention_kernel"] == "eager", "training_attention auto, CPU"
+    assert pretrain["dropout_masks"] == finetune["dropout_masks"] == "fast", "training_dropout auto, CPU"
     assert not (tmp_path / "two" / "checkpoints").exists()
 
 

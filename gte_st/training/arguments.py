@@ -11,6 +11,7 @@ from sentence_transformers.sentence_transformer.training_args import SentenceTra
 
 from gte_st.hardware import cpu_supports_bf16
 from gte_st.training.attention import DEFAULT_TRAINING_ATTENTION, TrainingAttention
+from gte_st.training.dropout import DEFAULT_TRAINING_DROPOUT, TrainingDropout
 from gte_st.training.batching import DEFAULT_LENGTH_GROUPING, DEFAULT_PRETOKENIZE
 from gte_st.training.loss import LOSSES, loss_help, loss_kwargs_help
 
@@ -116,6 +117,14 @@ class RecipeArguments:
             "help": "The encoder's attention kernel while it trains: auto (eager attention on a CPU, where "
             "PyTorch's fused SDPA is the slower one in training; the model's own on GPUs), eager or sdpa. Evaluation, "
             "export and serving keep the model's own kernel."
+        },
+    )
+    training_dropout: TrainingDropout = field(
+        default=DEFAULT_TRAINING_DROPOUT,
+        metadata={
+            "help": "Dropout masks while the encoder trains: auto (fast on a CPU, PyTorch's elsewhere), fast (four "
+            "masks per 64-bit random word: the same dropout probability to 1/65536, a quarter of PyTorch's serial "
+            "per-element draws on a CPU) or torch."
         },
     )
     gather_across_devices: bool = field(

@@ -344,6 +344,7 @@ def _stage_trainer(
         length_grouping=recipe.length_grouping,
         pretokenize=recipe.pretokenize,
         training_attention=recipe.training_attention,
+        training_dropout=recipe.training_dropout,
         replay=replay,
         replay_share=recipe.replay_share,
     )
@@ -409,6 +410,7 @@ def _stage_summary(
         "max_seq_length": recipe.max_seq_length,
         "learning_rate": args.learning_rate,
         "attention_kernel": getattr(trainer, "attention_kernel", None),
+        "dropout_masks": getattr(trainer, "dropout_masks", None),
         "steps": trainer.state.global_step,
         "epochs": round(float(trainer.state.epoch or 0.0), 4),
         "data": [

@@ -23,6 +23,7 @@ from gte_st.training.batching import (
     TokenCache,
     text_columns,
 )
+from gte_st.training.dropout import DEFAULT_TRAINING_DROPOUT, resolve_training_dropout, training_dropout
 
 
 def frozen_models(loss: torch.nn.Module, model: torch.nn.Module) -> list[SentenceTransformer]:
@@ -65,6 +66,8 @@ class GTETrainer(SentenceTransformerTrainer):
             (:class:`~gte_st.training.batching.TokenCache`), and build each batch from the cached ids.
         training_attention: The encoder's attention kernel during :meth:`train` (``"auto"``: eager on a CPU, the
             model's own elsewhere; :mod:`gte_st.training.attention`).
+        training_dropout: The dropout masks during :meth:`train` (``"auto"``: drawn four per 64-bit random word on a
+            CPU, PyTorch's elsewhere; :mod:`gte_st.training.dropout`).
     """
 
     def __init__(
@@ -76,13 +79,17 @@ class GTETrainer(SentenceTransformerTrainer):
         length_grouping: int = DEFAULT_LENGTH_GROUPING,
         pretokenize: bool = DEFAULT_PRETOKENIZE,
         training_attention: str = DEFAULT_TRAINING_ATTENTION,
+        training_dropout: str = DEFAULT_TRAINING_DROPOUT,
         **kwargs: Any,
     ) -> None:
         if length_grouping < 0:
             raise ValueError(f"length_grouping must be >= 0, got {length_grouping}")
         resolve_training_attention(training_attention, "cpu")  # a bad value fails before anything is built
+        resolve_training_dropout(training_dropout, "cpu")
         self.training_attention = training_attention
         self.attention_kernel: str | None = None
+        self.training_dropout = training_dropout
+        self.dropout_masks: str | None = None
         self.alpha = alpha
         self.replay, self.replay_share = replay, replay_share
         self.length_grouping = length_grouping
@@ -100,10 +107,13 @@ class GTETrainer(SentenceTransformerTrainer):
         self._autocast_frozen_models()
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        """The Trainer's ``train`` with the encoder's attention kernel of ``training_attention``, put back after."""
+        """The Trainer's ``train`` with the encoder's attention kernel of ``training_attention`` and the dropout masks
+        of ``training_dropout``, both put back after."""
         with training_attention(self.model, self.training_attention) as kernel:
-            self.attention_kernel = kernel  # what the run trained with (the training summary records it)
-            return super().train(*args, **kwargs)
+            with training_dropout(self.model, self.training_dropout) as masks:
+                # what the run trained with (the training summary records it)
+                self.attention_kernel, self.dropout_masks = kernel, masks
+                return super().train(*args, **kwargs)
 
     def get_data_collator(self, model, args, processing_class=None):  # noqa: D102
         collator = super().get_data_collator(model=model, args=args, processing_class=processing_class)
