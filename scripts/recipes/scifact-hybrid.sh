@@ -7,7 +7,7 @@
 # 1. build the training files: hard negatives mined with the BM25 + dense hybrid teacher (w = 0.4, chosen on the
 #    SciFact train queries), with its scores (scripts/recipes/build_scifact_distillation.py);
 # 2. train scripts/recipes/scifact-hybrid.yaml: 3 epochs on the claims with those negatives, then 45 CoSENT steps on
-#    the STS-B train scores.
+#    the STS-B train scores, then WiSE-FT 0.6 with the base model (keeps general quality; chosen on dev data).
 set -euo pipefail
 case "${1:-}" in -h | --help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 cd "$(dirname "$0")/../.."
