@@ -181,7 +181,11 @@ def worker(config: dict) -> dict:
         model = gte_st.build_model(base, max_seq_length=config["max_len"], device=device)
         loss = build_loss(model, config["loss"], mini_batch_size=32 if cached else None)
         args = GTETrainingArguments(**common, **precision)
-        options = {k: config[k] for k in ("length_grouping", "pretokenize", "training_attention", "training_dropout") if k in config}
+        options = {
+            k: config[k]
+            for k in ("length_grouping", "pretokenize", "training_attention", "training_dropout")
+            if k in config
+        }
         trainer = GTETrainer(
             model=model, args=args, train_dataset=pairs, loss=loss, callbacks=[Clock()], **options
         )  # fmt: skip

@@ -11,8 +11,8 @@ from sentence_transformers.sentence_transformer.training_args import SentenceTra
 
 from gte_st.hardware import cpu_supports_bf16
 from gte_st.training.attention import DEFAULT_TRAINING_ATTENTION, TrainingAttention
-from gte_st.training.dropout import DEFAULT_TRAINING_DROPOUT, TrainingDropout
 from gte_st.training.batching import DEFAULT_LENGTH_GROUPING, DEFAULT_PRETOKENIZE
+from gte_st.training.dropout import DEFAULT_TRAINING_DROPOUT, TrainingDropout
 from gte_st.training.loss import LOSSES, loss_help, loss_kwargs_help
 
 
