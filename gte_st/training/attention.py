@@ -50,7 +50,7 @@ def resolve_training_attention(choice: str, device_type: str) -> str | None:
     return choice
 
 
-def _encoder(model: Any) -> Any | None:
+def hf_encoder(model: Any) -> Any | None:
     """The Hugging Face model inside a SentenceTransformer whose attention kernel can be switched, else ``None``."""
     first = model[0] if hasattr(model, "__getitem__") and len(model) else None
     encoder = getattr(first, "auto_model", None)
@@ -66,7 +66,7 @@ def training_attention(model: Any, choice: str = DEFAULT_TRAINING_ATTENTION) -> 
     the model's own kernel is put back on exit, also after an error. Yields the kernel in use (``None``: not a
     Hugging Face encoder). A model class without the wanted kernel trains with its own (logged)."""
     wanted = resolve_training_attention(choice, model.device.type)
-    encoder = _encoder(model)
+    encoder = hf_encoder(model)
     if encoder is None:
         yield None
         return
@@ -91,6 +91,7 @@ __all__ = [
     "DEFAULT_TRAINING_ATTENTION",
     "TRAINING_ATTENTION",
     "TrainingAttention",
+    "hf_encoder",
     "resolve_training_attention",
     "training_attention",
 ]

@@ -45,6 +45,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from gte_st.training.attention import hf_encoder
+
 logger = logging.getLogger(__name__)
 
 # ``gte-st train --training_dropout``: auto (fast masks on a CPU, PyTorch's elsewhere), fast or torch.
@@ -171,12 +173,8 @@ def _swap_dropouts(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
 
 def _eager_encoder(model: Any) -> Any | None:
     """The Hugging Face encoder of a SentenceTransformer when it runs transformers' eager attention, else ``None``."""
-    first = model[0] if hasattr(model, "__getitem__") and len(model) else None
-    encoder = getattr(first, "auto_model", None)
-    config = getattr(encoder, "config", None)
-    if encoder is None or not hasattr(encoder, "set_attn_implementation"):
-        return None
-    return encoder if getattr(config, "_attn_implementation", None) == "eager" else None
+    encoder = hf_encoder(model)
+    return encoder if encoder is not None and encoder.config._attn_implementation == "eager" else None
 
 
 @contextlib.contextmanager
@@ -184,8 +182,8 @@ def training_dropout(model: Any, choice: str = DEFAULT_TRAINING_DROPOUT) -> Iter
     """Train ``model`` (a SentenceTransformer or any module) with the dropout masks :func:`resolve_training_dropout`
     picks; the model's own dropout modules and attention kernel are put back on exit, also after an error. Yields
     ``"fast"`` or ``"torch"``."""
-    device = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
-    wanted = resolve_training_dropout(choice, device.type)
+    parameter = next(model.parameters(), None)
+    wanted = resolve_training_dropout(choice, parameter.device.type if parameter is not None else "cpu")
     if wanted == "torch":
         yield wanted
         return
