@@ -189,14 +189,16 @@ def training_dropout(model: Any, choice: str = DEFAULT_TRAINING_DROPOUT) -> Iter
         return
     swapped = _swap_dropouts(model)
     encoder = _eager_encoder(model)
-    if encoder is not None:
-        _register_attention()
-        encoder.set_attn_implementation(FAST_DROPOUT_ATTENTION)
-    logger.info(f"training with fast dropout masks ({len(swapped)} dropout modules; put back after training)")
-    try:
+    switched = False
+    try:  # the swapped modules come back even if switching the kernel fails
+        if encoder is not None:
+            _register_attention()
+            encoder.set_attn_implementation(FAST_DROPOUT_ATTENTION)
+            switched = True
+        logger.info(f"training with fast dropout masks ({len(swapped)} dropout modules; put back after training)")
         yield wanted
     finally:
-        if encoder is not None:
+        if switched:
             encoder.set_attn_implementation("eager")
         for parent, name, original in swapped:
             original.train(getattr(parent, name).training)
