@@ -395,3 +395,59 @@ def test_replay_sources_join_a_stage_with_their_share(tiny_bert_dir, pairs_file,
     )
     assert stage["replay_share"] == 0.25
     assert stage["steps"] == round((96 // 8) / 0.75) == 16
+
+
+def test_replay_batches_can_train_by_distillation_alone(tiny_bert_dir, pairs_file, tmp_path, monkeypatch):
+    """`--replay_objective distillation`: the replay sources' batches train only the similarity MSE to a frozen copy
+    of the starting model (sentence-transformers' loss per source routes them), the stage's own batches its loss;
+    the summary records both."""
+    general = tmp_path / "general.jsonl"
+    rows = stsb_rows("train")[1000:1400]
+    general.write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in rows), encoding="utf8")
+    calls = {"own": 0, "replay": 0}
+    own_rows, zero_rows = gte_losses.NormalizedMSELoss.loss_for_rows, gte_losses.ZeroLoss.loss_for_rows
+
+    def counting(kind, method):
+        def wrapped(self, *args, **kwargs):
+            calls[kind] += 1
+            return method(self, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(gte_losses.NormalizedMSELoss, "loss_for_rows", counting("own", own_rows))
+    monkeypatch.setattr(gte_losses.ZeroLoss, "loss_for_rows", counting("replay", zero_rows))
+    out = tmp_path / "out"
+    assert main(["--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--replay", f"general={general}",
+                 "--replay_share", "0.5", "--replay_objective", "distillation", "--replay_distillation_weight", "4",
+                 "--precision", "fp32", "--per_device_train_batch_size", "8", "--max_steps", "12",
+                 "--save_steps", "100", "--output_dir", str(out)]) == 0  # fmt: skip
+    (stage,) = json.loads((out / "training_summary.json").read_text())["stages"]
+    assert stage["loss"]["name"] == "NormalizedMSELoss"
+    assert stage["replay_loss"]["name"] == "SelfDistillationLoss(ZeroLoss)"
+    assert stage["replay_loss"]["config"]["distillation_weight"] == 4
+    # every step is one source's batch: its own loss or the replay objective, both used
+    assert calls["own"] + calls["replay"] == 12 and calls["own"] > 0 and calls["replay"] > 0
+
+
+def test_replay_distillation_is_zero_at_the_start_and_shares_the_stage_teacher(tiny_bert_dir):
+    """The replay objective is only the distance to the teacher: 0 with its gradient while the model is the teacher,
+    > 0 once the model moves; it reuses the teacher of a stage that distills already, and ``"loss"`` is the loss."""
+    from gte_st.training.loss import build_replay_loss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    texts = [r[1] for r in stsb_rows("train")[:8]], [r[2] for r in stsb_rows("train")[:8]]
+    features = [model.tokenize(list(column)) for column in texts]
+    replay = build_replay_loss(model, build_loss(model, "mse"), "distillation", distillation_weight=3.0)
+    value = replay(features)
+    value.backward()
+    assert value.item() == 0.0
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in model.parameters())
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(0.05)  # the word embeddings move; the teacher does not
+    assert replay(features).item() > 0
+    stage_loss = build_loss(model, "mse", distillation_weight=1.0)
+    shared = build_replay_loss(model, stage_loss, "distillation", distillation_weight=3.0)
+    assert shared.teacher is stage_loss.teacher and shared.teacher_label == stage_loss.teacher_label
+    assert build_replay_loss(model, stage_loss, "loss", distillation_weight=3.0) is stage_loss
+    with pytest.raises(ValueError, match="replay objective must be one of"):
+        build_replay_loss(model, stage_loss, "kd", distillation_weight=3.0)

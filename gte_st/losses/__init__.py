@@ -6,6 +6,7 @@
   :class:`UniformityLoss`, :class:`SelfDistillationLoss`, :class:`ScoreDistillationLoss` (terms) and
   :class:`FalseNegativeFilterLoss` (which candidates are negatives).
 - :class:`CachedLoss`: any of them (or a composition) with gradient caching.
+- :class:`ZeroLoss`: the empty loss, so that a piece's term trains alone (replay batches trained by distillation).
 
 Each piece has a config dataclass whose ``validate()`` checks its options without a model. sentence-transformers'
 own losses (e.g. ``MultipleNegativesRankingLoss``, ``MatryoshkaLoss``) combine with these.
@@ -21,6 +22,7 @@ from gte_st.losses.score_distillation import ScoreDistillationConfig, ScoreDisti
 from gte_st.losses.self_distillation import SelfDistillationConfig, SelfDistillationLoss
 from gte_st.losses.uniformity import UniformityConfig, UniformityLoss
 from gte_st.losses.wrapper import LossWrapper
+from gte_st.losses.zero import ZeroConfig, ZeroLoss
 
 __all__ = [
     "CachedConfig",
@@ -39,4 +41,6 @@ __all__ = [
     "SelfDistillationLoss",
     "UniformityConfig",
     "UniformityLoss",
+    "ZeroConfig",
+    "ZeroLoss",
 ]

@@ -61,6 +61,19 @@ class RecipeArguments:
     replay_share: float = field(
         default=0.2, metadata={"help": "Share of the batches drawn from the --replay sources (0 < share < 1)."}
     )
+    replay_objective: str = field(
+        default="loss",
+        metadata={
+            "help": "What the replay batches train: loss (the stage's --loss, as its own sources) or distillation "
+            "(only to keep the in-batch cosine similarities a frozen copy of the stage's starting model gives "
+            "them, weighted by --replay_distillation_weight: the base model's geometry on general text is kept "
+            "rather than the general pairs' task learnt again)."
+        },
+    )
+    replay_distillation_weight: float = field(
+        default=10.0,
+        metadata={"help": "With --replay_objective distillation: the weight of the replay batches' similarity MSE."},
+    )
     pooling: str = field(
         default="auto",
         metadata={

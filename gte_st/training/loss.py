@@ -31,6 +31,7 @@ from gte_st.losses.score_distillation import ScoreDistillationConfig, ScoreDisti
 from gte_st.losses.self_distillation import SelfDistillationConfig, SelfDistillationLoss
 from gte_st.losses.uniformity import UniformityConfig, UniformityLoss
 from gte_st.losses.wrapper import LossWrapper
+from gte_st.losses.zero import ZeroLoss
 
 GTE_DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 # Options the pipeline sets itself (from --mini_batch_size / --gather_across_devices), not via --loss_kwargs.
@@ -351,6 +352,39 @@ def build_loss(
     return loss
 
 
+# What the replay batches of a stage train (--replay_objective): the stage's own loss, or distillation alone.
+REPLAY_OBJECTIVES = ("loss", "distillation")
+
+
+def build_replay_loss(
+    model: SentenceTransformer,
+    loss: torch.nn.Module,
+    objective: str,
+    *,
+    distillation_weight: float,
+    mini_batch_size: int | None = None,
+) -> torch.nn.Module:
+    """The loss of a stage's replay batches: ``loss`` itself (``objective="loss"``), or (``"distillation"``)
+    :class:`~gte_st.losses.SelfDistillationLoss` around :class:`~gte_st.losses.ZeroLoss` -- only the MSE between the
+    student's in-batch cosine similarities and a frozen teacher's. The teacher is the one ``loss`` already holds
+    (a stage with ``distillation_weight`` in its ``--loss_kwargs``), else a frozen copy of ``model`` as it is now
+    (build this before a LoRA adapter is added). Gradient caching follows the stage's ``mini_batch_size``.
+
+    Reason: a contrastive loss on general pairs moves the model on them as well (it learns their task again, with
+    these batches' negatives); keeping the base model's similarities on general text holds what it knew there."""
+    if objective not in REPLAY_OBJECTIVES:
+        raise ValueError(f"replay objective must be one of {list(REPLAY_OBJECTIVES)}, got {objective!r}")
+    if objective == "loss":
+        return loss
+    shared = next((m for m in loss.modules() if isinstance(m, SelfDistillationLoss)), None)
+    replay = SelfDistillationLoss(
+        model, ZeroLoss(model), distillation_weight=distillation_weight, teacher=shared and shared.teacher
+    )
+    if shared is not None:
+        replay.teacher_label = shared.teacher_label
+    return CachedLoss(model, replay, mini_batch_size=mini_batch_size) if mini_batch_size is not None else replay
+
+
 def describe_loss(loss: torch.nn.Module) -> dict[str, Any]:
     """The loss as a run records it: its composition as one name (``CachedLoss(SelfDistillationLoss(
     NormalizedMSELoss))``) and the options of every piece as one flat mapping (the ``--loss_kwargs`` keys, plus
@@ -375,7 +409,9 @@ __all__ = [
     "LossEntry",
     "LossPlan",
     "PieceEntry",
+    "REPLAY_OBJECTIVES",
     "build_loss",
+    "build_replay_loss",
     "check_frozen_models",
     "check_loss",
     "check_matryoshka_dims",

@@ -24,6 +24,7 @@ from gte_st.errors import UsageError
 from gte_st.files import check_output_path, check_path_component
 from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
 from gte_st.training.loss import (
+    REPLAY_OBJECTIVES,
     check_frozen_models,
     check_loss,
     check_matryoshka_dims,
@@ -238,6 +239,16 @@ def check_stage(stage: Stage, where: str) -> None:
         raise ValueError(f"{where}: --alpha must be a finite number >= 0, got {recipe.alpha}")
     if recipe.replay and not (math.isfinite(recipe.replay_share) and 0 < recipe.replay_share < 1):
         raise ValueError(f"{where}: --replay_share must lie strictly between 0 and 1, got {recipe.replay_share}")
+    if recipe.replay_objective not in REPLAY_OBJECTIVES:
+        raise ValueError(
+            f"{where}: --replay_objective must be one of {list(REPLAY_OBJECTIVES)}, got {recipe.replay_objective!r}"
+        )
+    if recipe.replay_objective != "loss" and not recipe.replay:
+        raise ValueError(f"{where}: --replay_objective {recipe.replay_objective} needs --replay sources")
+    if not (math.isfinite(recipe.replay_distillation_weight) and recipe.replay_distillation_weight > 0):
+        raise ValueError(
+            f"{where}: --replay_distillation_weight must be a finite number > 0, got {recipe.replay_distillation_weight}"
+        )
     if recipe.lora_r is not None:
         from gte_st.lora import lora_config
 

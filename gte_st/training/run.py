@@ -31,7 +31,7 @@ from gte_st.training.arguments import RecipeArguments
 from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
 from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
-from gte_st.training.loss import build_loss, describe_loss, uses_scores
+from gte_st.training.loss import build_loss, build_replay_loss, describe_loss, uses_scores
 from gte_st.training.prompts import check_prompts, column_prompts, served_prompts
 from gte_st.training.recipe import Stage
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
@@ -262,14 +262,23 @@ def _run_stage(
         matryoshka_dims=recipe.matryoshka_dims,
         **stage.loss_kwargs,
     )
+    replay_loss = build_replay_loss(
+        model, loss, recipe.replay_objective, distillation_weight=recipe.replay_distillation_weight,
+        mini_batch_size=recipe.mini_batch_size,
+    )  # fmt: skip
     if recipe.lora_r is not None:  # after the loss: a frozen teacher (self-distillation) copies the plain model
         add_lora(model, stage_lora_config(recipe))
     throughput = ThroughputCallback()
-    trainer = _stage_trainer(stage, model, data, loss, replay, tasks, [throughput, *callbacks])
+    losses = loss
+    if replay_loss is not loss:  # sentence-transformers' loss per source: the replay sources train replay_loss
+        losses = {name: replay_loss if is_replay else loss for name, is_replay in zip(data, replay)}
+    trainer = _stage_trainer(stage, model, data, losses, replay, tasks, [throughput, *callbacks])
     _train(stage, trainer, _checkpoint_to_resume(stage))
     if recipe.lora_r is not None and not _keeps_adapter(recipe):
         merge_lora(model)
     summary = _stage_summary(stage, model, data, locations, replay, loss, prompts, trainer, throughput)
+    if replay_loss is not loss:
+        summary["replay_loss"] = jsonable(describe_loss(replay_loss))
     if _is_main_process():
         tmp = done_dir.with_name("final.tmp")
         shutil.rmtree(tmp, ignore_errors=True)

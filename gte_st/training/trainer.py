@@ -137,12 +137,20 @@ class GTETrainer(SentenceTransformerTrainer):
         accelerate wraps only the prepared model's ``forward`` in autocast; a frozen model inside the loss would
         otherwise run in fp32 under bf16/fp16 training. Its outputs are returned in fp32, as accelerate does for the
         student."""
-        if not isinstance(self.loss, torch.nn.Module) or not self.accelerator.native_amp:
+        if not self.accelerator.native_amp:
             return
         from accelerate.utils import convert_outputs_to_fp32
 
-        for frozen in frozen_models(self.loss, self.model):
-            frozen.forward = convert_outputs_to_fp32(_under_autocast(frozen.forward, self.accelerator))
+        # one loss, or one per source (a stage whose replay batches train their own objective)
+        losses = self.loss.values() if isinstance(self.loss, dict) else [self.loss]
+        wrapped: set[int] = set()  # a teacher shared by two losses is wrapped once
+        for loss in losses:
+            if not isinstance(loss, torch.nn.Module):
+                continue
+            for frozen in frozen_models(loss, self.model):
+                if id(frozen) not in wrapped:
+                    wrapped.add(id(frozen))
+                    frozen.forward = convert_outputs_to_fp32(_under_autocast(frozen.forward, self.accelerator))
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save on the writer rank only. sentence-transformers' ``_save`` assumes it runs on process zero, but
