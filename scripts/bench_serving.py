@@ -156,6 +156,7 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     import gte_st
+    from gte_st.calibration import paired_ratios
     from gte_st.encoding import encode, resolve_precision
     from gte_st.export import PARITY_SAMPLE, PARITY_THRESHOLDS, ExportParityError, export, load_exported
     from gte_st.export.auto import choose_backend, load_choice
@@ -363,6 +364,14 @@ def main() -> int:
                 row["vs_stock_fp32"] = round(row["docs_per_s"] / base["docs_per_s"], 2)
                 if args.sts:
                     row["stsb_delta"] = round(row["stsb_test_spearman"] - base["stsb_test_spearman"], 2)
+        if "auto" in times:
+            # auto against every other row, round by round (the same machine load): its docs/s over theirs, the
+            # median over rounds; issue 28's goal is auto within 5 % of the fastest row
+            paired = paired_ratios(times, "auto")
+            header["auto_paired"] = {name: round(1 / ratio, 3) for name, ratio in paired.items() if name != "auto"}
+            if header["auto_paired"]:
+                fastest = min(header["auto_paired"], key=header["auto_paired"].get)
+                header["auto_vs_fastest"] = {"path": fastest, "auto_rate_ratio": header["auto_paired"][fastest]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -379,6 +388,11 @@ def main() -> int:
             f"{name:<30} {r['docs_per_s']:>8.1f} {r.get('vs_stock_fp32', float('nan')):>7.2f} "
             f"{r.get('min_cos_docs', float('nan')):>8.4f} {r.get('mean_cos_docs', float('nan')):>9.5f} "
             f"{r.get('min_cos_parity_sample', float('nan')):>10.4f} {str(r.get('gate') or '-')[:8]:>8}{sts_cols}"
+        )
+    if "auto_vs_fastest" in header:
+        best = header["auto_vs_fastest"]
+        print(
+            f"auto vs the fastest other row ({best['path']}), paired by round: {best['auto_rate_ratio']:.3f}x its docs/s"
         )
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
