@@ -91,6 +91,33 @@ def test_auto_runs_the_recorded_fastest_verified_path(model_dir):
     assert "is the fastest verified path" in again.describe()
 
 
+def test_measuring_releases_the_models_it_measured(model_dir):
+    """choose_backend's calibration models are gone when it returns: an exported runtime compiled next must not share
+    the CPU with their executors (it ran slower while they lived)."""
+    import gc
+    import weakref
+
+    from gte_st.export import auto
+
+    measured: list[weakref.ref] = []
+    load_candidate = auto.load_candidate
+
+    def tracked(*args, **kwargs):
+        model = load_candidate(*args, **kwargs)
+        measured.append(weakref.ref(model))
+        return model
+
+    gc.disable()  # the release must not depend on the collector happening to run
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(auto, "load_candidate", tracked)
+            auto.choose_backend(model_dir)
+        assert len(measured) == len(_variants())
+        assert all(ref() is None for ref in measured)
+    finally:
+        gc.enable()
+
+
 def test_a_stale_artifact_is_never_used(model_dir, capsys):
     from safetensors.torch import load_file, save_file
 
