@@ -191,10 +191,9 @@ def choose_backend(
             return BackendChoice(TORCH, None, TORCH, torch_precision, "not measured on this CPU", rejected=rejected)
         start = time.perf_counter()
         docs_per_s, resolved = _measure(local, candidates, torch_precision, budget_s)
-        # The measured models sit in reference cycles, so they outlive _measure until the cyclic collector runs. An
-        # OpenVINO model compiled while their CPU executors still exist ran 8-10 % slower on host C (the chosen IR
-        # loaded right after this: 82.7 against 90.0 docs/s for the same IR loaded elsewhere; level after a
-        # collection): release them before anything is loaded for real.
+        # The measured models sit in reference cycles, so they outlive _measure until the cyclic collector runs, and
+        # an OpenVINO model compiled while their CPU executors still exist ran slower (docs/benchmarks.md, "Host C:
+        # what auto picks"): release them before anything is loaded for real.
         gc.collect()
         record = {
             "choice": pick(docs_per_s, records),
