@@ -276,6 +276,38 @@ def test_a_loss_teacher_runs_in_the_run_precision(tiny_bert_dir, tmp_path, bf16)
     assert seen and set(seen) == {torch.bfloat16 if bf16 else torch.float32}
 
 
+def test_a_teacher_shared_by_two_losses_runs_in_bf16_and_is_wrapped_once(tiny_bert_dir, tmp_path, monkeypatch):
+    """A stage that distills and replays by distillation has one loss per source sharing one frozen teacher: under
+    bf16 the teacher runs in bf16 for both sources' batches, and its forward is wrapped in the run's autocast once,
+    not once per loss."""
+    from datasets import Dataset, DatasetDict
+
+    from gte_st.training import GTETrainer, GTETrainingArguments
+    from gte_st.training import trainer as trainer_module
+    from gte_st.training.loss import build_replay_loss
+
+    model = gte_st.build_model(str(tiny_bert_dir), max_seq_length=32)
+    stage_loss = build_loss(model, "mse", distillation_weight=1.0)
+    replay = build_replay_loss(model, stage_loss, "distillation", distillation_weight=3.0)
+    assert replay.teacher is stage_loss.teacher
+    wrapped: list[object] = []
+    under_autocast = trainer_module._under_autocast
+    monkeypatch.setattr(trainer_module, "_under_autocast", lambda f, a: wrapped.append(f) or under_autocast(f, a))
+    seen: list[torch.dtype] = []
+    linear = next(m for m in stage_loss.teacher.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    rows = stsb_rows("train")[:64]
+    data = DatasetDict({
+        source: Dataset.from_dict({"anchor": [r[1] for r in part], "positive": [r[2] for r in part]})
+        for source, part in (("own", rows[:32]), ("general", rows[32:]))
+    })  # fmt: skip
+    args = GTETrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=4, bf16=True,
+                                use_cpu=True, save_strategy="no", report_to=[])  # fmt: skip
+    GTETrainer(model=model, args=args, train_dataset=data, loss={"own": stage_loss, "general": replay}).train()
+    assert len(wrapped) == 1
+    assert seen and set(seen) == {torch.bfloat16}
+
+
 def test_only_the_writer_rank_saves_a_checkpoint(tiny_bert_dir, tmp_path, monkeypatch):
     """transformers 5 calls ``_save`` on every rank; a rank that is not the writer (``should_save`` False, as rank 1
     of a two-process run) writes nothing, the writer writes the whole model."""
