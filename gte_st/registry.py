@@ -122,7 +122,8 @@ PRECISIONS.register("bf16", "bf16", help="a bf16 copy of the model: every op in 
 PRECISIONS.register("bf16-autocast", "bf16-autocast", help="float32 weights under torch.autocast(bf16)")
 
 # --------------------------------------------------------------------------------------------- evaluation tasks
-# name -> the evaluator ``fn(model, path, **options) -> EvalResult``. ``options`` maps each evaluator keyword to the
+# name -> the evaluator ``fn(model, path, **options) -> EvalResult`` (``model``: a model, or a loader it calls once its
+# data is read and checked). ``options`` maps each evaluator keyword to the
 # ``gte-st eval`` option (argparse dest) that feeds it, beside the ones every task takes (batch size, precision,
 # compile, dataset name); ``data`` is what --data holds.
 # ``mteb`` runs mteb's own evaluators (gte_st.evaluation.mteb_runner) instead of one file evaluator.

@@ -200,3 +200,38 @@ def test_mteb_data_must_match_the_tasks(tiny_model_dir, shared_data, capsys):
     assert main([str(tiny_model_dir), "--task", "mteb", "--mteb-tasks", "SprintDuplicateQuestions",
                  "--mteb-data", stsb]) == 2  # fmt: skip
     assert "local data can be given for" in capsys.readouterr().err
+
+
+def _bad_data(task: str, folder):
+    """A data file of TASK's format that is wrong, and the start of the one-line error naming it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if task == "sts":
+        (folder / "bad.tsv").write_text("a\tb\n")
+        return folder / "bad.tsv", "bad.tsv:1: unrecognised STS row"
+    if task == "pair-classification":
+        (folder / "bad.jsonl").write_text(json.dumps({"sentence1": "a", "sentence2": "b", "label": 7}) + "\n")
+        return folder / "bad.jsonl", "bad.jsonl:1"
+    if task == "classification":
+        (folder / "bad.csv").write_text("text,label\none,a\ntwo,b\n")
+        return folder / "bad.csv", "every label needs at least 2 texts"
+    if task == "clustering":
+        (folder / "bad.csv").write_text("text,label\none,a\ntwo,a\n")
+        return folder / "bad.csv", "need at least 2 clusters"
+    if task == "reranking":
+        (folder / "bad.jsonl").write_text(json.dumps({"query": "q", "positive": ["p"], "negative": []}) + "\n")
+        return folder / "bad.jsonl", "no query with at least one positive and one negative"
+    (folder / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "text": "a document"}) + "\n")
+    return folder, "no qrels/test.tsv"
+
+
+@pytest.mark.parametrize(
+    "task", ["sts", "pair-classification", "classification", "clustering", "reranking", "retrieval"]
+)
+def test_bad_data_fails_before_the_model_is_loaded(task, tmp_path, capsys):
+    """Every file task reads and checks its data before it loads the model: with a model path that does not exist,
+    the error is the data's (had the model been loaded first, it would be the model's)."""
+    path, message = _bad_data(task, tmp_path / task)
+    assert main([str(tmp_path / "no-model"), "--task", task, "--data", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "model directory" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -125,7 +125,8 @@ def format_table(results: list[EvalResult]) -> str:
 
 
 def _run_task(args: Any, model: Any, path: str) -> EvalResult:
-    """One evaluator of :data:`gte_st.registry.EVAL_TASKS` on one data path, with the options its entry names."""
+    """One evaluator of :data:`gte_st.registry.EVAL_TASKS` on one data path, with the options its entry names.
+    ``model`` may be a loader: evaluators read their data before they load it."""
     from gte_st.registry import EVAL_TASKS
 
     entry = EVAL_TASKS.entry(args.task)
@@ -200,14 +201,21 @@ def main(argv: list[str]) -> int:
         parser.error(f"--bm25-weight: {exc}")
     if args.retriever == "bm25" and args.bm25_rerank:
         parser.error("--retriever bm25 and --bm25-rerank are exclusive (the latter re-scores BM25 with the model)")
-    model = None
-    if not (args.task == "retrieval" and args.retriever == "bm25"):
-        model = load_model(
-            args.model, device=args.device, max_seq_length=args.max_seq_length, trust_remote_code=args.trust_remote_code,
-            backend=args.backend, file_name=args.file_name, truncate_dim=args.truncate_dim,
-            torch_precision=args.precision,
-        )  # fmt: skip
-    results = [_run_task(args, model, path) for path in args.data]
+    loaded: list[Any] = []
+
+    def model_loader() -> Any:
+        """Loads the model once, when the first evaluator has read and checked its data (a bad file fails first)."""
+        if not loaded:
+            loaded.append(load_model(
+                args.model, device=args.device, max_seq_length=args.max_seq_length,
+                trust_remote_code=args.trust_remote_code, backend=args.backend, file_name=args.file_name,
+                truncate_dim=args.truncate_dim, torch_precision=args.precision,
+            ))  # fmt: skip
+        return loaded[0]
+
+    needs_model = not (args.task == "retrieval" and args.retriever == "bm25")
+    results = [_run_task(args, model_loader if needs_model else None, path) for path in args.data]
+    model = loaded[0] if loaded else None
     if model is not None and model.truncate_dim is not None:
         for result in results:
             result.details["truncate_dim"] = model.truncate_dim

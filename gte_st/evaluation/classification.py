@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from gte_st.encoding import encode
+from gte_st.evaluation.embedding import ModelOrLoader, resolve_model
 from gte_st.evaluation.readers import read_labelled_texts
 from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.evaluation.sampling import stratified_subsample
@@ -15,7 +15,7 @@ from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_classification(
-    model: SentenceTransformer,
+    model: ModelOrLoader,
     path: str | Path,
     *,
     split: str | None = None,
@@ -66,6 +66,12 @@ def evaluate_classification(
         protocol = f"fit on split {train_split}" if has_splits else f"{n_folds}-fold stratified cross-validation"
 
     test_texts, y_test = stratified_subsample(test, max_samples, seed)
+    if train is None:
+        _, counts = np.unique(y_test, return_counts=True)
+        folds = min(n_folds, int(counts.min()))
+        if folds < 2:
+            raise ValueError(f"{path}: every label needs at least 2 texts for cross-validation")
+    model = resolve_model(model)  # after the data is read and checked
     warn_unknown_tokens(model, {"text": test_texts}, str(path))
     x_test = encode(model, test_texts, batch_size=batch_size, precision=precision, compile=compile)
     if train is not None:
@@ -75,10 +81,6 @@ def evaluate_classification(
         accuracy, f1 = accuracy_score(y_test, pred), f1_score(y_test, pred, average="macro")
         split_name = test_split
     else:
-        _, counts = np.unique(y_test, return_counts=True)
-        folds = min(n_folds, int(counts.min()))
-        if folds < 2:
-            raise ValueError(f"{path}: every label needs at least 2 texts for cross-validation")
         accs, f1s = [], []
         for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x_test, y_test):
             pred = fit_predict(x_test[train_idx], y_test[train_idx], x_test[test_idx])

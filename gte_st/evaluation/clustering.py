@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sentence_transformers import SentenceTransformer
 
 from gte_st.encoding import encode
+from gte_st.evaluation.embedding import ModelOrLoader, resolve_model
 from gte_st.evaluation.readers import read_labelled_texts
 from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.evaluation.sampling import stratified_subsample
@@ -15,7 +15,7 @@ from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_clustering(
-    model: SentenceTransformer,
+    model: ModelOrLoader,
     path: str | Path,
     *,
     split: str | None = None,
@@ -48,10 +48,11 @@ def evaluate_clustering(
     if not split and "test" in available:
         data = read_labelled_texts(path, "test")
     texts, labels = stratified_subsample(data, max_samples, seed)
-    warn_unknown_tokens(model, {"text": texts}, str(path))
     k = n_clusters or len(np.unique(labels))
     if k < 2 or len(texts) < k:
         raise ValueError(f"{path}: need at least 2 clusters and one text per cluster (k={k}, texts={len(texts)})")
+    model = resolve_model(model)  # after the data is read and checked
+    warn_unknown_tokens(model, {"text": texts}, str(path))
     embeddings = encode(model, texts, batch_size=batch_size, precision=precision, compile=compile)
     predicted = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(embeddings)
     return EvalResult(

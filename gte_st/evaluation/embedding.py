@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeAlias
 
 import torch
 from sentence_transformers import SentenceTransformer
@@ -14,6 +15,19 @@ from sentence_transformers.sentence_transformer.evaluation import (
 )
 
 from gte_st.encoding import encode
+
+ModelOrLoader: TypeAlias = "SentenceTransformer | Callable[[], SentenceTransformer] | None"
+
+
+def resolve_model(model: ModelOrLoader) -> SentenceTransformer | None:
+    """The model an evaluator was given, or the one its zero-argument loader returns.
+
+    Every evaluator reads and checks its data first and resolves the model after, so ``gte-st eval`` passes a
+    loader: a bad data file fails with its one-line error in a second instead of after loading a large model. (A
+    SentenceTransformer is callable too, hence the ``Module`` test.)"""
+    if model is None or isinstance(model, torch.nn.Module):
+        return model
+    return model()
 
 
 class GteEncodingMixin:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer
-
-from gte_st.evaluation.embedding import PairEvaluator, make_evaluator
+from gte_st.evaluation.embedding import ModelOrLoader, PairEvaluator, make_evaluator, resolve_model
 from gte_st.evaluation.readers import read_pairs
 from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_pair_classification(
-    model: SentenceTransformer,
+    model: ModelOrLoader,
     path: str | Path,
     *,
     split: str | None = None,
@@ -33,10 +31,11 @@ def evaluate_pair_classification(
             only): about a minute to compile once, then faster on CPU.
     """
     data = read_pairs(path, split)
-    warn_unknown_tokens(model, {"sentence1": data.sentences1, "sentence2": data.sentences2}, str(path))
     n = len(data.labels) if max_samples is None else min(max_samples, len(data.labels))
     if len(set(data.labels[:n])) < 2:
         raise ValueError(f"{path}: pair classification needs both labels 0 and 1 among the first {n} pairs")
+    model = resolve_model(model)  # after the data is read and checked
+    warn_unknown_tokens(model, {"sentence1": data.sentences1, "sentence2": data.sentences2}, str(path))
     evaluator = make_evaluator(
         PairEvaluator,
         precision,

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer
-
-from gte_st.evaluation.embedding import RerankEvaluator, make_evaluator
+from gte_st.evaluation.embedding import ModelOrLoader, RerankEvaluator, make_evaluator, resolve_model
 from gte_st.evaluation.readers import read_reranking
 from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_reranking(
-    model: SentenceTransformer,
+    model: ModelOrLoader,
     path: str | Path,
     *,
     split: str | None = None,
@@ -37,9 +35,10 @@ def evaluate_reranking(
     samples = read_reranking(path, split)
     samples = [s for s in samples if s["positive"] and s["negative"]][:max_samples]
     candidates = [text for s in samples for text in [*s["positive"], *s["negative"]]]
-    warn_unknown_tokens(model, {"query": [s["query"] for s in samples], "candidates": candidates}, str(path))
     if not samples:
         raise ValueError(f"{path}: no query with at least one positive and one negative candidate")
+    model = resolve_model(model)  # after the data is read and checked
+    warn_unknown_tokens(model, {"query": [s["query"] for s in samples], "candidates": candidates}, str(path))
     evaluator = make_evaluator(
         RerankEvaluator, precision, compile, samples=samples, at_k=at_k, batch_size=batch_size, write_csv=False
     )

@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
 from gte_st.encoding import encode, output_dimension, resolve_precision
+from gte_st.evaluation.embedding import ModelOrLoader, resolve_model
 from gte_st.evaluation.readers import BEIRData, read_beir
 from gte_st.evaluation.result import EvalResult
 from gte_st.files import atomic_save_npy
@@ -111,7 +112,7 @@ def limit_corpus(data: BEIRData, max_corpus: int | None) -> list[str]:
 
 
 def evaluate_retrieval(
-    model: SentenceTransformer,
+    model: ModelOrLoader,
     beir_dir: str | Path,
     *,
     split: str | None = "test",
@@ -169,6 +170,7 @@ def evaluate_retrieval(
         **IR_EVALUATOR_SETTINGS,
     )
     query_texts = [data.queries[qid] for qid in evaluator.queries_ids]
+    model = resolve_model(model)  # after the data is read and checked
     warn_unknown_tokens(
         model, {"queries": query_texts, "corpus": [data.corpus[doc] for doc in corpus_ids]}, str(beir_dir)
     )

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sentence_transformers import SentenceTransformer
-
-from gte_st.evaluation.embedding import STSEvaluator, make_evaluator
+from gte_st.evaluation.embedding import ModelOrLoader, STSEvaluator, make_evaluator, resolve_model
 from gte_st.evaluation.readers import read_sts
 from gte_st.evaluation.result import EvalResult, dataset_name
 from gte_st.vocabulary import warn_unknown_tokens
 
 
 def evaluate_sts(
-    model: SentenceTransformer,
+    model: ModelOrLoader,
     path: str | Path,
     *,
     split: str | None = None,
@@ -39,12 +37,13 @@ def evaluate_sts(
         dataset: Name reported in the result (default: the data folder's name).
     """
     data = read_sts(path, split)
-    warn_unknown_tokens(model, {"sentence1": data.sentences1, "sentence2": data.sentences2}, str(path))
     n = len(data.scores) if max_samples is None else min(max_samples, len(data.scores))
     if n < 2:
         raise ValueError(f"{path}: need at least 2 scored pairs for a correlation, found {n}")
     if len(set(data.scores[:n])) == 1:
         raise ValueError(f"{path}: all {n} gold scores are {data.scores[0]}; a correlation needs scores that differ")
+    model = resolve_model(model)  # after the data is read and checked
+    warn_unknown_tokens(model, {"sentence1": data.sentences1, "sentence2": data.sentences2}, str(path))
     evaluator = make_evaluator(
         STSEvaluator,
         precision,
