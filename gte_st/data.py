@@ -175,7 +175,7 @@ def _kind(value: object) -> str | None:
 
 def _check_column_types(columns: dict[str, list], rows: list[tuple[Path, int]]) -> None:
     """Every column holds one JSON type (or null): a table cannot hold a string in one row and a number in
-    another. The error names the file, line, column and (0-based) row of the first value that differs."""
+    another. The error names the file, line and column of the first value that differs."""
     for column, values in columns.items():
         first = next(((row, _kind(v)) for row, v in enumerate(values) if v is not None), None)
         if first is None:
@@ -185,7 +185,7 @@ def _check_column_types(columns: dict[str, list], rows: list[tuple[Path, int]]) 
             if kind is not None and kind != first[1]:
                 file, line = rows[row]
                 raise DataValidationError(
-                    f"{where(file, line)}: column {column!r}, row {row}: expected a {first[1]} (as in row {first[0]}), "
+                    f"{where(file, line)}: column {column!r}: expected a {first[1]} (as in {where(*rows[first[0]])}), "
                     f"got {type(value).__name__} ({value!r:.60})."
                 )
 
@@ -215,6 +215,21 @@ def resolve_columns(column_names: Sequence[str], columns: Sequence[str] | None =
     return anchor, positive, negatives[:1] + numbered
 
 
+class _Cells:
+    """How a message names one value of a source: ``path:line: column 'x'`` for rows read from files (the line a
+    user opens in an editor, as the readers' own errors do), ``source: column 'x', row N`` (N 0-based, the
+    dataset's own index) for a :class:`datasets.Dataset` such as a saved or Hub dataset."""
+
+    def __init__(self, dataset: Dataset | _Table, source: str) -> None:
+        self.rows = dataset.rows if isinstance(dataset, _Table) else None
+        self.source = source
+
+    def __call__(self, column: str, row: int) -> str:
+        if self.rows is None:
+            return f"{self.source}: column {column!r}, row {row}"
+        return f"{where(*self.rows[row])}: column {column!r}"
+
+
 def prepare_source(
     dataset: Dataset | _Table,
     source: str,
@@ -232,7 +247,7 @@ def prepare_source(
 
     List-valued columns (FlagEmbedding's ``pos``/``neg``) are flattened: the first positive, the first ``k``
     negatives (``k`` = ``num_negatives``, default the shortest list), and their scores alike. Raises
-    :class:`DataValidationError` naming ``source``, the column and the (0-based) row of the first bad value.
+    :class:`DataValidationError` naming the first bad value's column and where it is (:class:`_Cells`).
     """
     if len(dataset) == 0:
         raise DataValidationError(f"{source}: no rows.")
@@ -240,9 +255,10 @@ def prepare_source(
         anchor, positive, negatives = resolve_columns(dataset.column_names, columns)
     except DataValidationError as exc:
         raise DataValidationError(f"{source}: {exc}") from None
+    cell = _Cells(dataset, source)
     out: dict[str, list[str]] = {}
-    out["anchor"] = _string_column(dataset[anchor], source, anchor, first_only=True)
-    out["positive"] = _string_column(dataset[positive], source, positive, first_only=True)
+    out["anchor"] = _string_column(dataset[anchor], cell, anchor, first_only=True)
+    out["positive"] = _string_column(dataset[positive], cell, positive, first_only=True)
     if scored:
         score = (
             columns[2]
@@ -254,7 +270,7 @@ def prepare_source(
                 f"{source}: a scored-pair loss needs a score column ({'/'.join(PAIR_SCORE_COLUMNS)}) or --columns "
                 f"ANCHOR POSITIVE SCORE; the source has columns {dataset.column_names}."
             )
-        out["label"] = [_finite_number(v, source, score, row) for row, v in enumerate(dataset[score])]
+        out["label"] = [_finite_number(v, cell, score, row) for row, v in enumerate(dataset[score])]
         return Dataset.from_dict(out)
     if num_negatives != 0:
         negative_lists: list[list[str]] = [[] for _ in range(len(dataset))]
@@ -263,7 +279,7 @@ def prepare_source(
             for row, value in enumerate(values):
                 items = value if isinstance(value, list) else [value]
                 for item in items:
-                    _check_string(item, source, column, row)
+                    _check_string(item, cell, column, row)
                 negative_lists[row].extend(items)
         if negatives:
             k = min(len(n) for n in negative_lists)
@@ -271,14 +287,14 @@ def prepare_source(
                 if k < num_negatives:
                     row = next(i for i, n in enumerate(negative_lists) if len(n) < num_negatives)
                     raise DataValidationError(
-                        f"{source}: column {negatives[0]!r}, row {row}: {len(negative_lists[row])} negative(s), "
+                        f"{cell(negatives[0], row)}: {len(negative_lists[row])} negative(s), "
                         f"but num_negatives={num_negatives}."
                     )
                 k = num_negatives
             if k == 0:
                 row = next(i for i, n in enumerate(negative_lists) if not n)
                 raise DataValidationError(
-                    f"{source}: column {negatives[0]!r}, row {row}: empty negatives list; fix the row or pass "
+                    f"{cell(negatives[0], row)}: empty negatives list; fix the row or pass "
                     "--num_negatives 0 to train on pairs only."
                 )
             for i in range(k):
@@ -288,11 +304,11 @@ def prepare_source(
                 f"{source}: num_negatives={num_negatives} but no negative column in {dataset.column_names}."
             )
     if SCORE_COLUMNS[0] in dataset.column_names:
-        out["label"] = _teacher_scores(dataset, source, sum(c.startswith("negative_") for c in out))
+        out["label"] = _teacher_scores(dataset, source, cell, sum(c.startswith("negative_") for c in out))
     return Dataset.from_dict(out)
 
 
-def _teacher_scores(dataset: Dataset | _Table, source: str, num_negatives: int) -> list[list[float]]:
+def _teacher_scores(dataset: Dataset | _Table, source: str, cell: _Cells, num_negatives: int) -> list[list[float]]:
     """Per row ``[pos_scores[0], neg_scores[0..k-1]]``, checked to be finite numbers, one per kept text column."""
     pos_column, neg_column = SCORE_COLUMNS
     if num_negatives and neg_column not in dataset.column_names:
@@ -304,36 +320,36 @@ def _teacher_scores(dataset: Dataset | _Table, source: str, num_negatives: int) 
         negative = negative if isinstance(negative, list) else [negative]
         if len(negative) < num_negatives:
             raise DataValidationError(
-                f"{source}: column {neg_column!r}, row {row}: {len(negative)} score(s) for {num_negatives} negatives."
+                f"{cell(neg_column, row)}: {len(negative)} score(s) for {num_negatives} negatives."
             )
         values += negative[:num_negatives]
         columns = [pos_column] + [neg_column] * num_negatives
-        scores.append([_finite_number(value, source, column, row) for column, value in zip(columns, values)])
+        scores.append([_finite_number(value, cell, column, row) for column, value in zip(columns, values)])
     return scores
 
 
-def _finite_number(value: object, source: str, column: str, row: int) -> float:
+def _finite_number(value: object, cell: _Cells, column: str, row: int) -> float:
     try:
-        return as_number(value, f"{source}: column {column!r}, row {row}")
+        return as_number(value, cell(column, row))
     except FileFormatError as exc:
         raise DataValidationError(f"{exc}.") from None
 
 
-def _check_string(value: object, source: str, column: str, row: int) -> None:
+def _check_string(value: object, cell: _Cells, column: str, row: int) -> None:
     try:
-        as_text(value, f"{source}: column {column!r}, row {row}")
+        as_text(value, cell(column, row))
     except FileFormatError as exc:
         raise DataValidationError(f"{exc}.") from None
 
 
-def _string_column(values: list[object], source: str, column: str, *, first_only: bool) -> list[str]:
+def _string_column(values: list[object], cell: _Cells, column: str, *, first_only: bool) -> list[str]:
     out = []
     for row, value in enumerate(values):
         if isinstance(value, list) and first_only:
             if not value:
-                raise DataValidationError(f"{source}: column {column!r}, row {row}: empty list.")
+                raise DataValidationError(f"{cell(column, row)}: empty list.")
             value = value[0]
-        _check_string(value, source, column, row)
+        _check_string(value, cell, column, row)
         out.append(value)
     return out
 

@@ -48,7 +48,7 @@ CASES = [
                                       "--output_dir", str(w["existing_out"])], "not UTF-8"),
     Case("train-non-string-cell", lambda w: ["train", "--data", str(w["non_string_jsonl"]),
                                              "--output_dir", str(w["existing_out"])],
-         "column 'anchor', row 1: expected a string"),
+         "numbers.jsonl:2: column 'anchor': expected a string"),
     Case("train-unknown-column", lambda w: _train(w, "--columns", "question", "answer"), "unknown column"),
     Case("train-invalid-yaml-recipe", lambda w: ["train", "--config", str(w["bad_yaml"])], "bad.yaml"),
     Case("train-unknown-recipe-option", lambda w: ["train", "--config", str(w["typo_yaml"])], "learning_rat"),

@@ -99,14 +99,14 @@ def test_file_formats_and_flagembedding_lists(tmp_path):
     [
         (
             [{"anchor": "a b c", "positive": "d e f"}, {"anchor": "", "positive": "x"}],
-            r"column 'anchor', row 1: empty",
+            r"bad\.jsonl:2: column 'anchor': empty",
         ),
-        ([{"anchor": "a b", "positive": 3}], r"column 'positive', row 0: expected a string, got int"),
+        ([{"anchor": "a b", "positive": 3}], r"bad\.jsonl:1: column 'positive': expected a string, got int"),
         (
             [{"query": "a", "pos": ["b"], "neg": ["c"]}, {"query": "a", "pos": ["b"], "neg": []}],
-            r"'neg', row 1: empty",
+            r"bad\.jsonl:2: column 'neg': empty",
         ),
-        ([{"query": "a", "pos": [], "neg": ["c"]}], r"column 'pos', row 0: empty list"),
+        ([{"query": "a", "pos": [], "neg": ["c"]}], r"bad\.jsonl:1: column 'pos': empty list"),
         ([{"foo": "a", "bar": "b"}], r"bad\.jsonl: cannot tell the anchor/positive columns"),
     ],
 )
@@ -284,9 +284,9 @@ def test_flagembedding_teacher_scores_become_the_label_column(tmp_path):
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ({"neg_scores": [0.5]}, r"column 'neg_scores', row 1: 1 score\(s\) for 2 negatives"),
-        ({"pos_scores": ["high"]}, r"column 'pos_scores', row 1: expected a finite number, got 'high'"),
-        ({"neg_scores": [0.5, float("nan")]}, r"column 'neg_scores', row 1: expected a finite number, got nan"),
+        ({"neg_scores": [0.5]}, r"\.jsonl:2: column 'neg_scores': 1 score\(s\) for 2 negatives"),
+        ({"pos_scores": ["high"]}, r"\.jsonl:2: column 'pos_scores': expected a finite number, got 'high'"),
+        ({"neg_scores": [0.5, float("nan")]}, r"\.jsonl:2: column 'neg_scores': expected a finite number, got nan"),
     ],
 )
 def test_bad_teacher_scores_name_file_column_row(tmp_path, row, message):
@@ -325,7 +325,7 @@ def test_scored_pairs_keep_their_gold_score_as_the_label(tmp_path):
                 {"anchor": "a b", "positive": "c d", "score": 1.0},
                 {"anchor": "a b", "positive": "c d", "score": "high"},
             ],
-            r"column 'score', row 1: expected a finite number, got 'high'",
+            r"bad\.jsonl:2: column 'score': expected a finite number, got 'high'",
         ),  # fmt: skip
     ],
 )
@@ -334,3 +334,14 @@ def test_bad_scored_pairs_name_file_column_row(tmp_path, rows, message):
     with pytest.raises(DataValidationError, match=message) as info:
         load_training_data([str(path)], scored=True)
     assert "bad.jsonl" in str(info.value)
+
+
+def test_a_datasets_source_names_the_dataset_and_its_row():
+    """Rows of a datasets.Dataset (a saved or Hub dataset) have no file line: the error names the source and the
+    dataset's own 0-based index."""
+    from datasets import Dataset
+
+    from gte_st.data import prepare_source
+
+    with pytest.raises(DataValidationError, match=r"^org/pairs: column 'anchor', row 1: empty"):
+        prepare_source(Dataset.from_dict({"anchor": ["a b", ""], "positive": ["c", "d"]}), "org/pairs")
