@@ -155,9 +155,9 @@ def build_recipe_data(data: Path, work: Path, dev: bool) -> tuple[Path, Path]:
 def recipe_config(arm: str, scifact: Path, general: Path, args: argparse.Namespace, out: Path) -> dict:
     """The SciFact recipe of ``arm``: the shipped recipe with its data paths pointed at the built files and, except
     for sf-recipe, its retention options replaced by the arm's own (on the stage named ``claims``)."""
-    import yaml
+    from gte_st.training.recipe import load_config
 
-    recipe = yaml.safe_load((REPO / "scripts" / "recipes" / "scifact-hybrid.yaml").read_text(encoding="utf8"))
+    recipe = load_config(str(REPO / "scripts" / "recipes" / "scifact-hybrid.yaml"))
 
     def local(value):
         if isinstance(value, list):

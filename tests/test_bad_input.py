@@ -52,6 +52,10 @@ CASES = [
     Case("train-unknown-column", lambda w: _train(w, "--columns", "question", "answer"), "unknown column"),
     Case("train-invalid-yaml-recipe", lambda w: ["train", "--config", str(w["bad_yaml"])], "bad.yaml"),
     Case("train-unknown-recipe-option", lambda w: ["train", "--config", str(w["typo_yaml"])], "learning_rat"),
+    Case("train-recipe-option-twice", lambda w: ["train", "--config", str(w["twice_yaml"])],
+         "twice.yaml: not a valid YAML file (line 3: option 'learning_rate' is given twice (first on line 1))"),
+    Case("train-json-recipe-option-twice", lambda w: ["train", "--config", str(w["twice_json"])],
+         "option 'max_steps' is given twice"),
     Case("train-base-model-not-a-model", lambda w: _train(w, "--base_model", str(w["not_a_model"])),
          "not a model directory"),
     Case("train-resume-from-hub-without-revision", lambda w: _train(w, "--resume_from_hub", "me/gte@"),
@@ -237,6 +241,10 @@ def world(tmp_path_factory, tiny_gte_dir, tiny_bert_dir, tiny_gte_original_dir) 
     w["bad_yaml"].write_text("stages:\n  - name: a\n   loss: mse\n")
     w["typo_yaml"] = tmp / "typo.yaml"
     w["typo_yaml"].write_text("learning_rat: 0.1\n")
+    w["twice_yaml"] = tmp / "twice.yaml"  # PyYAML alone keeps the last value silently
+    w["twice_yaml"].write_text("learning_rate: 1.0e-4\nmax_steps: 3\nlearning_rate: 2.0e-4\n")
+    w["twice_json"] = tmp / "twice.json"
+    w["twice_json"].write_text('{"max_steps": 3, "max_steps": 4}')
     w["not_a_model"] = tmp / "not-a-model"
     w["not_a_model"].mkdir()
     (w["not_a_model"] / "notes.txt").write_text("nothing to load here")

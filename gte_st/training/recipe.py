@@ -156,7 +156,43 @@ def check_recipe_values(values: dict[str, Any], where: str) -> dict[str, Any]:
     return checked
 
 
-def _load_config(path: str) -> dict[str, Any]:
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: an option given twice would otherwise silently keep the last."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"option {key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _unique_key_loader() -> type:
+    """PyYAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last one silently: a recipe
+    with two ``stages:`` or two ``learning_rate:`` would run with one of them without a word)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"line {line}: option {key!r} is given twice (first on line {lines[key]})"
+                )
+            lines[key] = line
+        return loader.construct_mapping(node)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return UniqueKeyLoader
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """A recipe file (``.yaml`` / ``.yml``, else JSON) as a mapping; a missing, undecodable or malformed file, or
+    an option given twice, is a one-line ``ValueError`` / ``FileNotFoundError`` naming it."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"--config {path}: file not found")
@@ -168,10 +204,10 @@ def _load_config(path: str) -> dict[str, Any]:
         if path.endswith((".yaml", ".yml")):
             import yaml
 
-            config = yaml.safe_load(text) or {}
+            config = yaml.load(text, Loader=_unique_key_loader()) or {}
         else:
-            config = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+            config = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError / a key given twice
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"--config {path}: not a valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'} "
                          f"file ({first})") from None  # fmt: skip
@@ -315,7 +351,7 @@ def parse_stages(argv: Sequence[str] | None = None) -> list[Stage]:
         make_parser().print_help()
         raise SystemExit(0)
     config_path = _config_path(argv)
-    config = _load_config(config_path) if config_path else {}
+    config = load_config(config_path) if config_path else {}
     if not config_path and not any(a == "--data" or a.startswith("--data=") for a in argv):
         config = dict(DEFAULT_JOB)
     if "stages" in config:
