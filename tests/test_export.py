@@ -192,6 +192,35 @@ def test_openvino_encoder_runs_slices_and_compiles_recurring_shapes_static(tiny_
             OpenVINOEncoder(xml, encoder.config, **bad)
 
 
+def test_openvino_encoder_runs_batches_on_the_bulk_streams(tiny_gte_dir, tmp_path):
+    """With ``bulk_hint="THROUGHPUT"`` a call of several slices runs on a second compilation under that hint (one
+    slice per stream at a time; its recurring full slices get the static compile), while a call of one slice -- a
+    query -- stays on the latency compilation that uses every core. The embeddings are the same either way."""
+    pytest.importorskip("openvino")
+    from gte_st.export import OpenVINOEncoder, export, load_openvino_model
+
+    model_dir = _copy(tiny_gte_dir, tmp_path)
+    export(model_dir, "openvino", "none")
+    texts = [f"sentence {i} about a cat sleeping on a warm windowsill" for i in range(6)]
+    reference = _reference(model_dir, texts)
+    model = load_openvino_model(
+        model_dir, precision="fp32", encoder_options={"slice_rows": 2, "static_after": 2, "bulk_hint": "THROUGHPUT"}
+    )
+    encoder = model[0].model
+    np.testing.assert_allclose(model.encode(texts[:1], normalize_embeddings=True), reference[:1], atol=1e-5)
+    assert encoder.bulk_requests is None and not encoder.static  # a query compiles nothing more
+    for _ in range(2):
+        np.testing.assert_allclose(model.encode(texts, batch_size=6, normalize_embeddings=True), reference, atol=1e-5)
+    assert encoder.bulk_requests is not None and len(encoder.static) == 1
+    (static,) = encoder.static.values()
+    for requests in (static, encoder.bulk_requests):
+        assert str(requests[0].get_compiled_model().get_property("PERFORMANCE_HINT")).endswith("THROUGHPUT")
+    assert str(encoder.requests[0].get_compiled_model().get_property("PERFORMANCE_HINT")).endswith("LATENCY")
+    np.testing.assert_allclose(model.encode(texts[:1], normalize_embeddings=True), reference[:1], atol=1e-5)
+    with pytest.raises(ValueError, match="bulk_hint"):
+        OpenVINOEncoder(model_dir / "openvino" / "openvino_model.xml", encoder.config, bulk_hint="FAST")
+
+
 def test_openvino_encoder_pads_lengths_to_buckets_without_changing_embeddings(tiny_gte_dir, tmp_path):
     """Queries of different token lengths share a handful of padded shapes (the dynamic-shape compilation builds
     kernels per new shape on its first run): padded or not, the embeddings are the same."""

@@ -121,6 +121,14 @@ class OpenVINOEncoder(torch.nn.Module):
             dynamic-shape compilation builds kernels for each new input shape on its first run, which made the
             first query of every new token length several times slower than the next; buckets of 16 tokens leave
             a handful of shapes for short queries instead of one per length.
+        bulk_hint: ``None``, or the ``PERFORMANCE_HINT`` of a second compilation that runs the calls of several
+            slices (bulk encoding), while a call of one slice (a query) stays on the ``ov_config`` one. With
+            ``"THROUGHPUT"`` OpenVINO makes one single-threaded stream per core and the slices of a batch run side by
+            side, one per stream, instead of one after the other on every core; the static full-slice shapes are
+            compiled under this hint only. Reason: on a 2-core CPU without AMX the int8 IR encoded a corpus 1.09-1.14x
+            faster this way, and steadily, where one two-threaded stream fell into a slow state in some rounds; as
+            fast under an AVX-512-VNNI limit (docs/benchmarks.md, "Serving on CPU"). ``None``: every call on the
+            ``ov_config`` compilation.
     """
 
     def __init__(
@@ -134,6 +142,7 @@ class OpenVINOEncoder(torch.nn.Module):
         static_shapes: int = 1,
         static_after: int = 8,
         pad_to_multiple: int | None = 16,
+        bulk_hint: str | None = "THROUGHPUT",
     ) -> None:
         super().__init__()
         import openvino as ov
@@ -144,6 +153,8 @@ class OpenVINOEncoder(torch.nn.Module):
             raise ValueError(f"pad_to_multiple must be None or >= 1, got {pad_to_multiple}")
         if static_shapes < 0 or static_after < 1:
             raise ValueError(f"static_shapes must be >= 0 and static_after >= 1, got {static_shapes}, {static_after}")
+        if bulk_hint not in (None, "LATENCY", "THROUGHPUT"):
+            raise ValueError(f"bulk_hint must be None, 'LATENCY' or 'THROUGHPUT', got {bulk_hint!r}")
         self.config = config
         self.xml_path = str(xml_path)
         self.slice_rows, self.static_shapes, self.static_after = slice_rows, static_shapes, static_after
@@ -166,6 +177,9 @@ class OpenVINOEncoder(torch.nn.Module):
             raise ValueError(f"{self.xml_path}: the IR has outputs {outputs}, expected 'last_hidden_state'.")
         self.compiled = self.core.compile_model(ov_model, device, self.properties)
         self.requests = self._requests(self.compiled)
+        self.bulk_hint = bulk_hint
+        self.bulk_properties = {**self.properties, "PERFORMANCE_HINT": bulk_hint} if bulk_hint else self.properties
+        self.bulk_requests: list[Any] | None = None  # the bulk compilation's, compiled at the first call that needs it
         self.static: dict[tuple[int, int], list[Any]] = {}  # (rows, length) -> infer requests of its compilation
         self.shape_counts: dict[tuple[int, int], int] = {}
         # infer requests are not thread-safe, nor are the shape counts: one forward at a time (each uses every core)
@@ -182,20 +196,33 @@ class OpenVINOEncoder(torch.nn.Module):
         value = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
 
-    def _requests_for(self, shape: tuple[int, int]) -> list[Any]:
+    def _bulk(self) -> list[Any]:
+        """The infer requests of the dynamic-shape compilation under ``bulk_hint`` (compiled on first use)."""
+        if self.bulk_requests is None:
+            model = self.core.read_model(self.xml_path)
+            self.bulk_requests = self._requests(self.core.compile_model(model, self.ov_device, self.bulk_properties))
+        return self.bulk_requests
+
+    def _requests_for(self, shape: tuple[int, int], bulk: bool = False) -> list[Any]:
         """The infer requests a slice of ``shape`` runs on: its static compilation's once the shape has recurred
-        ``static_after`` times (while fewer than ``static_shapes`` exist), else the dynamic one's."""
+        ``static_after`` times (while fewer than ``static_shapes`` exist), else the dynamic one's. With a
+        ``bulk_hint``, a call of several slices (``bulk``) runs on the compilations under that hint and only those
+        get static shapes; a call of one slice runs on the dynamic one of the ``ov_config`` hint."""
+        dynamic = self._bulk() if bulk else self.requests
+        if self.bulk_hint is not None and not bulk:
+            return dynamic
         if shape in self.static:
             return self.static[shape]
         if self.slice_rows is not None and shape[0] != self.slice_rows:
-            return self.requests  # only full slices are worth a compile (see static_shapes)
+            return dynamic  # only full slices are worth a compile (see static_shapes)
         count = self.shape_counts[shape] = self.shape_counts.get(shape, 0) + 1
         if count >= self.static_after and len(self.static) < self.static_shapes:
             model = self.core.read_model(self.xml_path)  # read again rather than hold the weights for this
             model.reshape({name: list(shape) for name in self.input_names})
-            self.static[shape] = self._requests(self.core.compile_model(model, self.ov_device, self.properties))
+            properties = self.bulk_properties if bulk else self.properties
+            self.static[shape] = self._requests(self.core.compile_model(model, self.ov_device, properties))
             return self.static[shape]
-        return self.requests
+        return dynamic
 
     def forward(self, **features: Any) -> dict[str, torch.Tensor]:
         feed = _feed(features, self.input_names, self.xml_path)
@@ -226,15 +253,16 @@ class OpenVINOEncoder(torch.nn.Module):
 
     def _run(self, feed: dict[str, np.ndarray]) -> torch.Tensor:
         rows, length = feed["input_ids"].shape
-        streams = len(self.requests)
         size = rows if self.slice_rows is None else self.slice_rows
+        bulk = self.bulk_hint is not None and rows > size  # several slices: the bulk compilations' streams
+        streams = len(self._bulk() if bulk else self.requests)
         size = max(1, min(size, -(-rows // streams)))  # at least one slice per stream
         bounds = [(start, min(start + size, rows)) for start in range(0, rows, size)]
         hidden = []
         for first in range(0, len(bounds), streams):  # one slice per stream at a time
             running = []
             for stream, (start, end) in enumerate(bounds[first : first + streams]):
-                requests = self._requests_for((end - start, length))
+                requests = self._requests_for((end - start, length), bulk)
                 request = requests[stream % len(requests)]
                 request.start_async({name: value[start:end] for name, value in feed.items()})
                 running.append(request)
