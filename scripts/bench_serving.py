@@ -42,7 +42,9 @@ openvino-int8-weights       NNCF int8 weight compression (``--quantize int8-dyna
 Artifacts run through ``model.encode`` (what a sentence-transformers user gets) and, as ``<path>+gte``, through
 ``gte_st.encoding.encode`` (token-length-sorted batches; what gte-st's index / search / dedup / eval use). OpenVINO
 artifacts also run as ``<path>+whole``: ``model.encode`` on the encoder as it was before slices and static shapes
-(``encoder_options={"slice_rows": None, "static_shapes": 0}``: whole batches, the dynamic-shape compilation only).
+(``encoder_options={"slice_rows": None, "static_shapes": 0}``: whole batches, the dynamic-shape compilation only),
+and as ``<path>+latency``: ``+gte`` with every slice on the LATENCY compilation (``bulk_hint=None``) instead of a
+batch's slices side by side on the THROUGHPUT one.
 
 Parity: minimum / mean cosine of each path's document embeddings against stock-fp32, and the minimum over the export
 gate's parity sample (one-word, over-long and non-English texts; ``gate`` says whether the variant passes its default
@@ -308,6 +310,10 @@ def main() -> int:
                     )
                     whole.max_seq_length = args.max_length
                     fns[f"{name}+whole"], models[f"{name}+whole"] = stock(whole), (whole, "fp32")
+                    latency = load_exported(target, rel, **kwargs, encoder_options={"bulk_hint": None})
+                    latency.max_seq_length = args.max_length
+                    fns[f"{name}+latency"] = lambda t, m=latency: encode(m, t, batch_size=args.batch_size)
+                    models[f"{name}+latency"] = (latency, "fp32")
         for name, fn in list(fns.items()):  # warm-up: kernels, allocators, OpenVINO's shape caches
             try:
                 fn(docs[:16])
@@ -346,7 +352,7 @@ def main() -> int:
                 row.update(min_cos_docs=round(float(cos.min()), 5), mean_cos_docs=round(float(cos.mean()), 5))
                 sample_cos = (fns[name](PARITY_SAMPLE) * sample_reference).sum(1)
                 row["min_cos_parity_sample"] = round(float(sample_cos.min()), 5)
-            base = name.removesuffix("+gte").removesuffix("+whole")
+            base = name.removesuffix("+gte").removesuffix("+whole").removesuffix("+latency")
             if base in ARTIFACTS:
                 fmt, _, rel = ARTIFACTS[base]
                 row["file"] = rel
