@@ -125,10 +125,10 @@ class OpenVINOEncoder(torch.nn.Module):
             slices (bulk encoding), while a call of one slice (a query) stays on the ``ov_config`` one. With
             ``"THROUGHPUT"`` OpenVINO makes one single-threaded stream per core and the slices of a batch run side by
             side, one per stream, instead of one after the other on every core; the static full-slice shapes are
-            compiled under this hint only. Reason: on a 2-core CPU without AMX the int8 IR encoded a corpus 1.09-1.14x
-            faster this way, and steadily, where one two-threaded stream fell into a slow state in some rounds; as
-            fast under an AVX-512-VNNI limit (docs/benchmarks.md, "Serving on CPU"). ``None``: every call on the
-            ``ov_config`` compilation.
+            compiled under this hint only. Reason: on a 2-core CPU without AMX the int8 IR encoded a corpus faster
+            this way, natively and under an AVX-512-VNNI limit, and steadily where one two-threaded stream fell into
+            a slow state in some rounds (docs/benchmarks.md, "Serving on CPU", has the figures). ``None``: every call
+            on the ``ov_config`` compilation.
     """
 
     def __init__(
