@@ -170,7 +170,9 @@ def evaluate_retrieval(
         **IR_EVALUATOR_SETTINGS,
     )
     query_texts = [data.queries[qid] for qid in evaluator.queries_ids]
+    loading = time.perf_counter()
     model = resolve_model(model)  # after the data is read and checked
+    start += time.perf_counter() - loading  # runtime_s counts reading and evaluating, not a model load
     warn_unknown_tokens(
         model, {"queries": query_texts, "corpus": [data.corpus[doc] for doc in corpus_ids]}, str(beir_dir)
     )
