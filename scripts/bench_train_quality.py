@@ -30,6 +30,9 @@ its data built once by the recipe's builders (build_scifact_distillation.py, bui
   ARM@wA      ARM's saved models (same seeds, same --out-dir) interpolated with the base model at A, which is what
               ``gte-st train --wise_ft A`` does after training; evaluation only
 
+``--eval-only`` trains nothing and scores the models an earlier run saved in ``--out-dir`` again, e.g. at
+``--eval-precision fp32`` under another ``--budget`` label.
+
 Every model is scored (encoded in ``--eval-precision``) on STS-B test, SICK-R test, SciFact test nDCG@10 (full
 corpus), WikiQA test reranking MAP and nDCG@10 on the default job's held-out docstring split, all with
 gte_st.evaluation; with ``--split dev`` instead on dev data only, for choosing settings: STS-B dev, SICK train, a
@@ -202,16 +205,23 @@ def interpolated(arm: str, seed: int, args: argparse.Namespace, models: Path) ->
     from gte_st.interpolation import interpolate_state_dicts
 
     source, _, alpha = arm.rpartition("@w")
-    tuned_dir, out = models / f"{source}-seed{seed}", models / f"{arm}-seed{seed}"
-    if not tuned_dir.exists():
-        raise SystemExit(f"arm {arm}: train {source} (seed {seed}) into this --out-dir first")
+    tuned_dir, seconds = saved(source, seed, models)
+    out = models / f"{arm}-seed{seed}"
     base = SentenceTransformer(args.base_model or gte_st.default_base_model(), device="cpu").state_dict()
     model = SentenceTransformer(str(tuned_dir), device="cpu")
     model.load_state_dict(interpolate_state_dicts(base, model.state_dict(), float(alpha)))
     model.save(str(out))
-    summary = tuned_dir / "training_summary.json"
-    seconds = json.loads(summary.read_text())["total_runtime_s"] if summary.exists() else 0.0
     return out, seconds
+
+
+def saved(arm: str, seed: int, models: Path) -> tuple[Path, float]:
+    """The model an earlier run of ARM (this seed) saved under ``models``, and its training time (0 when the run
+    wrote no summary: interpolated models)."""
+    path = models / f"{arm}-seed{seed}"
+    if not (path / "modules.json").exists():
+        raise SystemExit(f"arm {arm}: no saved model {path}; train it (seed {seed}) into this --out-dir first")
+    source = models / f"{arm.rpartition('@w')[0] or arm}-seed{seed}" / "training_summary.json"
+    return path, json.loads(source.read_text())["total_runtime_s"] if source.exists() else 0.0
 
 
 def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace, out: Path) -> float:
@@ -429,6 +439,11 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="PNG plot of every result in --results")
     parser.add_argument("--report-only", action="store_true", help="only print the tables and plot of --results")
     parser.add_argument(
+        "--eval-only", action="store_true",
+        help="train nothing: score the models an earlier run of these arms and seeds saved in --out-dir again (e.g. "
+        "at another --eval-precision, stored under another --budget)",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-args", default="",
         help="more `gte-st train` options for every trained arm, e.g. '--length_grouping 0 --pretokenize false' "
         "(store the arm under another --label)",
@@ -459,11 +474,12 @@ def main() -> None:
         parser.error(f"--label names arms not run: {sorted(unknown)}")
     suffix = "-dev" if args.split == "dev" else ""
 
-    def budget_of(arm: str) -> str:
-        """The arm's budget label; ``base`` takes the label of the arms it is run with (when they share one)."""
-        if args.budget:
+    def budget_of(arm: str, label: bool = True) -> str:
+        """The arm's budget label (``label=False``: the one its models are saved under, whatever ``--budget``
+        says); ``base`` takes the label of the arms it is run with (when they share one)."""
+        if args.budget and label:
             return args.budget
-        if arm == "base" and len(others := {budget_of(a) for a in arms if a != "base"}) == 1:
+        if arm == "base" and len(others := {budget_of(a, label) for a in arms if a != "base"}) == 1:
             return others.pop()
         recipe_arm = arm.rpartition("@w")[0] or arm
         return ("scifact-hybrid" if recipe_arm in SF_ARMS else f"{args.steps}x{args.batch_size}") + suffix
@@ -500,6 +516,8 @@ def main() -> None:
         for seed in run_seeds:
             if arm == "base":
                 model, seconds = args.base_model or gte_st.default_base_model(), 0.0
+            elif args.eval_only:
+                model, seconds = saved(arm, seed, out_dir / "models" / budget_of(arm, label=False))
             elif "@w" in arm:
                 model, seconds = interpolated(arm, seed, args, out_dir / "models" / budget)
             else:
