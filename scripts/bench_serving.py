@@ -62,7 +62,6 @@ this mode are *not* limited (the report says so); they are kept for reference on
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -94,14 +93,14 @@ ISA_ENV = {"avx512_vnni": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI", "MKL_ENABLE
 
 
 def _docs(path: Path, n: int) -> list[str]:
-    texts = []
-    with gzip.open(path, "rt", encoding="utf8") as f:
-        for line in f:
-            doc = json.loads(line)
-            texts.append(f"{doc.get('title', '')} {doc['text']}".strip())
-            if len(texts) == n:
-                break
-    return texts
+    """The first ``n`` documents of a BEIR corpus file (all when ``n <= 0``) as ``f"{title} {text}".strip()``: the
+    title as written (read_corpus's own ``"title text"`` strips it, which 15 SciFact titles would change)."""
+    from gte_st.corpus import read_corpus
+
+    _, titles = read_corpus(path, text_field="title", title_field=None)
+    _, texts = read_corpus(path, title_field=None)
+    docs = [f"{title} {text}".strip() for title, text in zip(titles, texts)]
+    return docs[:n] if n > 0 else docs
 
 
 def _verify_torch_isa(env: dict[str, str]) -> str:

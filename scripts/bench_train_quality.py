@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import json
 import shlex
 import statistics
@@ -92,12 +91,12 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
 
 def prepare_data(data: Path, work: Path) -> dict[str, Path]:
     """Training files from the shared data (train-side data only; no test qrels)."""
+    from gte_st.corpus import read_corpus
+
     work.mkdir(parents=True, exist_ok=True)
-    corpus = {}
-    with gzip.open(data / "beir_scifact" / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
-        for line in f:
-            doc = json.loads(line)
-            corpus[doc["_id"]] = (doc["title"].strip(), doc["text"].strip())
+    ids, titles = read_corpus(data / "beir_scifact", text_field="title", title_field=None)
+    _, texts = read_corpus(data / "beir_scifact", title_field=None)
+    corpus = {doc_id: (title.strip(), text.strip()) for doc_id, title, text in zip(ids, titles, texts)}
     queries = {}
     with open(data / "beir_scifact" / "queries.jsonl", encoding="utf8") as f:
         for line in f:

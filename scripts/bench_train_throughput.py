@@ -76,9 +76,9 @@ DEFAULT_ARMS = ["st-mnrl", "gte-mnrl-plain", "gte-mnrl", "gte-mse", "st-cached-m
 
 def build_data(data_dir: Path, out: Path) -> dict[str, Path]:
     """The two data shapes as jsonl files of ``anchor`` / ``positive`` pairs (shuffled with a fixed seed)."""
-    import gzip
     import random
 
+    from gte_st.corpus import read_corpus
     from gte_st.default_data import default_datasets
 
     snli = data_dir / "snli_devtest"
@@ -92,11 +92,11 @@ def build_data(data_dir: Path, out: Path) -> dict[str, Path]:
     ]
     train, _ = default_datasets(max_test=0)
     long = [{"anchor": a, "positive": p} for d in train.values() for a, p in zip(d["anchor"], d["positive"])]
-    with gzip.open(data_dir / "beir_scifact" / "corpus.jsonl.gz", "rt", encoding="utf8") as f:
-        for line in f:
-            doc = json.loads(line)
-            if doc.get("title") and doc.get("text"):
-                long.append({"anchor": doc["title"].strip(), "positive": doc["text"].strip()})
+    _, titles = read_corpus(data_dir / "beir_scifact", text_field="title", title_field=None)
+    _, texts = read_corpus(data_dir / "beir_scifact", title_field=None)
+    long += [
+        {"anchor": title.strip(), "positive": text.strip()} for title, text in zip(titles, texts) if title and text
+    ]
     files = {}
     for name, rows in (("short", short), ("long", long)):
         random.Random(0).shuffle(rows)
