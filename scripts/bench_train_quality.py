@@ -236,7 +236,8 @@ def train(arm: str, seed: int, files: dict[str, Path], args: argparse.Namespace,
         config = out.parent / f"{out.name}.recipe.json"
         config.write_text(json.dumps(recipe_config(arm, files["scifact"], files["general"], args, out), indent=2))
         command = ["--config", str(config), "--seed", str(seed), "--precision", args.precision,
-                   *(["--base_model", args.base_model] if args.base_model else [])]  # fmt: skip
+                   *(["--base_model", args.base_model] if args.base_model else []),
+                   *shlex.split(args.train_args)]  # fmt: skip
     elif arm == "recipe":
         pretrain_steps = max(1, round(args.steps * 0.3))
         stage = {"loss": "mse", "loss_kwargs": args.mse_new_kwargs}
@@ -445,7 +446,7 @@ def main() -> None:
     parser.add_argument(
         "--train-args", default="",
         help="more `gte-st train` options for every trained arm, e.g. '--length_grouping 0 --pretokenize false' "
-        "(store the arm under another --label)",
+        "(store the arm under another --label); for the sf arms they override every stage of the recipe",
     )  # fmt: skip
     parser.add_argument(
         "--label", action="append", default=[], metavar="ARM=NAME",
