@@ -126,7 +126,8 @@ PRECISIONS.register("bf16-autocast", "bf16-autocast", help="float32 weights unde
 # data is read and checked). ``options`` maps each evaluator keyword to the
 # ``gte-st eval`` option (argparse dest) that feeds it, beside the ones every task takes (batch size, precision,
 # compile, dataset name); ``data`` is what --data holds.
-# ``mteb`` runs mteb's own evaluators (gte_st.evaluation.mteb_runner) instead of one file evaluator.
+# ``mteb`` runs mteb's own evaluators (gte_st.evaluation.mteb_runner) instead of one file evaluator: its entry says
+# ``evaluates_path=False``, and everything that runs a task on a PATH (``gte-st train --eval_task``) leaves it out.
 EVAL_TASKS = Registry("evaluation task", option="--task")
 _SPLIT_AND_SAMPLES = {"split": "split", "max_samples": "max_samples"}
 EVAL_TASKS.register(
@@ -160,8 +161,15 @@ EVAL_TASKS.register(
 )  # fmt: skip
 EVAL_TASKS.register(
     "mteb", "gte_st.evaluation.mteb_runner:run_mteb", help="mteb's own evaluators (Hub data, or --mteb-data)",
-    data="with --mteb-data: one file or folder per --mteb-tasks name", options={},
+    data="with --mteb-data: one file or folder per --mteb-tasks name", options={}, evaluates_path=False,
 )  # fmt: skip
+
+
+def eval_path_tasks() -> tuple[str, ...]:
+    """The evaluation tasks that are a file evaluator ``fn(model, path, **options) -> EvalResult`` (every entry but
+    those registered with ``evaluates_path=False``, i.e. ``mteb``): the choices of ``gte-st train --eval_task``."""
+    return tuple(name for name in EVAL_TASKS if EVAL_TASKS.entry(name).metadata.get("evaluates_path", True))
+
 
 # ------------------------------------------------------------------------------------------------ export variants
 # name -> its builder ``fn(source, path, context) -> details`` (gte_st.export.builders). Everything else an export
@@ -239,6 +247,7 @@ __all__ = [
     "PRECISIONS",
     "Entry",
     "Registry",
+    "eval_path_tasks",
     "export_formats",
     "export_quantize_choices",
 ]

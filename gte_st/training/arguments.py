@@ -10,6 +10,7 @@ import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
 from gte_st.hardware import cpu_supports_bf16
+from gte_st.registry import eval_path_tasks
 from gte_st.training.attention import DEFAULT_TRAINING_ATTENTION, TrainingAttention
 from gte_st.training.batching import DEFAULT_LENGTH_GROUPING, DEFAULT_PRETOKENIZE
 from gte_st.training.dropout import DEFAULT_TRAINING_DROPOUT, TrainingDropout
@@ -170,8 +171,8 @@ class RecipeArguments:
         default=None,
         metadata={
             "help": "After training, interpolate the weights with the base model's (WiSE-FT): (1 - a) base + a "
-            "tuned. A number a in (0, 1], or 'auto': the a of --wise_ft_grid that keeps every --eval_* task (dev "
-            "data!) within --wise_ft_tolerance of the base model and gains most on their mean."
+            "tuned. A number a in (0, 1], or 'auto': the a of --wise_ft_grid that keeps every --eval_sts / --eval_beir / "
+            "--eval_task task (dev data!) within --wise_ft_tolerance of the base model and gains most on their mean."
         },
     )
     wise_ft_grid: list[float] | None = field(
@@ -212,9 +213,22 @@ class RecipeArguments:
     eval_beir: list[str] | None = field(
         default=None, metadata={"help": "BEIR-layout retrieval folders (corpus.jsonl[.gz], queries.jsonl, qrels/)."}
     )
-    eval_beir_split: str = field(default="test", metadata={"help": "qrels split of the BEIR folders."})
+    eval_beir_split: str = field(default="test", metadata={"help": "qrels split of the --eval_beir folders."})
+    eval_task: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Any task of `gte-st eval --task` on a file or folder, as TASK=PATH or TASK:SPLIT=PATH (SPLIT as "
+            f"`gte-st eval --split`; default the evaluator's), evaluated as --eval_sts is: TASK is one of "
+            f"{', '.join(eval_path_tasks())} (the data each reads: `gte-st eval --help`). Encoded at precision auto; "
+            "reported under the file's name; read and checked before training."
+        },
+    )
     eval_max_corpus: int | None = field(
-        default=None, metadata={"help": "Keep at most this many BEIR documents (all relevant ones are kept)."}
+        default=None,
+        metadata={
+            "help": "Keep at most this many documents of each BEIR folder (--eval_beir, --eval_task retrieval); all "
+            "relevant ones are kept."
+        },
     )
     extend_vocab: str | None = field(
         default=None,

@@ -68,7 +68,9 @@ class Stage:
 
 # Recipe options that are lists of paths: a single string in a recipe file is one entry, never a sequence of
 # characters (``data: /abs/path.jsonl`` is one source).
-LIST_OPTIONS = ("data", "replay", "columns", "eval_sts", "eval_beir", "lora_target_modules", "wise_ft_grid")
+LIST_OPTIONS = (
+    "data", "replay", "columns", "eval_sts", "eval_beir", "eval_task", "lora_target_modules", "wise_ft_grid",
+)  # fmt: skip
 # Options that are text on the command line but may be a number in a recipe file (``wise_ft: 0.5``).
 NUMBER_OR_WORD_OPTIONS = ("wise_ft",)
 # Options that are mappings in a recipe file and JSON text on the command line.
@@ -314,6 +316,10 @@ def check_stage(stage: Stage, where: str) -> None:
     from gte_st.training.vocabulary import check_vocabulary_options
 
     check_vocabulary_options(recipe, where)
+    from gte_st.training.evaluation import parse_eval_task
+
+    for entry in recipe.eval_task or []:  # the syntax, task and path; the data is read when the tasks are built
+        parse_eval_task(entry, f"{where}: --eval_task")
 
 
 def check_base_model_positions(base_model: str, stages: list[Stage]) -> None:
@@ -422,7 +428,8 @@ def check_run_options(stages: list[Stage], *, from_default_job: bool = False) ->
     """Checks of the options that act on the whole run after its stages (read from the first stage, as
     ``--output_dir``): ``--lora_save adapter`` keeps the adapter of a single LoRA stage (an adapter names the base
     model it applies to, so no other stage may change that model, and interpolating needs merged weights);
-    ``--wise_ft auto`` chooses on the evaluation tasks, so it needs some."""
+    ``--wise_ft auto`` chooses on the evaluation tasks (``--eval_sts``, ``--eval_beir``, ``--eval_task``, or the
+    default job's held-out set), so it needs some."""
     first = stages[0].recipe
     if first.lora_save == "adapter":
         if len(stages) != 1 or first.lora_r is None:
@@ -433,9 +440,10 @@ def check_run_options(stages: list[Stage], *, from_default_job: bool = False) ->
         if first.wise_ft is not None:
             raise ValueError("--wise_ft interpolates merged weights; use --lora_save merged with it")
     if first.wise_ft is not None and first.wise_ft.strip().lower() == "auto":
-        if not (first.eval_sts or first.eval_beir or from_default_job):
+        if not (first.eval_sts or first.eval_beir or first.eval_task or from_default_job):
             raise ValueError(
-                "--wise_ft auto chooses the weight on the evaluation tasks: give dev data with --eval_sts / --eval_beir"
+                "--wise_ft auto chooses the weight on the evaluation tasks: give dev data with --eval_sts / "
+                "--eval_beir / --eval_task"
             )
 
 
@@ -454,6 +462,8 @@ def check_output_dir(stages: list[Stage], base_model: str, config_path: str | No
         for option in ("eval_sts", "eval_beir"):
             for i, path in enumerate(getattr(recipe, option) or []):
                 inputs[f"--{option} #{i + 1}"] = path
+        for i, entry in enumerate(recipe.eval_task or []):
+            inputs[f"--eval_task #{i + 1}"] = entry.partition("=")[2]  # checked TASK[:SPLIT]=PATH by check_stage
     check_output_path(stages[0].final_dir, inputs, option="--output_dir")
 
 

@@ -89,7 +89,7 @@ def apply_wise_ft(
         model.load_state_dict(interpolate_state_dicts(base_state, tuned, float(wise_ft)))
         return {"alpha": float(wise_ft), "mode": "fixed"}
     if not tasks:
-        raise ValueError("--wise_ft auto needs evaluation tasks (--eval_sts / --eval_beir on dev data)")
+        raise ValueError("--wise_ft auto needs evaluation tasks (--eval_sts / --eval_beir / --eval_task on dev data)")
     base = {_key(result): result.score for result in map(EvalResult.from_dict, before)}
     trials: dict[float, dict[str, float]] = {}
     for alpha in check_grid(grid):
