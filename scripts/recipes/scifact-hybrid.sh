@@ -17,4 +17,4 @@ cd "$(dirname "$0")/../.."
 python scripts/recipes/build_scifact_distillation.py --out-dir scifact-hybrid/data "$@"
 python scripts/recipes/build_general_pairs.py --out-dir scifact-hybrid/general
 python -m gte_st.training --config scripts/recipes/scifact-hybrid.yaml
-echo "evaluate: gte-st eval scifact-hybrid/model --task retrieval --data ../shared/data/beir_scifact --precision bf16"
+echo "evaluate: gte-st eval scifact-hybrid/model --task retrieval --data ../shared/data/beir_scifact --max-seq-length 256"
