@@ -56,6 +56,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
         + "".join(f"{int(s >= 3)}\t{i}\t{i + 1000}\t{a}\t{b}\n" for i, (s, a, b) in enumerate(rows[500:540]))
     )
+    f["sts"] = tmp / "sts-dev.jsonl"
+    f["sts"].write_text("".join(json.dumps({"sentence1": a, "sentence2": b, "score": sc}) + "\n"
+                                for sc, a, b in rows[700:740]))  # fmt: skip
     beir = f["beir"] = tmp / "beir_tiny"
     (beir / "qrels").mkdir(parents=True)
     docs = rows[600:630]
@@ -111,10 +114,9 @@ def test_a_reranking_task_is_reported_before_during_and_after_training(tiny_bert
             "Reranking", "wikiqa-dev", "dev", "map",
         )  # fmt: skip
         assert set(result["metrics"]) == {"map", "mrr_at_10", "ndcg_at_10"}
-        assert result["details"]["encode_precision"] == "auto" and result["details"]["queries"] == 8
-    saved = EVAL_TASKS.get("reranking")(
-        gte_st.load(str(out)), files["reranking"], precision="auto", dataset="wikiqa-dev"
-    )
+        # fp32 unless asked: the figures `gte-st eval` reports by default, on every CPU
+        assert result["details"]["encode_precision"] == "fp32" and result["details"]["queries"] == 8
+    saved = EVAL_TASKS.get("reranking")(gte_st.load(str(out)), files["reranking"], dataset="wikiqa-dev")
     assert after["metrics"] == pytest.approx(saved.metrics, abs=1e-6)
 
     # the saved model card lists the task once, under its name (not the registered evaluator's inner evaluators)
@@ -125,6 +127,22 @@ def test_a_reranking_task_is_reported_before_during_and_after_training(tiny_bert
     assert len(logged) == 3, recorder.metrics
     assert all({"eval_wikiqa-dev_mrr_at_10", "eval_wikiqa-dev_ndcg_at_10"} <= set(m) for m in logged)
     assert recorder.best_metric == max(m["eval_wikiqa-dev_map"] for m in logged)
+
+
+def test_eval_precision_sets_every_tasks_encode_precision(files):
+    """`--eval_precision` reaches every kind of task (--eval_sts, --eval_beir, --eval_task); fp32 unless asked."""
+
+    def precisions(**options) -> list[str]:
+        recipe = RecipeArguments(eval_sts=[str(files["sts"])], eval_beir=[str(files["beir"])],
+                                 eval_task=[f"reranking={files['reranking']}"], **options)  # fmt: skip
+        return [
+            t.evaluator.options["precision"] if isinstance(t.evaluator, RegisteredTaskEvaluator)
+            else t.evaluator.precision_mode
+            for t in build_eval_tasks(recipe)
+        ]  # fmt: skip
+
+    assert precisions() == ["fp32"] * 3
+    assert precisions(eval_precision="bf16") == ["bf16"] * 3
 
 
 def test_wise_ft_auto_chooses_on_eval_task_tasks_alone(tiny_bert_dir, files, tmp_path):
@@ -169,7 +187,7 @@ def test_the_eval_task_result_is_gte_st_evals(files, tiny_gte_dir, tmp_path):
         assert isinstance(task.evaluator, RegisteredTaskEvaluator)
         assert task.evaluator.evaluate_fn is EVAL_TASKS.get(registered)
         output = tmp_path / f"{key}.json"
-        assert cli_main(["eval", str(tiny_gte_dir), "--task", registered, "--data", str(path), "--precision", "auto",
+        assert cli_main(["eval", str(tiny_gte_dir), "--task", registered, "--data", str(path),
                          "--dataset", task.dataset, "--output", str(output), *extra]) == 0  # fmt: skip
         (expected,) = json.loads(output.read_text())["results"]
         expected["details"].pop("runtime_s", None)
@@ -243,6 +261,9 @@ def world(files, tmp_path_factory) -> dict[str, Path]:
     w["recipe"] = tmp / "recipe.yaml"
     w["recipe"].write_text(yaml.safe_dump({"data": str(w["pairs"]), "output_dir": str(w["out"]),
                                            "eval_task": f"reranking={tmp / 'gone.tsv'}"}))  # fmt: skip
+    w["precision_recipe"] = tmp / "precision-recipe.yaml"
+    w["precision_recipe"].write_text(yaml.safe_dump({"data": str(w["pairs"]), "output_dir": str(w["out"]),
+                                                     "eval_precision": "fp8"}))  # fmt: skip
     return w
 
 
@@ -276,6 +297,10 @@ BAD = [
          "--eval_task 'reranking:={reranking}': the split after ':' is empty"),
     Case("wise-ft-auto-without-tasks", lambda w: _train(w, "--wise_ft", "auto"),
          "give dev data with --eval_sts / --eval_beir / --eval_task"),
+    Case("unknown-eval-precision", lambda w: _train(w, "--eval_precision", "fp8"),
+         "invalid choice: 'fp8' (choose from 'auto', 'fp32', 'bf16', 'bf16-autocast')"),
+    Case("unknown-eval-precision-in-a-recipe", lambda w: ["train", "--config", str(w["precision_recipe"])],
+         "--eval_precision must be one of ['auto', 'fp32', 'bf16', 'bf16-autocast'], got 'fp8'"),
 ]
 # fmt: on
 

@@ -10,7 +10,7 @@ import torch
 from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
 from gte_st.hardware import cpu_supports_bf16
-from gte_st.registry import eval_path_tasks
+from gte_st.registry import PRECISIONS, eval_path_tasks
 from gte_st.training.attention import DEFAULT_TRAINING_ATTENTION, TrainingAttention
 from gte_st.training.batching import DEFAULT_LENGTH_GROUPING, DEFAULT_PRETOKENIZE
 from gte_st.training.dropout import DEFAULT_TRAINING_DROPOUT, TrainingDropout
@@ -219,8 +219,17 @@ class RecipeArguments:
         metadata={
             "help": "Any task of `gte-st eval --task` on a file or folder, as TASK=PATH or TASK:SPLIT=PATH (SPLIT as "
             f"`gte-st eval --split`; default the evaluator's), evaluated as --eval_sts is: TASK is one of "
-            f"{', '.join(eval_path_tasks())} (the data each reads: `gte-st eval --help`). Encoded at precision auto; "
+            f"{', '.join(eval_path_tasks())} (the data each reads: `gte-st eval --help`). Encoded at --eval_precision; "
             "reported under the file's name; read and checked before training."
+        },
+    )
+    eval_precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "Encode precision of every evaluation task (a `gte-st eval --precision` choice). fp32, the "
+            "default, gives `gte-st eval`'s default figures on every CPU; bf16 and auto (bf16 where the CPU has it) "
+            "are faster but move ranking metrics by a few tenths, as much as --wise_ft auto's tolerance.",
+            "choices": PRECISIONS.names(),
         },
     )
     eval_max_corpus: int | None = field(

@@ -25,10 +25,8 @@ from gte_st.evaluation.retrieval import IR_EVALUATOR_SETTINGS, limit_corpus, ret
 from gte_st.registry import EVAL_TASKS, eval_path_tasks
 from gte_st.training.arguments import RecipeArguments
 
-# Every training-time task encodes in batches of this size at the "auto" encode precision (the fastest measured
-# on the hardware): the scores during training compare a model with itself, not with published numbers.
+# Every training-time task encodes in batches of this size, at the recipe's ``eval_precision`` (fp32 unless asked).
 EVAL_BATCH_SIZE = 64
-EVAL_PRECISION = "auto"
 # The retrieval metrics are gte_st.evaluation.retrieval's (one list for `gte-st eval` and training).
 IR_SETTINGS = {**IR_EVALUATOR_SETTINGS, "batch_size": EVAL_BATCH_SIZE, "show_progress_bar": False}
 
@@ -182,13 +180,13 @@ class EvalTask:
         return EvalResult(self.task_type, self.dataset, self.split, metrics, main)
 
 
-def registered_task(spec: EvalTaskSpec, name: str, max_corpus: int | None = None) -> EvalTask:
+def registered_task(spec: EvalTaskSpec, name: str, max_corpus: int | None = None, precision: str = "fp32") -> EvalTask:
     """The :class:`EvalTask` of one ``--eval_task`` entry, its data read and checked (:func:`check_task_data`).
 
-    The evaluator gets the keywords every registered task takes -- ``batch_size``, ``precision`` (``"auto"``, as the
-    other training-time tasks) and ``dataset`` (``name``) -- plus ``split`` when the entry names one and
-    ``max_corpus`` (``--eval_max_corpus``) when the task has that option."""
-    options: dict[str, Any] = {"batch_size": EVAL_BATCH_SIZE, "precision": EVAL_PRECISION, "dataset": name}
+    The evaluator gets the keywords every registered task takes -- ``batch_size``, ``precision`` (the recipe's
+    ``eval_precision``, as the other training-time tasks) and ``dataset`` (``name``) -- plus ``split`` when the entry
+    names one and ``max_corpus`` (``--eval_max_corpus``) when the task has that option."""
+    options: dict[str, Any] = {"batch_size": EVAL_BATCH_SIZE, "precision": precision, "dataset": name}
     if spec.split is not None:
         options["split"] = spec.split
     if max_corpus is not None and "max_corpus" in EVAL_TASKS.entry(spec.task).metadata.get("options", {}):
@@ -201,15 +199,20 @@ def registered_task(spec: EvalTaskSpec, name: str, max_corpus: int | None = None
 def build_eval_tasks(recipe: RecipeArguments, held_out: dict[str, Any] | None = None) -> list[EvalTask]:
     """Evaluation tasks from the recipe's ``eval_sts``/``eval_beir``/``eval_task`` (and the default job's held-out
     split). Every file is read and checked here, before the model is loaded and before the first training step;
-    a bad ``--eval_task`` entry is a one-line ``ValueError`` naming the option and the entry."""
+    a bad ``--eval_task`` entry is a one-line ``ValueError`` naming the option and the entry.
+
+    Every task encodes at ``recipe.eval_precision``: fp32 by default, because bf16 rounding reorders near-tied
+    candidates -- it moved WikiQA MAP by up to 0.6 (docs/benchmarks.md, SciFact recipe), more than the 0.3 that
+    ``--wise_ft auto`` allows -- and so that the figures are ``gte-st eval``'s on every CPU."""
     tasks: list[EvalTask] = []
+    precision = recipe.eval_precision
     if held_out is not None:
-        evaluator = make_evaluator(RetrievalEvaluator, EVAL_PRECISION, **held_out, name="docstrings", **IR_SETTINGS)
+        evaluator = make_evaluator(RetrievalEvaluator, precision, **held_out, name="docstrings", **IR_SETTINGS)
         tasks.append(EvalTask(evaluator, "Retrieval", "docstrings-held-out", "test"))
     for path in recipe.eval_sts or []:
         pairs = read_sts(path)
         name = Path(path).name.split(".")[0]
-        evaluator = make_evaluator(STSEvaluator, EVAL_PRECISION, sentences1=pairs.sentences1,
+        evaluator = make_evaluator(STSEvaluator, precision, sentences1=pairs.sentences1,
                                    sentences2=pairs.sentences2, scores=pairs.scores, name=name,
                                    batch_size=EVAL_BATCH_SIZE)  # fmt: skip
         tasks.append(EvalTask(evaluator, "STS", name, Path(path).stem))
@@ -217,14 +220,14 @@ def build_eval_tasks(recipe: RecipeArguments, held_out: dict[str, Any] | None = 
         data = read_beir(folder, recipe.eval_beir_split)
         corpus = {doc: data.corpus[doc] for doc in limit_corpus(data, recipe.eval_max_corpus)}
         name = Path(folder).name
-        evaluator = make_evaluator(RetrievalEvaluator, EVAL_PRECISION, queries=data.queries, corpus=corpus,
+        evaluator = make_evaluator(RetrievalEvaluator, precision, queries=data.queries, corpus=corpus,
                                    relevant_docs=data.qrels, name=name, **IR_SETTINGS)  # fmt: skip
         tasks.append(EvalTask(evaluator, "Retrieval", name, recipe.eval_beir_split))
     taken = {task.evaluator.name for task in tasks} | {task.dataset for task in tasks}
     for entry in recipe.eval_task or []:
         spec = parse_eval_task(entry)
         name = _unique(Path(spec.path).name.split(".")[0] or spec.task, taken)
-        tasks.append(registered_task(spec, name, recipe.eval_max_corpus))
+        tasks.append(registered_task(spec, name, recipe.eval_max_corpus, precision))
     return tasks
 
 

@@ -273,6 +273,10 @@ def check_stage(stage: Stage, where: str) -> None:
 
     if recipe.pooling not in POOLING_CHOICES:
         raise ValueError(f"{where}: --pooling must be one of {list(POOLING_CHOICES)}, got {recipe.pooling!r}")
+    from gte_st.registry import PRECISIONS
+
+    if recipe.eval_precision not in PRECISIONS:
+        raise ValueError(f"{where}: --eval_precision must be one of {list(PRECISIONS)}, got {recipe.eval_precision!r}")
     if not (math.isfinite(recipe.alpha) and recipe.alpha >= 0):
         raise ValueError(f"{where}: --alpha must be a finite number >= 0, got {recipe.alpha}")
     if recipe.replay and not (math.isfinite(recipe.replay_share) and 0 < recipe.replay_share < 1):
