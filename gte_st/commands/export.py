@@ -53,7 +53,11 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="ONNX: skip the fused onnx/model_O2.onnx (ORT transformer optimizer)",
     )
-    parser.add_argument("--calibration", help="static int8: texts to calibrate on (txt: one per line; jsonl[.gz])")
+    parser.add_argument(
+        "--calibration",
+        help="static int8: texts to calibrate on, a corpus file (txt: one per line; jsonl[.gz], json, csv, tsv, "
+        "parquet: a text field; a BEIR folder)",
+    )
     parser.add_argument("--calibration-size", type=positive_int, default=200, help="calibration texts used")
     parser.add_argument(
         "--down-projections",
@@ -63,7 +67,7 @@ def build_parser() -> ArgumentParser:
         "split their inputs' outlier channels and quantise as many as the model tolerates, chosen by measurement "
         "(3 NNCF runs, up to 2 more per layer if not all pass; faster on CPUs without AMX)",
     )
-    parser.add_argument("--sample", help="text file (one text per line) for the parity check")
+    parser.add_argument("--sample", help="texts for the parity check, a corpus file as --calibration reads")
     parser.add_argument(
         "--threshold",
         type=_threshold,

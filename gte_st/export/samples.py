@@ -13,8 +13,6 @@ window, and the same non-English texts. Users calibrate on their own texts with 
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -155,24 +153,18 @@ def calibration_sample(size: int = 200) -> list[str]:
 
 
 def read_texts(source: str | Path | Sequence[str], limit: int | None = None) -> list[str]:
-    """Texts from a list, a text file (one text per line), or a jsonl / jsonl.gz file (``title`` + ``text`` fields,
-    as in a BEIR ``corpus.jsonl.gz``). Empty lines are skipped; ``limit`` keeps the first N."""
-    if not isinstance(source, (str, Path)):
-        texts = [str(t) for t in source]
+    """Texts from a list, or from a file read by :func:`gte_st.corpus.read_corpus`, the one corpus reader: a
+    ``.txt`` file (one text per line), jsonl[.gz] / json / csv / tsv / parquet rows (the text field, its ``title``
+    prepended, as in a BEIR ``corpus.jsonl.gz``) or a BEIR folder; a bad file or row is an error naming both. Blank
+    texts are skipped; ``limit`` keeps the first N."""
+    if isinstance(source, (str, Path)):
+        from gte_st.corpus import read_corpus
+
+        if not Path(source).exists():
+            raise FileNotFoundError(f"calibration / sample file {source} does not exist")
+        _, texts = read_corpus(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"calibration / sample file {path} does not exist")
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf8") as f:
-            if ".jsonl" in path.suffixes or ".json" in path.suffixes:
-                texts = []
-                for line in f:
-                    if line.strip():
-                        row = json.loads(line)
-                        texts.append(f"{row.get('title') or ''} {row.get('text') or ''}".strip())
-            else:
-                texts = [line.rstrip("\n") for line in f]
+        texts = [str(t) for t in source]
     texts = [t for t in texts if t.strip()]
     if not texts:
         raise ValueError(f"{source}: no texts")
