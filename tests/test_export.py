@@ -4,6 +4,7 @@ consumers read, the minimum-cosine gate, atomic refusal, loaders, native GTE / M
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -111,7 +112,11 @@ def test_static_int8_onnx_calibrates_on_a_user_file(tiny_gte_dir, tmp_path):
     model_dir = _copy(tiny_gte_dir, tmp_path)
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("\n".join(SENTENCES * 3) + "\n\n")
+    root, gte_logger = logging.getLogger(), logging.getLogger("gte_st")
+    levels = (root.level, gte_logger.level)
     report = export(model_dir, "onnx", "int8-static", optimize=False, calibration=calibration)
+    # ONNX Runtime's quantiser notices are silenced for the call only: the process keeps its own warnings
+    assert (root.level, gte_logger.level) == levels and root.getEffectiveLevel() < logging.ERROR
     assert [v.variant for v in report.variants] == ["onnx-fp32", "onnx-int8-static"]
     assert report.variants[1].details["calibration_texts"] == 9  # the empty lines are skipped
     # the fused graph it is built from is an intermediate here (optimize=False): not written
@@ -128,7 +133,15 @@ def test_openvino_ir_in_the_layout_sentence_transformers_reads(tiny_gte_dir, tmp
     from gte_st.export import OpenVINOEncoder, export, load_openvino_model
 
     model_dir = _copy(tiny_gte_dir, tmp_path)
-    report = export(model_dir, "openvino", "int8-static", **FAST)
+    nncf_logger, handler = logging.getLogger("nncf"), logging.StreamHandler()
+    nncf_logger.addHandler(handler)  # a handler of the user's on NNCF's (non-propagating) logger
+    level = nncf_logger.level
+    try:
+        report = export(model_dir, "openvino", "int8-static", **FAST)
+    finally:
+        nncf_logger.removeHandler(handler)
+    # NNCF is silenced for the call only: its logger's level and the user's handler are as they were
+    assert nncf_logger.level == level and handler.level == logging.NOTSET
     assert [v.variant for v in report.variants] == ["openvino-fp32", "openvino-int8-static"]
     assert sorted(p.name for p in (model_dir / "openvino").iterdir()) == [
         "openvino_model.bin",
@@ -466,9 +479,18 @@ def test_read_texts_from_txt_and_beir_jsonl_gz(tmp_path):
     with gzip.open(tmp_path / "c.jsonl.gz", "wt") as f:
         f.write(json.dumps({"_id": "1", "title": "T", "text": "body"}) + "\n")
     assert read_texts(tmp_path / "c.jsonl.gz") == ["T body"]
-    with pytest.raises(ValueError, match="no texts"):
+    with pytest.raises(ValueError, match="empty corpus"):
         (tmp_path / "empty.txt").write_text("\n")
         read_texts(tmp_path / "empty.txt")
+    # the one corpus reader's rules: a bad row is named with its file and line, an unknown format refused
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "fine"}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl.*2"):
+        read_texts(tmp_path / "bad.jsonl")
+    (tmp_path / "texts.lst").write_text("one\n")
+    with pytest.raises(ValueError, match="unsupported corpus format"):
+        read_texts(tmp_path / "texts.lst")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_texts(tmp_path / "missing.txt")
 
 
 def test_export_cli_errors_and_report(tiny_gte_dir, tmp_path, capsys):

@@ -20,7 +20,6 @@ Example (a new variant: one builder here, one entry in the registry)::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,8 +109,11 @@ def build_nncf_weights(source: Path, path: Path, context: BuildContext) -> dict[
     import nncf
     import openvino as ov
 
-    nncf.set_log_level(logging.ERROR)
-    compressed = nncf.compress_weights(ov.Core().read_model(str(source)), mode=nncf.CompressWeightsMode.INT8_ASYM)
+    from gte_st.export.onnx import quiet_loggers
+    from gte_st.export.quantize import NNCF_LOGGER
+
+    with quiet_loggers(NNCF_LOGGER):
+        compressed = nncf.compress_weights(ov.Core().read_model(str(source)), mode=nncf.CompressWeightsMode.INT8_ASYM)
     ov.save_model(compressed, str(path), compress_to_fp16=False)
     return {}
 

@@ -9,9 +9,28 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+
+@contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise the named loggers (``"root"`` is the root logger) to ``level`` for the ``with`` block only, then put
+    their levels back: the ONNX tools log notices a user cannot act on, but a process that exports and then goes on
+    (a notebook, a service) must keep its own warnings."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, previous in zip(loggers, levels):
+            logger.setLevel(previous)
+
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +96,15 @@ def optimize_onnx_graph(source: str | Path, target: str | Path, config) -> dict[
 
     options = FusionOptions("bert")
     options.enable_gelu_approximation = False  # FastGelu changes the numbers; O3 territory
-    for name in ("onnxruntime.transformers", "fusion_base", "onnx_model", "onnx_model_bert", "optimizer"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    optimized = optimize_model(
-        str(source),
-        model_type="bert",
-        num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
-        hidden_size=int(getattr(config, "hidden_size", 0) or 0),
-        optimization_options=options,
-        opt_level=0,  # graph fusions only: ORT's own level-99 rewrites are hardware specific and done at load time
-        use_gpu=False,
-    )
+    with quiet_loggers("onnxruntime.transformers", "fusion_base", "onnx_model", "onnx_model_bert", "optimizer"):
+        optimized = optimize_model(
+            str(source),
+            model_type="bert",
+            num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+            hidden_size=int(getattr(config, "hidden_size", 0) or 0),
+            optimization_options=options,
+            opt_level=0,  # graph fusions only: ORT's own level-99 rewrites are hardware specific and done at load time
+            use_gpu=False,
+        )
     optimized.save_model_to_file(str(target))
     return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}

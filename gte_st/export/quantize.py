@@ -31,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
+from gte_st.export.onnx import quiet_loggers
 from gte_st.export.outlier_channels import constant_of, split_outlier_channels
+
+# ONNX Runtime's quantisation tools log their notices ("consider pre-processing") on the root logger: silenced for
+# the duration of a quantisation call only (quiet_loggers puts the level back).
+ORT_QUANTIZATION_LOGGERS = ("root",)
+# NNCF's own logger, silenced the same way. Not ``nncf.set_log_level``: that sets the level of every handler on the
+# logger for good, handlers a user (or pytest's log capture) attached included.
+NNCF_LOGGER = "nncf"
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +68,6 @@ def calibration_batches(model, texts: Sequence[str], input_names: Sequence[str],
     return batches
 
 
-def _quiet_onnxruntime_quantization() -> None:
-    logging.getLogger("root").setLevel(logging.ERROR)  # "consider pre-processing" notices
-
-
 def quantize_onnx_dynamic(source: str | Path, target: str | Path) -> None:
     """Dynamic int8 quantisation (weights per channel, activations at run time) of ``source`` into ``target``.
 
@@ -72,18 +76,19 @@ def quantize_onnx_dynamic(source: str | Path, target: str | Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _quiet_onnxruntime_quantization()
     _, down, _ = _onnx_matmuls(source)
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul", "Gemm", "Attention"],
-        nodes_to_exclude=down,
-        # fused contrib ops (Attention, SkipLayerNormalization) have no ONNX shape inference: their outputs are float
-        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    with quiet_loggers(*ORT_QUANTIZATION_LOGGERS):
+        quantize_dynamic(
+            str(source),
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm", "Attention"],
+            nodes_to_exclude=down,
+            # fused contrib ops (Attention, SkipLayerNormalization) have no ONNX shape inference: their outputs are
+            # float
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
 
 
 def _onnx_matmuls(path: str | Path) -> tuple[list[str], list[str], list[str]]:
@@ -132,16 +137,17 @@ def quantize_onnx_static(source: str | Path, target: str | Path, batches: list[d
     down-projections."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    _quiet_onnxruntime_quantization()
     # Symbolic shape inference first: without the types of the fused contrib ops' outputs (Attention,
     # SkipLayerNormalization) the quantiser leaves every activation in float and only stores int8 weights.
     prepared = Path(target).with_name(Path(target).stem + ".prepared.onnx")
-    quant_pre_process(str(source), str(prepared), skip_optimization=True)
-    weight, down, activation = _onnx_matmuls(prepared)
-    if not weight:
-        raise ValueError(f"{source}: no MatMul with a constant weight to quantise")
     try:
-        _quantize_static(prepared, target, batches, activation + down)
+        with quiet_loggers(*ORT_QUANTIZATION_LOGGERS):
+            quant_pre_process(str(source), str(prepared), skip_optimization=True)
+        weight, down, activation = _onnx_matmuls(prepared)
+        if not weight:
+            raise ValueError(f"{source}: no MatMul with a constant weight to quantise")
+        with quiet_loggers(*ORT_QUANTIZATION_LOGGERS):
+            _quantize_static(prepared, target, batches, activation + down)
     finally:
         prepared.unlink(missing_ok=True)
 
@@ -202,7 +208,6 @@ def quantize_openvino_static(
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
-    nncf.set_log_level(logging.ERROR)
     ov_model = ov.Core().read_model(str(source_xml))
     ignored = down_projections(ov_model) if keep_float is None else list(keep_float)
     advanced = None
@@ -210,15 +215,16 @@ def quantize_openvino_static(
         advanced = AdvancedQuantizationParameters(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)
         )
-    quantized = nncf.quantize(
-        ov_model,
-        nncf.Dataset(batches),
-        model_type=nncf.ModelType.TRANSFORMER,
-        preset=nncf.QuantizationPreset.MIXED,
-        subset_size=len(batches),
-        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-        advanced_parameters=advanced,
-    )
+    with quiet_loggers(NNCF_LOGGER):
+        quantized = nncf.quantize(
+            ov_model,
+            nncf.Dataset(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=len(batches),
+            ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+            advanced_parameters=advanced,
+        )
     ov.save_model(quantized, str(target_xml), compress_to_fp16=False)
 
 
