@@ -160,8 +160,6 @@ def read_texts(source: str | Path | Sequence[str], limit: int | None = None) -> 
     if isinstance(source, (str, Path)):
         from gte_st.corpus import read_corpus
 
-        if not Path(source).exists():
-            raise FileNotFoundError(f"calibration / sample file {source} does not exist")
         _, texts = read_corpus(source)
     else:
         texts = [str(t) for t in source]
