@@ -10,6 +10,11 @@ Writes jsonl sources in sentence-transformers' column layout (``anchor``, ``posi
   its SOURCE.txt: do not evaluate on SNLI after replaying it);
 - ``wikiqa.jsonl``: WikiQA *train* questions -> a correct answer sentence, with a wrong candidate of the same question
   as the negative; the questions of ``wikiqa-dev.txt`` are left out;
+- ``wikiqa-lists.jsonl``: for ``--replay_objective distillation`` only: every WikiQA *train* question (answered or
+  not) with the candidate sentences of its article, LIST_SIZE per row (``positive``, ``negative_1..``; not labels:
+  the replay only keeps the base model's similarities, here between a question and the sentences it is ranked
+  against, the fine-grained geometry answer-sentence selection uses and in-batch pairs do not constrain); the
+  questions of ``wikiqa-dev.txt`` are left out;
 - ``wikiqa-dev.txt``: a fifth of the WikiQA train questions (chosen by a stable hash of the question) in WikiQA's own
   layout, a reranking dev set (``gte-st eval --task reranking``) for choices that must not look at WikiQA test;
 - ``mrpc.jsonl``: the MRPC *train* pairs labelled paraphrase;
@@ -27,7 +32,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"  # the data folder beside the checkout
-SOURCES = ("snli", "wikiqa", "mrpc", "stsb", "docstrings")
+SOURCES = ("snli", "wikiqa", "wikiqa-lists", "mrpc", "stsb", "docstrings")
+LIST_SIZE = 4  # candidates per wikiqa-lists row: a question's list in chunks, the last one filled from its start
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> int:
@@ -65,6 +71,23 @@ def wikiqa(data: Path, dev_fraction: float) -> tuple[list[dict], list[str]]:
             rows += [{"anchor": sample["query"], "positive": p, "negative": sample["negative"][0]} for p in sample["positive"]]  # fmt: skip
     dev = [line for line in path.read_text(encoding="utf8").splitlines() if line.split("\t")[0] in dev_questions]
     return rows, dev
+
+
+def wikiqa_lists(data: Path, dev_fraction: float) -> list[dict]:
+    """Rows of every non-dev WikiQA train question and LIST_SIZE of its candidates (correct ones first), until each
+    candidate is in a row; a list shorter than LIST_SIZE repeats its candidates."""
+    from gte_st.evaluation.readers import read_reranking
+
+    rows = []
+    for sample in read_reranking(data / "wikiqa" / "WikiQA-train.txt"):
+        candidates = sample["positive"] + sample["negative"]
+        if held_out(sample["query"], dev_fraction) or not candidates:
+            continue
+        for start in range(0, len(candidates), LIST_SIZE):
+            chunk = [candidates[(start + i) % len(candidates)] for i in range(LIST_SIZE)]
+            negatives = {f"negative_{i}": text for i, text in enumerate(chunk[1:], 1)}
+            rows.append({"anchor": sample["query"], "positive": chunk[0], **negatives})
+    return rows
 
 
 def mrpc(data: Path) -> list[dict]:
@@ -114,6 +137,8 @@ def main() -> None:
         rows, dev = wikiqa(data, args.wikiqa_dev_fraction)
         counts["wikiqa"] = write_jsonl(out / "wikiqa.jsonl", rows)
         (out / "wikiqa-dev.txt").write_text("\n".join(dev) + "\n", encoding="utf8")
+    if "wikiqa-lists" in sources:
+        counts["wikiqa-lists"] = write_jsonl(out / "wikiqa-lists.jsonl", wikiqa_lists(data, args.wikiqa_dev_fraction))
     if "mrpc" in sources:
         counts["mrpc"] = write_jsonl(out / "mrpc.jsonl", mrpc(data))
     if "stsb" in sources:
