@@ -7,6 +7,7 @@ answers it without running anything.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -95,3 +96,35 @@ def test_no_machine_specific_paths_in_scripts():
         if MACHINE_PATH.search(line)
     ]
     assert not found, "machine-specific paths (use paths relative to the checkout or options):\n" + "\n".join(found)
+
+
+def test_general_pairs_wikiqa_lists_hold_every_candidate_of_the_train_questions(tmp_path: Path):
+    """build_general_pairs.py's wikiqa-lists source: every candidate of each non-dev question lands in a row of
+    LIST_SIZE columns that gte-st loads as a source; the dev questions are in no source."""
+    from gte_st.data import load_training_data
+
+    questions = {f"question {q}?": [f"sentence {q}.{c}" for c in range(n)] for q, n in enumerate((1, 3, 4, 9, 6, 2))}
+    lines = [
+        f"{q}\t{c}\t{int(i == len(candidates) // 2)}"
+        for q, candidates in questions.items()
+        for i, c in enumerate(candidates)
+    ]  # each answered
+    (tmp_path / "wikiqa").mkdir()
+    (tmp_path / "wikiqa" / "WikiQA-train.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPTS / "recipes" / "build_general_pairs.py"), "--data", str(tmp_path),
+               "--out-dir", str(out), "--sources", "wikiqa,wikiqa-lists", "--wikiqa-dev-fraction", "0.4"]  # fmt: skip
+    subprocess.run(command, check=True, env=_env(), capture_output=True)
+
+    dev = {line.split("\t")[0] for line in (out / "wikiqa-dev.txt").read_text(encoding="utf8").splitlines() if line}
+    data = load_training_data([f"lists={out / 'wikiqa-lists.jsonl'}"])["lists"]
+    assert data.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    rows: dict[str, set[str]] = {}
+    for row in data:
+        rows.setdefault(row["anchor"], set()).update(row[c] for c in data.column_names[1:])
+    assert dev and rows and not dev & set(rows)
+    assert set(rows) | dev == set(questions)
+    for question, texts in rows.items():
+        assert texts == set(questions[question])  # every candidate, and only its own
+    answered = {json.loads(line)["anchor"] for line in (out / "wikiqa.jsonl").read_text(encoding="utf8").splitlines()}
+    assert not answered & dev
