@@ -66,7 +66,7 @@ def main() -> None:
         "--precision",
         default="auto",
         help="teacher encode precision (gte_st.encoding): auto (default) is bf16 only where this CPU runs it natively"
-        " and faster -- emulated bf16 is about 5x slower than fp32 on an AVX2-only CPU -- else fp32; near-tied"
+        " and faster (emulated bf16 is several times slower than fp32), else fp32; near-tied"
         " candidates may order differently between the two",
     )
     parser.add_argument("--stsb", default=str(STSB), help="STS-B train file")
