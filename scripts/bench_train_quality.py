@@ -25,7 +25,8 @@ its data built once by the recipe's builders (build_scifact_distillation.py, bui
   sf-lora     sf-plain, the claims stage as a LoRA adapter (``--lora-r``, ``--lora-lr``), merged
   sf-distill  sf-plain, the claims stage with self-distillation to the base (``--distillation-weight``)
   sf-keep     sf-replay whose replay batches train only to keep the base model's similarities on them
-              (``--replay_objective distillation``, weight ``--replay-distillation-weight``)
+              (``--replay_objective distillation``, weight ``--replay-distillation-weight``, target
+              ``--replay-distillation-target``)
   sf-recipe   the shipped recipe as it is
   ARM@wA      ARM's saved models (same seeds, same --out-dir) interpolated with the base model at A, which is what
               ``gte-st train --wise_ft A`` does after training; evaluation only
@@ -69,7 +70,8 @@ METRICS = ("stsb_test", "sickr_test", "scifact_test_ndcg@10", "wikiqa_test_map",
 # 0.3 that issue 29 allows (docs/results/scifact_retention_dev.json: the same models move differently on the two).
 DEV_METRICS = ("stsb_dev", "sick_train", "scifact_dev_ndcg@10", "wikiqa_dev_map", "docstrings_ndcg@10")
 # Options of the recipe that keep general quality: sf-plain drops them from every level of the recipe.
-RETENTION_OPTIONS = ("replay", "replay_share", "replay_objective", "replay_distillation_weight", "lora_r",
+RETENTION_OPTIONS = ("replay", "replay_share", "replay_objective", "replay_distillation_weight",
+                     "replay_distillation_target", "lora_r",
                      "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save", "wise_ft", "wise_ft_grid",
                      "wise_ft_tolerance")  # fmt: skip
 
@@ -186,7 +188,11 @@ def recipe_config(arm: str, scifact: Path, general: Path, args: argparse.Namespa
             claims["replay"] = [f"{name}={general}/{name}.jsonl" for name in args.replay_sources.split(",")]
             claims["replay_share"] = args.replay_share
         if arm == "sf-keep":
-            claims.update(replay_objective="distillation", replay_distillation_weight=args.replay_distillation_weight)
+            claims.update(
+                replay_objective="distillation",
+                replay_distillation_weight=args.replay_distillation_weight,
+                replay_distillation_target=args.replay_distillation_target,
+            )
         elif arm == "sf-lora":
             claims.update(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, learning_rate=args.lora_lr)
         elif arm == "sf-distill":
@@ -431,6 +437,11 @@ def main() -> None:
     parser.add_argument("--replay-share", type=float, default=0.2, help="sf-replay, sf-keep: share of the batches")
     parser.add_argument(
         "--replay-distillation-weight", type=float, default=10.0, help="sf-keep: weight of the replay batches' term"
+    )
+    parser.add_argument(
+        "--replay-distillation-target",
+        default="similarities",
+        help="sf-keep: what the replay batches keep (similarities or embeddings)",
     )
     parser.add_argument("--lora-r", type=int, default=16, help="sf-lora: rank (lora_alpha = 2 r)")
     parser.add_argument("--lora-lr", type=float, default=5e-4, help="sf-lora: learning rate of the claims stage")

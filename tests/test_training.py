@@ -483,3 +483,26 @@ def test_replay_distillation_is_zero_at_the_start_and_shares_the_stage_teacher(t
     assert build_replay_loss(model, stage_loss, "loss", distillation_weight=3.0) is stage_loss
     with pytest.raises(ValueError, match="replay objective must be one of"):
         build_replay_loss(model, stage_loss, "kd", distillation_weight=3.0)
+
+
+def test_replay_distillation_of_embeddings_is_the_mean_squared_distance_to_the_teacher(tiny_bert_dir):
+    """``distillation_target="embeddings"``: the replay loss is weight x the mean over texts of
+    ``||e - e_T||^2`` of the normalised embeddings (each column's rows), 0 while the model is the teacher."""
+    from gte_st.training.loss import build_replay_loss
+
+    model = gte_st.build_model(str(tiny_bert_dir))
+    columns = [r[1] for r in stsb_rows("train")[:6]], [r[2] for r in stsb_rows("train")[:6]]
+    features = [model.tokenize(list(column)) for column in columns]
+    replay = build_replay_loss(
+        model, build_loss(model, "mse"), "distillation", distillation_weight=3.0, distillation_target="embeddings"
+    )
+    assert replay.config.distillation_target == "embeddings" and replay(features).item() == 0.0
+    teacher = [model.encode(list(column), convert_to_tensor=True, normalize_embeddings=True) for column in columns]
+    with torch.no_grad():
+        next(iter(model.parameters())).add_(0.05)
+    student = [model.encode(list(column), convert_to_tensor=True, normalize_embeddings=True) for column in columns]
+    expected = 3.0 * sum(((s - t) ** 2).sum(-1).mean() for s, t in zip(student, teacher)) / len(columns)
+    assert expected > 0
+    assert replay(features).item() == pytest.approx(expected.item(), rel=1e-4)
+    similarities = build_replay_loss(model, build_loss(model, "mse"), "distillation", distillation_weight=3.0)
+    assert similarities.config.distillation_target == "similarities"

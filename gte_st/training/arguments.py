@@ -73,7 +73,15 @@ class RecipeArguments:
     )
     replay_distillation_weight: float = field(
         default=10.0,
-        metadata={"help": "With --replay_objective distillation: the weight of the replay batches' similarity MSE."},
+        metadata={"help": "With --replay_objective distillation: the weight of the replay batches' distillation MSE."},
+    )
+    replay_distillation_target: str = field(
+        default="similarities",
+        metadata={
+            "help": "With --replay_objective distillation: what the replay batches keep of the starting model: "
+            "similarities (each anchor's cosine to every in-batch candidate: the geometry, free to rotate) or "
+            "embeddings (each text's normalised embedding itself: a tighter hold, 2 - 2 cos per text)."
+        },
     )
     pooling: str = field(
         default="auto",

@@ -362,11 +362,13 @@ def build_replay_loss(
     objective: str,
     *,
     distillation_weight: float,
+    distillation_target: str = "similarities",
     mini_batch_size: int | None = None,
 ) -> torch.nn.Module:
     """The loss of a stage's replay batches: ``loss`` itself (``objective="loss"``), or (``"distillation"``)
     :class:`~gte_st.losses.SelfDistillationLoss` around :class:`~gte_st.losses.ZeroLoss` -- only the MSE between the
-    student's in-batch cosine similarities and a frozen teacher's. The teacher is the one ``loss`` already holds
+    student's in-batch cosine similarities and a frozen teacher's (``distillation_target="similarities"``), or between
+    the normalised embeddings themselves (``"embeddings"``). The teacher is the one ``loss`` already holds
     (a stage with ``distillation_weight`` in its ``--loss_kwargs``), else a frozen copy of ``model`` as it is now
     (build this before a LoRA adapter is added). Gradient caching follows the stage's ``mini_batch_size``.
 
@@ -378,7 +380,11 @@ def build_replay_loss(
         return loss
     shared = next((m for m in loss.modules() if isinstance(m, SelfDistillationLoss)), None)
     replay = SelfDistillationLoss(
-        model, ZeroLoss(model), distillation_weight=distillation_weight, teacher=shared and shared.teacher
+        model,
+        ZeroLoss(model),
+        distillation_weight=distillation_weight,
+        distillation_target=distillation_target,
+        teacher=shared and shared.teacher,
     )
     if shared is not None:
         replay.teacher_label = shared.teacher_label

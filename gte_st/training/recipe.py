@@ -22,6 +22,7 @@ from transformers import HfArgumentParser
 
 from gte_st.errors import UsageError
 from gte_st.files import check_output_path, check_path_component
+from gte_st.losses.self_distillation import DISTILLATION_TARGETS
 from gte_st.training.arguments import GTETrainingArguments, RecipeArguments, mixed_precision_flags
 from gte_st.training.loss import (
     REPLAY_OBJECTIVES,
@@ -287,6 +288,11 @@ def check_stage(stage: Stage, where: str) -> None:
         )
     if recipe.replay_objective != "loss" and not recipe.replay:
         raise ValueError(f"{where}: --replay_objective {recipe.replay_objective} needs --replay sources")
+    if recipe.replay_distillation_target not in DISTILLATION_TARGETS:
+        raise ValueError(
+            f"{where}: --replay_distillation_target must be one of {list(DISTILLATION_TARGETS)}, "
+            f"got {recipe.replay_distillation_target!r}"
+        )
     if not (math.isfinite(recipe.replay_distillation_weight) and recipe.replay_distillation_weight > 0):
         raise ValueError(
             f"{where}: --replay_distillation_weight must be a finite number > 0, got {recipe.replay_distillation_weight}"

@@ -264,7 +264,7 @@ def _run_stage(
     )
     replay_loss = build_replay_loss(
         model, loss, recipe.replay_objective, distillation_weight=recipe.replay_distillation_weight,
-        mini_batch_size=recipe.mini_batch_size,
+        distillation_target=recipe.replay_distillation_target, mini_batch_size=recipe.mini_batch_size,
     )  # fmt: skip
     if recipe.lora_r is not None:  # after the loss: a frozen teacher (self-distillation) copies the plain model
         add_lora(model, stage_lora_config(recipe))
