@@ -12,4 +12,7 @@ bash scripts/setup_transformers_js.sh >/dev/null
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 CUDA_VISIBLE_DEVICES=""
 .venv/bin/ruff check gte_st tests scripts
 .venv/bin/ruff format --check gte_st tests scripts
-exec .venv/bin/python -m pytest -q "$@"
+# Two pytest workers (GTE_ST_TEST_WORKERS; 0 runs in this process): most of the suite's time is processes that start
+# and import torch / transformers / sentence-transformers (CLI runs, kill-and-rerun cases, the clients), which one
+# worker leaves half of a 2-core CI machine idle for. Work stealing, as the tests' lengths differ a hundredfold.
+exec .venv/bin/python -m pytest -q -n "${GTE_ST_TEST_WORKERS:-2}" --dist worksteal "$@"
