@@ -128,3 +128,16 @@ def test_general_pairs_wikiqa_lists_hold_every_candidate_of_the_train_questions(
         assert texts == set(questions[question])  # every candidate, and only its own
     answered = {json.loads(line)["anchor"] for line in (out / "wikiqa.jsonl").read_text(encoding="utf8").splitlines()}
     assert not answered & dev
+
+
+def test_scifact_distillation_builder_refuses_an_unknown_precision_before_any_work(tmp_path: Path):
+    """``--precision`` takes the names of gte_st's precision registry, checked when the arguments are parsed: one
+    line naming the option, and no output folder."""
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "recipes" / "build_scifact_distillation.py"), "--out-dir", str(out),
+         "--precision", "fp16"],
+        env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "argument --precision: invalid choice: 'fp16'" in done.stderr
+    assert not out.exists()

@@ -28,6 +28,8 @@ import shutil
 import time
 from pathlib import Path
 
+from gte_st.registry import PRECISIONS
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data" / "beir_scifact"  # the data folder beside the checkout
 STSB = DATA.parent / "stsb" / "sts-train.csv"
@@ -65,6 +67,7 @@ def main() -> None:
     parser.add_argument(
         "--precision",
         default="auto",
+        choices=PRECISIONS.names(),
         help="teacher encode precision (gte_st.encoding): auto (default) is bf16 only where this CPU runs it natively"
         " and faster (emulated bf16 is several times slower than fp32), else fp32; near-tied"
         " candidates may order differently between the two",
