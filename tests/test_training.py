@@ -227,6 +227,9 @@ def test_scifact_recipe_parses():
     claims, sts = parse_stages(["--config", str(path)])
     assert claims.recipe.loss == "mse" and claims.recipe.data == ["claims=scifact-hybrid/data/claims.jsonl"]
     assert sts.recipe.loss == "cosent" and sts.args.max_steps == 45 and sts.recipe.max_seq_length == 128
+    assert (
+        claims.recipe.replay_objective == "distillation" and claims.recipe.replay_distillation_target == "embeddings"
+    )
 
 
 def test_cosent_stage_learns_the_order_of_gold_scores(tiny_bert_dir, tmp_path):
