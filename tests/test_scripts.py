@@ -141,3 +141,79 @@ def test_scifact_distillation_builder_refuses_an_unknown_precision_before_any_wo
     )  # fmt: skip
     assert done.returncode == 2 and "argument --precision: invalid choice: 'fp16'" in done.stderr
     assert not out.exists()
+
+
+_TOPICS = ["protein folding", "cell division", "gene expression", "immune response", "blood pressure",
+           "insulin signalling", "tumour growth", "bone density", "sleep cycles", "gut bacteria", "heart rate",
+           "vitamin D"]  # fmt: skip
+
+
+def _tiny_beir(folder: Path) -> Path:
+    """A BEIR folder with 12 documents and 4 train claims, each citing one document."""
+    import gzip
+
+    (folder / "qrels").mkdir(parents=True)
+    with gzip.open(folder / "corpus.jsonl.gz", "wt", encoding="utf8") as f:
+        for i, topic in enumerate(_TOPICS):
+            f.write(
+                json.dumps(
+                    {"_id": f"d{i}", "title": f"Age and {topic}", "text": f"How {topic} changes with age in adults."}
+                )
+                + "\n"
+            )
+    claims = {f"q{i}": f"{_TOPICS[i]} changes with age" for i in range(4)}
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in claims.items()))
+    (folder / "qrels" / "train.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(4))
+    )
+    return folder
+
+
+def test_scifact_distillation_builder_writes_the_claims_rows_and_titles_only_when_asked(
+    tmp_path: Path, tiny_gte_dir: Path
+):
+    """The recipe's files from a tiny BEIR folder and model: one claims row per (claim, cited document) with the
+    asked number of negatives, none of them the cited document, the STS-B train pairs; ``titles.jsonl`` (which the
+    recipe does not use) only with ``--titles``."""
+    data = _tiny_beir(tmp_path / "beir")
+    stsb = tmp_path / "sts-train.csv"
+    stsb.write_text("sentence1,sentence2,score\nA man runs.,A man is running.,4.8\nA cat.,A car.,0.4\n")
+    command = [sys.executable, str(SCRIPTS / "recipes" / "build_scifact_distillation.py"), "--data", str(data),
+               "--stsb", str(stsb), "--model", str(tiny_gte_dir), "--num-negatives", "2", "--negative-pool", "5",
+               "--precision", "fp32"]  # fmt: skip
+    for titles, out in ((False, tmp_path / "plain"), (True, tmp_path / "titled")):
+        done = subprocess.run(
+            [*command, "--out-dir", str(out), *(["--titles"] if titles else [])],
+            env=_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        claims = [json.loads(line) for line in (out / "claims.jsonl").read_text(encoding="utf8").splitlines()]
+        assert [row["query"] for row in claims] == [f"{topic} changes with age" for topic in _TOPICS[:4]]
+        for row, topic in zip(claims, _TOPICS):
+            assert row["pos"] == [f"Age and {topic} How {topic} changes with age in adults."]
+            assert len(row["neg"]) == 2 and row["pos"][0] not in row["neg"]
+        assert [json.loads(line)["score"] for line in (out / "stsb.jsonl").read_text().splitlines()] == [4.8, 0.4]
+        assert (out / "titles.jsonl").exists() == titles
+    assert len((tmp_path / "titled" / "titles.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--stsb", "missing.csv", "error: --stsb: "),
+        ("--data", "nowhere", "error: --data nowhere: no corpus.jsonl.gz"),
+        ("--max-titles", "3", "argument --max-titles: only with --titles"),
+    ],
+)
+def test_scifact_distillation_builder_refuses_bad_inputs_before_any_output(tmp_path: Path, option, value, message):
+    data = _tiny_beir(tmp_path / "beir")
+    out = tmp_path / "out"
+    args = {"--data": str(data), "--stsb": str(tmp_path / "sts-train.csv"), option: value}
+    (tmp_path / "sts-train.csv").write_text("sentence1,sentence2,score\na,b,1\n")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "recipes" / "build_scifact_distillation.py"), "--out-dir", str(out),
+         *[x for pair in args.items() for x in pair]],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode in (1, 2) and message in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not out.exists()

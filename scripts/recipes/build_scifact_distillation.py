@@ -7,11 +7,13 @@ data only: SciFact's corpus and its *train* claims/qrels (never the test queries
 Writes, in FlagEmbedding's distillation layout (``query``, ``pos``, ``neg``, ``pos_scores``, ``neg_scores``; the
 scores are the BM25 + dense hybrid's on the model's cosine scale, :func:`gte_st.search.teacher.hybrid_teacher_rows`):
 
-- ``titles.jsonl``: every corpus title -> its abstract, candidates from an index of abstracts without titles (so the
-  title does not match itself), a weak in-domain stage;
 - ``claims.jsonl``: the train claims -> their cited abstracts (documents as BEIR embeds them, title + abstract);
 - ``stsb.jsonl``: the STS-B *train* pairs with their gold scores (``sentence1``, ``sentence2``, ``score`` on the
   0-5 scale), for the recipe's short ``--loss cosent`` stage that gives back the STS quality the claims stage costs;
+- with ``--titles``: ``titles.jsonl``, every corpus title -> its abstract, candidates from an index of abstracts
+  without titles (so the title does not match itself), for a weak in-domain stage. Off by default: the recipe has no
+  such stage (before the claims stage it scored lower on dev), and building it encodes the corpus a second time and
+  every title, which was more than half of this script's time;
 - with ``--holdout N``: the last N train claims go to ``dev-claims/`` (a BEIR folder: corpus, queries, qrels/dev.tsv)
   instead, for choosing the recipe's settings on data the model did not train on.
 
@@ -61,7 +63,8 @@ def main() -> None:
     parser.add_argument("--num-negatives", type=int, default=3)
     parser.add_argument("--negative-pool", type=int, default=30)
     parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--max-titles", type=int, default=None, help="use only the first N titles")
+    parser.add_argument("--titles", action="store_true", help="also write titles.jsonl (title -> abstract rows)")
+    parser.add_argument("--max-titles", type=int, default=None, help="with --titles: use only the first N titles")
     parser.add_argument("--holdout", type=int, default=0, help="train claims held out as dev-claims/")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -74,6 +77,8 @@ def main() -> None:
     )
     parser.add_argument("--stsb", default=str(STSB), help="STS-B train file")
     args = parser.parse_args()
+    if args.max_titles is not None and not args.titles:
+        parser.error("argument --max-titles: only with --titles")
 
     import csv
 
@@ -85,6 +90,19 @@ def main() -> None:
     from gte_st.search.teacher import hybrid_teacher_rows
 
     check_bm25_weight(args.bm25_weight)
+    for path in (
+        Path(args.data) / "corpus.jsonl.gz",
+        Path(args.data) / "queries.jsonl",
+        Path(args.data) / "qrels" / "train.tsv",
+    ):
+        if not path.is_file():
+            raise SystemExit(
+                f"error: --data {args.data}: no {path.relative_to(args.data)} (a BEIR folder with train qrels)"
+            )
+    try:  # read before any work or output, so a bad file is one line and leaves nothing behind
+        stsb = stsb_pairs(Path(args.stsb))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: --stsb: {error}") from None
     start = time.time()
     data, out = Path(args.data), Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,7 +110,7 @@ def main() -> None:
         docs = [json.loads(line) for line in f]
     ids = [str(doc["_id"]) for doc in docs]
     full = [(doc["title"].strip() + " " + doc["text"].strip()).strip() for doc in docs]
-    abstracts = [doc["text"].strip() or doc["title"].strip() for doc in docs]
+    abstracts = [doc["text"].strip() or doc["title"].strip() for doc in docs]  # --titles only
     with open(data / "queries.jsonl", encoding="utf8") as f:
         query_text = {str(q["_id"]): q["text"] for q in map(json.loads, f)}
     qrels: dict[str, list[str]] = {}
@@ -107,27 +125,24 @@ def main() -> None:
     model = SentenceTransformer(args.model or gte_st.default_base_model(), device="cpu")
     model.max_seq_length = args.max_seq_length
     full_emb = encode(model, full, precision=args.precision)
-    abstract_emb = encode(model, abstracts, precision=args.precision)
-    titled = [(doc["title"].strip(), doc_id) for doc, doc_id in zip(docs, ids) if doc["title"].strip()]
-    titled = titled[: args.max_titles]
-    title_emb = encode(model, [title for title, _ in titled], precision=args.precision)
     claim_emb = encode(model, [query_text[q] for q in train_ids], precision=args.precision)
-    print(
-        f"encoded {len(ids)} documents twice and {len(titled) + len(train_ids)} queries in {time.time() - start:.0f} s"
-    )
-
     common = dict(bm25_weight=args.bm25_weight, num_negatives=args.num_negatives, negative_pool=args.negative_pool)
-    titles = hybrid_teacher_rows(
-        [title for title, _ in titled],
-        [[doc] for _, doc in titled],
-        ids,
-        abstracts,
-        title_emb,
-        abstract_emb,
-        bm25=BM25Retriever(ids, abstracts),
-        seed=args.seed,
-        **common,
-    )
+    titles: list[dict] = []
+    if args.titles:
+        titled = [(doc["title"].strip(), doc_id) for doc, doc_id in zip(docs, ids) if doc["title"].strip()]
+        titled = titled[: args.max_titles]
+        titles = hybrid_teacher_rows(
+            [title for title, _ in titled],
+            [[doc] for _, doc in titled],
+            ids,
+            abstracts,
+            encode(model, [title for title, _ in titled], precision=args.precision),
+            encode(model, abstracts, precision=args.precision),
+            bm25=BM25Retriever(ids, abstracts),
+            seed=args.seed,
+            **common,
+        )
+        write_jsonl(out / "titles.jsonl", titles)
     claims = hybrid_teacher_rows(
         [query_text[q] for q in train_ids],
         [qrels[q] for q in train_ids],
@@ -139,9 +154,7 @@ def main() -> None:
         seed=args.seed,
         **common,
     )
-    write_jsonl(out / "titles.jsonl", titles)
     write_jsonl(out / "claims.jsonl", claims)
-    stsb = stsb_pairs(Path(args.stsb))
     write_jsonl(out / "stsb.jsonl", stsb)
     if dev_ids:
         dev = out / "dev-claims"
