@@ -203,6 +203,9 @@ def test_scifact_distillation_builder_writes_the_claims_rows_and_titles_only_whe
         ("--stsb", "missing.csv", "error: --stsb: "),
         ("--data", "nowhere", "error: --data nowhere: no corpus.jsonl.gz"),
         ("--max-titles", "3", "argument --max-titles: only with --titles"),
+        ("--out-dir", "beir", "error: --out-dir beir is the same path as the BEIR folder"),
+        ("--out-dir", "beir/qrels", "error: --out-dir beir/qrels lies inside the BEIR folder"),
+        ("--out-dir", ".", "error: --out-dir . contains the BEIR folder"),
     ],
 )
 def test_scifact_distillation_builder_refuses_bad_inputs_before_any_output(tmp_path: Path, option, value, message):
@@ -217,3 +220,4 @@ def test_scifact_distillation_builder_refuses_bad_inputs_before_any_output(tmp_p
     )  # fmt: skip
     assert done.returncode in (1, 2) and message in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not out.exists()
+    assert sorted(p.name for p in data.rglob("*")) == ["corpus.jsonl.gz", "qrels", "queries.jsonl", "train.tsv"]

@@ -86,10 +86,20 @@ def main() -> None:
 
     import gte_st
     from gte_st.encoding import encode
+    from gte_st.errors import UsageError
+    from gte_st.files import check_output_path
     from gte_st.search import BM25Retriever, check_bm25_weight
     from gte_st.search.teacher import hybrid_teacher_rows
 
     check_bm25_weight(args.bm25_weight)
+    try:  # the output folder is this script's own: never an input, inside one or holding one
+        check_output_path(
+            args.out_dir,
+            {"BEIR folder": args.data, "STS-B file": args.stsb, "teacher model": args.model},
+            option="--out-dir",
+        )
+    except UsageError as error:
+        raise SystemExit(f"error: {error}") from None
     for path in (
         Path(args.data) / "corpus.jsonl.gz",
         Path(args.data) / "queries.jsonl",
