@@ -221,3 +221,26 @@ def test_scifact_distillation_builder_refuses_bad_inputs_before_any_output(tmp_p
     assert done.returncode in (1, 2) and message in done.stderr.strip().splitlines()[-1], done.stderr[-2000:]
     assert "Traceback" not in done.stderr and not out.exists()
     assert sorted(p.name for p in data.rglob("*")) == ["corpus.jsonl.gz", "qrels", "queries.jsonl", "train.tsv"]
+
+
+@pytest.mark.parametrize("builder", ["build_general_pairs.py", "build_chinese_pairs.py"])
+def test_pair_builders_refuse_an_output_folder_that_is_or_holds_their_input(
+    builder: str, tmp_path: Path, shared_data: Path
+):
+    """The output folder is the builder's own: ``--out-dir`` naming the data folder itself (build_general_pairs) or
+    an input file (build_chinese_pairs reads STS-B train among its sources) is refused in one line before anything
+    is written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    command = {
+        "build_general_pairs.py": ["--data", str(data), "--out-dir", str(data)],
+        "build_chinese_pairs.py": ["--out-dir", str(shared_data / "stsb" / "sts-train.csv")],
+    }[builder]
+    before = (shared_data / "stsb" / "sts-train.csv").stat().st_mtime_ns
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "recipes" / builder), *command],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "--out-dir" in done.stderr.splitlines()[-1] and "is the same path as the" in done.stderr.splitlines()[-1]
+    assert not any(data.iterdir()) and (shared_data / "stsb" / "sts-train.csv").stat().st_mtime_ns == before

@@ -128,6 +128,13 @@ def main() -> None:
     if unknown := sorted(set(sources) - set(SOURCES)):
         parser.error(f"unknown sources {unknown}; choose from {SOURCES}")
 
+    from gte_st.errors import UsageError
+    from gte_st.files import check_output_path
+
+    try:  # the output folder is this script's own: never the data folder, inside it or holding it
+        check_output_path(args.out_dir, {"data folder": args.data}, option="--out-dir")
+    except UsageError as error:
+        parser.error(str(error))
     data, out = Path(args.data), Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts = {}
