@@ -120,7 +120,6 @@ def main() -> None:
         docs = [json.loads(line) for line in f]
     ids = [str(doc["_id"]) for doc in docs]
     full = [(doc["title"].strip() + " " + doc["text"].strip()).strip() for doc in docs]
-    abstracts = [doc["text"].strip() or doc["title"].strip() for doc in docs]  # --titles only
     with open(data / "queries.jsonl", encoding="utf8") as f:
         query_text = {str(q["_id"]): q["text"] for q in map(json.loads, f)}
     qrels: dict[str, list[str]] = {}
@@ -141,6 +140,7 @@ def main() -> None:
     if args.titles:
         titled = [(doc["title"].strip(), doc_id) for doc, doc_id in zip(docs, ids) if doc["title"].strip()]
         titled = titled[: args.max_titles]
+        abstracts = [doc["text"].strip() or doc["title"].strip() for doc in docs]
         titles = hybrid_teacher_rows(
             [title for title, _ in titled],
             [[doc] for _, doc in titled],
