@@ -109,10 +109,10 @@ def test_general_pairs_wikiqa_lists_hold_every_candidate_of_the_train_questions(
         for q, candidates in questions.items()
         for i, c in enumerate(candidates)
     ]  # each answered
-    (tmp_path / "wikiqa").mkdir()
-    (tmp_path / "wikiqa" / "WikiQA-train.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
+    (tmp_path / "data" / "wikiqa").mkdir(parents=True)  # beside the output: an output inside --data is refused
+    (tmp_path / "data" / "wikiqa" / "WikiQA-train.txt").write_text("\n".join(lines) + "\n", encoding="utf8")
     out = tmp_path / "out"
-    command = [sys.executable, str(SCRIPTS / "recipes" / "build_general_pairs.py"), "--data", str(tmp_path),
+    command = [sys.executable, str(SCRIPTS / "recipes" / "build_general_pairs.py"), "--data", str(tmp_path / "data"),
                "--out-dir", str(out), "--sources", "wikiqa,wikiqa-lists", "--wikiqa-dev-fraction", "0.4"]  # fmt: skip
     subprocess.run(command, check=True, env=_env(), capture_output=True)
 
