@@ -99,20 +99,18 @@ def main() -> None:
             option="--out-dir",
         )
     except UsageError as error:
-        raise SystemExit(f"error: {error}") from None
+        parser.error(str(error))
     for path in (
         Path(args.data) / "corpus.jsonl.gz",
         Path(args.data) / "queries.jsonl",
         Path(args.data) / "qrels" / "train.tsv",
     ):
         if not path.is_file():
-            raise SystemExit(
-                f"error: --data {args.data}: no {path.relative_to(args.data)} (a BEIR folder with train qrels)"
-            )
+            parser.error(f"--data {args.data}: no {path.relative_to(args.data)} (a BEIR folder with train qrels)")
     try:  # read before any work or output, so a bad file is one line and leaves nothing behind
         stsb = stsb_pairs(Path(args.stsb))
     except (OSError, ValueError) as error:
-        raise SystemExit(f"error: --stsb: {error}") from None
+        parser.error(f"--stsb: {error}")
     start = time.time()
     data, out = Path(args.data), Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
