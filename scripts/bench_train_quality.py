@@ -37,8 +37,9 @@ its data built once by the recipe's builders (build_scifact_distillation.py, bui
 Every model is scored (encoded in ``--eval-precision``) on STS-B test, SICK-R test, SciFact test nDCG@10 (full
 corpus), WikiQA test reranking MAP and nDCG@10 on the default job's held-out docstring split, all with
 gte_st.evaluation; with ``--split dev`` instead on dev data only, for choosing settings: STS-B dev, SICK train, a
-WikiQA split of train questions (build_general_pairs.py), the held-out docstrings and 200 held-out SciFact train
-claims (the sf arms then train without them). Results are merged into ``--results`` as ``{arm: {budget: {metric:
+WikiQA split of train questions (build_general_pairs.py; no replay source holds it), the held-out docstring pairs
+that are not among the 200 reported queries (same held-out corpus) and 200 held-out SciFact train claims (the sf arms
+then train without them). Results are merged into ``--results`` as ``{arm: {budget: {metric:
 [per-seed values]}}}`` (plus ``seed`` and ``train_s`` lists, and an ``_about`` entry with the settings of each run);
 a mean +- std table is printed and a plot written.
 
@@ -68,7 +69,7 @@ ARMS = ("base", "mse", "mse-new", "mnrl", "gte", "recipe", "matryoshka", "fn-mar
 METRICS = ("stsb_test", "sickr_test", "scifact_test_ndcg@10", "wikiqa_test_map", "docstrings_ndcg@10")
 # SICK's dev measure is its train split (4,500 pairs; no arm trains on SICK): the 500 trial pairs are too few for the
 # 0.3 that issue 29 allows (docs/results/scifact_retention_dev.json: the same models move differently on the two).
-DEV_METRICS = ("stsb_dev", "sick_train", "scifact_dev_ndcg@10", "wikiqa_dev_map", "docstrings_ndcg@10")
+DEV_METRICS = ("stsb_dev", "sick_train", "scifact_dev_ndcg@10", "wikiqa_dev_map", "docstrings_dev_ndcg@10")
 # Options of the recipe that keep general quality: sf-plain drops them from every level of the recipe.
 RETENTION_OPTIONS = ("replay", "replay_share", "replay_objective", "replay_distillation_weight",
                      "replay_distillation_target", "lora_r",
@@ -122,20 +123,30 @@ def prepare_data(data: Path, work: Path) -> dict[str, Path]:
 
 
 def docstrings_beir(work: Path) -> Path:
-    """The default job's held-out docstring split (200 queries over every held-out body) as a BEIR folder."""
-    from gte_st.default_data import default_datasets
+    """The default job's held-out docstring files as a BEIR folder over every held-out body: ``qrels/test.tsv`` holds
+    the 200 queries the default job reports (``docstrings_ndcg@10``), ``qrels/dev.tsv`` the held-out pairs not among
+    them (``docstrings_dev_ndcg@10``), so that a choice made on dev data does not look at the reported queries."""
+    from gte_st.default_data import HELD_OUT_QUERIES, default_datasets
 
     folder = work / "docstrings_held_out"
-    if (folder / "qrels" / "test.tsv").exists():
+    if all((folder / "qrels" / f"{split}.tsv").exists() for split in ("test", "dev")):
         return folder
-    _, held_out = default_datasets(max_train=0, max_test=200)
+    _, reported = default_datasets(max_train=0, max_test=HELD_OUT_QUERIES)
+    _, every = default_datasets(max_train=0, max_test=None)
+    if every["corpus"] != reported["corpus"]:
+        raise RuntimeError("the held-out docstring corpus differs between two minings of the same installation")
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / "corpus.jsonl", [{"_id": d, "title": "", "text": t} for d, t in held_out["corpus"].items()])
-    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": t} for q, t in held_out["queries"].items()])
-    with open(folder / "qrels" / "test.tsv", "w", encoding="utf8") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        for qid, docs in held_out["relevant_docs"].items():
-            f.writelines(f"{qid}\t{doc}\t1\n" for doc in sorted(docs))
+    write_jsonl(folder / "corpus.jsonl", [{"_id": d, "title": "", "text": t} for d, t in every["corpus"].items()])
+    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": t} for q, t in every["queries"].items()])
+    splits = {
+        "test": reported["relevant_docs"],
+        "dev": {q: docs for q, docs in every["relevant_docs"].items() if q not in reported["relevant_docs"]},
+    }
+    for split, relevant in splits.items():
+        with open(folder / "qrels" / f"{split}.tsv", "w", encoding="utf8") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            for qid, docs in relevant.items():
+                f.writelines(f"{qid}\t{doc}\t1\n" for doc in sorted(docs))
     return folder
 
 
@@ -326,7 +337,7 @@ def evaluate(model_path: str, data: Path, docstrings: Path, args: argparse.Names
                 model, scifact_dev / "dev-claims", split="dev", precision=precision, max_corpus=args.eval_max_corpus
             ),
             "wikiqa_dev_map": lambda: evaluate_reranking(model, general / "wikiqa-dev.txt", precision=precision),
-            "docstrings_ndcg@10": lambda: evaluate_retrieval(model, docstrings, split="test", precision=precision),
+            "docstrings_dev_ndcg@10": lambda: evaluate_retrieval(model, docstrings, split="dev", precision=precision),
         }
         metrics = [DEV_METRICS[METRICS.index(metric)] for metric in metrics]
     return {metric: round(100 * measures[metric]().score, 2) for metric in metrics}

@@ -244,3 +244,28 @@ def test_pair_builders_refuse_an_output_folder_that_is_or_holds_their_input(
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "--out-dir" in done.stderr.splitlines()[-1] and "is the same path as the" in done.stderr.splitlines()[-1]
     assert not any(data.iterdir()) and (shared_data / "stsb" / "sts-train.csv").stat().st_mtime_ns == before
+
+
+def test_train_quality_docstring_dev_queries_are_the_held_out_pairs_not_reported(tmp_path: Path, monkeypatch):
+    """bench_train_quality.py's docstring measures: ``test`` holds exactly the queries the default job reports
+    (default_datasets' seeded sample), ``dev`` every other held-out pair, over the same held-out corpus; so a setting
+    chosen on dev data never sees the reported queries."""
+    import importlib.util
+
+    import gte_st.default_data as default_data
+    from gte_st.evaluation.readers import read_beir
+
+    held_out = [default_data.DocPair(f"summary {i}", f"body {i}", f"pkg/m{i}.py") for i in range(300)]
+    monkeypatch.setattr(default_data, "mine_docstring_pairs", lambda: {"train": [], "test": held_out})
+    spec = importlib.util.spec_from_file_location("bench_train_quality", SCRIPTS / "bench_train_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    folder = bench.docstrings_beir(tmp_path)
+    _, reported = default_data.default_datasets(max_train=0, max_test=default_data.HELD_OUT_QUERIES)
+    test, dev = read_beir(folder, split="test"), read_beir(folder, split="dev")
+    assert test.queries == reported["queries"] and len(test.queries) == default_data.HELD_OUT_QUERIES
+    assert not set(dev.queries) & set(test.queries) and len(dev.queries) == 300 - default_data.HELD_OUT_QUERIES
+    assert {**dev.queries, **test.queries} == {f"q{i}": f"summary {i}" for i in range(300)}
+    assert test.corpus == dev.corpus and len(test.corpus) == 300
+    assert all(dev.qrels[q] == {f"d{q[1:]}"} for q in dev.queries)  # each summary's own body
