@@ -119,3 +119,28 @@ def test_train_wise_ft_saves_the_interpolation_of_the_trained_and_the_base_weigh
     assert (wise["alpha"], wise["within_tolerance"]) == choose_alpha(wise["base"], trials, wise["tolerance"])
     (after,) = summary["eval"]["after"]
     assert after["metrics"]["spearman"] == pytest.approx(trials[wise["alpha"]]["sts-dev/sts-dev"], abs=1e-6)
+
+
+def test_a_recipe_file_wise_ft_interpolates_after_the_last_stage(tiny_bert_dir, tmp_path):
+    """``wise_ft: 0.8`` at the top of a two-stage recipe file (as scripts/recipes/scifact-hybrid.yaml): the saved
+    weights are 0.2 x base + 0.8 x the weights the *last* stage ended with, once, after every stage."""
+    pairs, _ = _files(tmp_path)
+    config = tmp_path / "recipe.yaml"
+    config.write_text(
+        f"base_model: {tiny_bert_dir}\noutput_dir: {tmp_path / 'out'}\nprecision: fp32\nseed: 3\n"
+        "per_device_train_batch_size: 16\nsave_steps: 100\nlearning_rate: 1.0e-2\nkeep_checkpoints: true\n"
+        f"wise_ft: 0.8\nstages:\n  - name: one\n    data: [{pairs}]\n    max_steps: 2\n"
+        f"  - name: two\n    data: [{pairs}]\n    max_steps: 2\n    loss: mnrl\n"
+    )
+    assert main(["--config", str(config)]) == 0
+    out = tmp_path / "out"
+    base = load_file(next(Path(tiny_bert_dir).rglob("model.safetensors")))
+    tuned = load_file(out / "checkpoints" / "two" / "final" / "model.safetensors")
+    saved = load_file(out / "model.safetensors")
+    for key, value in saved.items():
+        original = base[key.removeprefix("0.").removeprefix("auto_model.")] if key not in base else base[key]
+        expected = 0.2 * original + 0.8 * tuned[key] if value.is_floating_point() else tuned[key]
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
+    assert any(not torch.equal(v, tuned[k]) for k, v in saved.items())
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["wise_ft"] == {"alpha": 0.8, "mode": "fixed"} and len(summary["stages"]) == 2
