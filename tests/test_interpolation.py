@@ -87,6 +87,22 @@ def _files(tmp_path: Path) -> tuple[Path, Path]:
     return pairs, dev
 
 
+def _assert_interpolated(out: Path, base_dir, tuned_dir: Path, alpha: float) -> None:
+    """The weights saved in ``out`` are (1 - alpha) x base + alpha x the ``tuned_dir`` checkpoint's (to 1e-6), and
+    differ from the checkpoint's: an interpolation happened."""
+    base = load_file(next(Path(base_dir).rglob("model.safetensors")))
+    tuned = load_file(tuned_dir / "model.safetensors")
+    saved = load_file(out / "model.safetensors")
+    assert saved.keys() == tuned.keys()
+    moved = 0
+    for key, value in saved.items():
+        original = base[key.removeprefix("0.").removeprefix("auto_model.")] if key not in base else base[key]
+        expected = (1 - alpha) * original + alpha * tuned[key] if value.is_floating_point() else tuned[key]
+        torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
+        moved += not torch.equal(value, tuned[key])
+    assert moved, "the saved weights are the trained ones: no interpolation happened"
+
+
 def test_train_wise_ft_saves_the_interpolation_of_the_trained_and_the_base_weights(tiny_bert_dir, tmp_path):
     """`--wise_ft 0.4`: the saved weights are 0.6 x base + 0.4 x the trained weights (kept in the stage's final
     checkpoint); `--wise_ft auto`: every weight of the grid is tried on the dev task and the rule's choice is saved."""
@@ -96,17 +112,7 @@ def test_train_wise_ft_saves_the_interpolation_of_the_trained_and_the_base_weigh
               "--learning_rate", "1e-2", "--keep_checkpoints", "true"]  # fmt: skip
     out = tmp_path / "fixed"
     assert main([*common, "--output_dir", str(out), "--wise_ft", "0.4"]) == 0
-    base = load_file(next(Path(tiny_bert_dir).rglob("model.safetensors")))
-    tuned = load_file(out / "checkpoints" / "train" / "final" / "model.safetensors")
-    saved = load_file(out / "model.safetensors")
-    assert saved.keys() == tuned.keys()
-    moved = 0
-    for key, value in saved.items():
-        original = base[key.removeprefix("0.").removeprefix("auto_model.")] if key not in base else base[key]
-        expected = 0.6 * original + 0.4 * tuned[key] if value.is_floating_point() else tuned[key]
-        torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
-        moved += not torch.equal(value, tuned[key])
-    assert moved, "the saved weights are the trained ones: no interpolation happened"
+    _assert_interpolated(out, tiny_bert_dir, out / "checkpoints" / "train" / "final", 0.4)
     assert json.loads((out / "training_summary.json").read_text())["wise_ft"] == {"alpha": 0.4, "mode": "fixed"}
 
     out = tmp_path / "auto"
@@ -134,13 +140,6 @@ def test_a_recipe_file_wise_ft_interpolates_after_the_last_stage(tiny_bert_dir, 
     )
     assert main(["--config", str(config)]) == 0
     out = tmp_path / "out"
-    base = load_file(next(Path(tiny_bert_dir).rglob("model.safetensors")))
-    tuned = load_file(out / "checkpoints" / "two" / "final" / "model.safetensors")
-    saved = load_file(out / "model.safetensors")
-    for key, value in saved.items():
-        original = base[key.removeprefix("0.").removeprefix("auto_model.")] if key not in base else base[key]
-        expected = 0.2 * original + 0.8 * tuned[key] if value.is_floating_point() else tuned[key]
-        torch.testing.assert_close(value, expected, atol=1e-6, rtol=0)
-    assert any(not torch.equal(v, tuned[k]) for k, v in saved.items())
+    _assert_interpolated(out, tiny_bert_dir, out / "checkpoints" / "two" / "final", 0.8)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["wise_ft"] == {"alpha": 0.8, "mode": "fixed"} and len(summary["stages"]) == 2
