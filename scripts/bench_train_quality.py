@@ -26,7 +26,7 @@ its data built once by the recipe's builders (build_scifact_distillation.py, bui
   sf-distill  sf-plain, the claims stage with self-distillation to the base (``--distillation-weight``)
   sf-keep     sf-replay whose replay batches train only to keep the base model's similarities on them
               (``--replay_objective distillation``, weight ``--replay-distillation-weight``, target
-              ``--replay-distillation-target``)
+              ``--replay-distillation-target``; ``--replay-objectives`` overrides the objective per source)
   sf-recipe   the shipped recipe as it is
   ARM@wA      ARM's saved models (same seeds, same --out-dir) interpolated with the base model at A, which is what
               ``gte-st train --wise_ft A`` does after training; evaluation only
@@ -71,7 +71,7 @@ METRICS = ("stsb_test", "sickr_test", "scifact_test_ndcg@10", "wikiqa_test_map",
 # 0.3 that issue 29 allows (docs/results/scifact_retention_dev.json: the same models move differently on the two).
 DEV_METRICS = ("stsb_dev", "sick_train", "scifact_dev_ndcg@10", "wikiqa_dev_map", "docstrings_dev_ndcg@10")
 # Options of the recipe that keep general quality: sf-plain drops them from every level of the recipe.
-RETENTION_OPTIONS = ("replay", "replay_share", "replay_objective", "replay_distillation_weight",
+RETENTION_OPTIONS = ("replay", "replay_share", "replay_objective", "replay_objectives", "replay_distillation_weight",
                      "replay_distillation_target", "lora_r",
                      "lora_alpha", "lora_dropout", "lora_target_modules", "lora_save", "wise_ft", "wise_ft_grid",
                      "wise_ft_tolerance")  # fmt: skip
@@ -203,6 +203,7 @@ def recipe_config(arm: str, scifact: Path, general: Path, args: argparse.Namespa
                 replay_objective="distillation",
                 replay_distillation_weight=args.replay_distillation_weight,
                 replay_distillation_target=args.replay_distillation_target,
+                **({"replay_objectives": args.replay_objectives.split(",")} if args.replay_objectives else {}),
             )
         elif arm == "sf-lora":
             claims.update(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, learning_rate=args.lora_lr)
@@ -454,6 +455,10 @@ def main() -> None:
         default="similarities",
         help="sf-keep: what the replay batches keep (similarities or embeddings)",
     )
+    parser.add_argument(
+        "--replay-objectives", default="",
+        help="sf-keep: comma-separated NAME=OBJECTIVE overrides per replay source (e.g. docstrings=loss)",
+    )  # fmt: skip
     parser.add_argument("--lora-r", type=int, default=16, help="sf-lora: rank (lora_alpha = 2 r)")
     parser.add_argument("--lora-lr", type=float, default=5e-4, help="sf-lora: learning rate of the claims stage")
     parser.add_argument("--distillation-weight", type=float, default=10.0, help="sf-distill: the term's weight")

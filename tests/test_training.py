@@ -465,6 +465,51 @@ def test_replay_batches_can_train_by_distillation_alone(tiny_bert_dir, pairs_fil
     assert calls["own"] + calls["replay"] == 12 and calls["own"] > 0 and calls["replay"] > 0
 
 
+def test_replay_objectives_set_the_objective_per_replay_source(tiny_bert_dir, pairs_file, tmp_path, monkeypatch):
+    """`--replay_objectives NAME=OBJECTIVE` overrides `--replay_objective` for one replay source: with distillation
+    as the default and `code=loss`, the `code` batches train the stage's loss and only the `general` batches the
+    distillation term. The sources are told apart by their padded length: `code` texts are long, the rest short."""
+    general, code = tmp_path / "general.jsonl", tmp_path / "code.jsonl"
+    rows = stsb_rows("train")[1000:1400]
+    general.write_text("".join(json.dumps({"anchor": a, "positive": b}) + "\n" for _, a, b in rows), encoding="utf8")
+    long_text = " ".join(["return the value of the function"] * 12)
+    code.write_text(
+        "".join(json.dumps({"anchor": f"{long_text} {i}", "positive": f"def f{i}(): {long_text}"}) + "\n"
+                for i in range(400)),
+        encoding="utf8",
+    )  # fmt: skip
+    calls: dict[str, list[int]] = {"own": [], "replay": []}
+
+    def recording(kind, method):
+        def forward(self, sentence_features, labels=None):
+            features = list(sentence_features)
+            calls[kind].append(int(features[0]["input_ids"].shape[1]))
+            return method(self, features, labels)
+
+        return forward
+
+    monkeypatch.setattr(
+        gte_losses.NormalizedMSELoss, "forward", recording("own", gte_losses.NormalizedMSELoss.forward)
+    )
+    monkeypatch.setattr(
+        gte_losses.SelfDistillationLoss, "forward", recording("replay", gte_losses.SelfDistillationLoss.forward)
+    )
+    out = tmp_path / "out"
+    assert main(["--base_model", str(tiny_bert_dir), "--data", str(pairs_file), "--replay", f"general={general}",
+                 f"code={code}", "--replay_share", "0.6", "--replay_objective", "distillation",
+                 "--replay_objectives", "code=loss", "--precision", "fp32", "--per_device_train_batch_size", "8",
+                 "--max_steps", "30", "--save_steps", "100", "--output_dir", str(out)]) == 0  # fmt: skip
+    (stage,) = json.loads((out / "training_summary.json").read_text())["stages"]
+    assert [(d["name"], d.get("replay_objective")) for d in stage["data"]] == [
+        ("pairs", None), ("general", "distillation"), ("code", "loss")
+    ]  # fmt: skip
+    assert stage["replay_loss"]["name"] == "SelfDistillationLoss(ZeroLoss)"
+    long_batch = min(calls["own"] + calls["replay"]) + 40  # a code batch pads past 60 tokens, the others stay short
+    assert len(calls["own"]) + len(calls["replay"]) == 30
+    assert calls["replay"] and max(calls["replay"]) < long_batch  # the distilled batches: general only
+    assert any(length >= long_batch for length in calls["own"])  # the code batches train the stage's loss
+
+
 def test_replay_distillation_is_zero_at_the_start_and_shares_the_stage_teacher(tiny_bert_dir):
     """The replay objective is only the distance to the teacher: 0 with its gradient while the model is the teacher,
     > 0 once the model moves; it reuses the teacher of a stage that distills already, and ``"loss"`` is the loss."""

@@ -71,6 +71,14 @@ class RecipeArguments:
             "rather than the general pairs' task learnt again)."
         },
     )
+    replay_objectives: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Per replay source, NAME=OBJECTIVE overriding --replay_objective for that source (e.g. "
+            "docstrings=loss with --replay_objective distillation): general text whose task the stage should keep "
+            "practising with its loss, beside general text whose embeddings it should only keep."
+        },
+    )
     replay_distillation_weight: float = field(
         default=10.0,
         metadata={"help": "With --replay_objective distillation: the weight of the replay batches' distillation MSE."},

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from transformers import HfArgumentParser
 
+from gte_st.data import SourceSpec
 from gte_st.errors import UsageError
 from gte_st.files import check_output_path, check_path_component
 from gte_st.losses.self_distillation import DISTILLATION_TARGETS
@@ -70,7 +71,7 @@ class Stage:
 # Recipe options that are lists of paths: a single string in a recipe file is one entry, never a sequence of
 # characters (``data: /abs/path.jsonl`` is one source).
 LIST_OPTIONS = (
-    "data", "replay", "columns", "eval_sts", "eval_beir", "eval_task", "lora_target_modules", "wise_ft_grid",
+    "data", "replay", "replay_objectives", "columns", "eval_sts", "eval_beir", "eval_task", "lora_target_modules", "wise_ft_grid",
 )  # fmt: skip
 # Options that are text on the command line but may be a number in a recipe file (``wise_ft: 0.5``).
 NUMBER_OR_WORD_OPTIONS = ("wise_ft",)
@@ -288,6 +289,7 @@ def check_stage(stage: Stage, where: str) -> None:
         )
     if recipe.replay_objective != "loss" and not recipe.replay:
         raise ValueError(f"{where}: --replay_objective {recipe.replay_objective} needs --replay sources")
+    replay_objectives(recipe, where)
     if recipe.replay_distillation_target not in DISTILLATION_TARGETS:
         raise ValueError(
             f"{where}: --replay_distillation_target must be one of {list(DISTILLATION_TARGETS)}, "
@@ -330,6 +332,34 @@ def check_stage(stage: Stage, where: str) -> None:
 
     for entry in recipe.eval_task or []:  # the syntax, task and path; the data is read when the tasks are built
         parse_eval_task(entry, f"{where}: --eval_task")
+
+
+def replay_objectives(recipe: RecipeArguments, where: str = "") -> dict[str, str]:
+    """What the batches of each ``--replay`` source train (by source name): ``--replay_objective``, or the objective
+    that ``--replay_objectives NAME=OBJECTIVE`` gives that source.
+
+    Refuses an entry that is not NAME=OBJECTIVE, an objective not in :data:`~gte_st.training.loss.REPLAY_OBJECTIVES`,
+    a name that is not one of the stage's replay sources, and a source named twice: a misspelt name would otherwise
+    leave its source on the default objective without a word."""
+    prefix = f"{where}: " if where else ""
+    names = [SourceSpec.parse(spec).name for spec in recipe.replay or []]
+    objectives = dict.fromkeys(names, recipe.replay_objective)
+    overridden: set[str] = set()
+    for item in recipe.replay_objectives or []:
+        name, sep, objective = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"{prefix}--replay_objectives expects NAME=OBJECTIVE, got {item!r}")
+        if objective not in REPLAY_OBJECTIVES:
+            raise ValueError(
+                f"{prefix}--replay_objectives {item}: the objective must be one of {list(REPLAY_OBJECTIVES)}"
+            )
+        if name not in objectives:
+            raise ValueError(f"{prefix}--replay_objectives {item}: {name!r} is not a --replay source ({names})")
+        if name in overridden:
+            raise ValueError(f"{prefix}--replay_objectives names {name!r} twice")
+        overridden.add(name)
+        objectives[name] = objective
+    return objectives
 
 
 def check_base_model_positions(base_model: str, stages: list[Stage]) -> None:

@@ -33,7 +33,7 @@ from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
 from gte_st.training.loss import build_loss, build_replay_loss, describe_loss, uses_scores
 from gte_st.training.prompts import check_prompts, column_prompts, served_prompts
-from gte_st.training.recipe import Stage
+from gte_st.training.recipe import Stage, replay_objectives
 from gte_st.training.trainer import GTETrainer, HubCheckpointCallback, NonFiniteLossError, ThroughputCallback
 from gte_st.training.vocabulary import new_token_callbacks, prepare_vocabulary
 from gte_st.training.wise_ft import apply_wise_ft, parse_wise_ft
@@ -262,16 +262,20 @@ def _run_stage(
         matryoshka_dims=recipe.matryoshka_dims,
         **stage.loss_kwargs,
     )
+    objectives = replay_objectives(recipe)
     replay_loss = build_replay_loss(
-        model, loss, recipe.replay_objective, distillation_weight=recipe.replay_distillation_weight,
+        model, loss, "distillation" if "distillation" in objectives.values() else "loss",
+        distillation_weight=recipe.replay_distillation_weight,
         distillation_target=recipe.replay_distillation_target, mini_batch_size=recipe.mini_batch_size,
     )  # fmt: skip
     if recipe.lora_r is not None:  # after the loss: a frozen teacher (self-distillation) copies the plain model
         add_lora(model, stage_lora_config(recipe))
     throughput = ThroughputCallback()
     losses = loss
-    if replay_loss is not loss:  # sentence-transformers' loss per source: the replay sources train replay_loss
-        losses = {name: replay_loss if is_replay else loss for name, is_replay in zip(data, replay)}
+    if (
+        replay_loss is not loss
+    ):  # sentence-transformers' loss per source: the distilled replay sources train replay_loss
+        losses = {name: replay_loss if objectives.get(name) == "distillation" else loss for name in data}
     trainer = _stage_trainer(stage, model, data, losses, replay, tasks, [throughput, *callbacks])
     _train(stage, trainer, _checkpoint_to_resume(stage))
     if recipe.lora_r is not None and not _keeps_adapter(recipe):
@@ -408,6 +412,7 @@ def _stage_summary(
     steps = throughput.end_step - throughput.start_step
     runtime = max(throughput.end_time - throughput.start_time, 1e-9)
     probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha, replay, recipe.replay_share)
+    objectives = replay_objectives(recipe)
     return {
         "name": stage.name,
         "loss": jsonable(describe_loss(loss)),
@@ -429,7 +434,7 @@ def _stage_summary(
                 "rows": len(d),
                 "columns": list(d.column_names),
                 "sampling_probability": round(p, 6),
-                **({"replay": True} if is_replay else {}),
+                **({"replay": True, "replay_objective": objectives[name]} if is_replay else {}),
             }
             for (name, d), p, is_replay in zip(data.items(), probabilities, replay)
         ],  # fmt: skip
