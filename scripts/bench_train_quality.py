@@ -32,7 +32,9 @@ its data built once by the recipe's builders (build_scifact_distillation.py, bui
               ``gte-st train --wise_ft A`` does after training; evaluation only
 
 ``--eval-only`` trains nothing and scores the models an earlier run saved in ``--out-dir`` again, e.g. at
-``--eval-precision fp32`` under another ``--budget`` label.
+``--eval-precision fp32`` under another ``--budget`` label, or (``--models-of scifact-hybrid --split dev``) the models
+trained on all train data on the dev measures they never trained on: STS-B dev, SICK train, the WikiQA dev split and
+the held-out docstring dev queries (not the SciFact dev claims, which they trained on).
 
 Every model is scored (encoded in ``--eval-precision``) on STS-B test, SICK-R test, SciFact test nDCG@10 (full
 corpus), WikiQA test reranking MAP and nDCG@10 on the default job's held-out docstring split, all with
@@ -475,6 +477,11 @@ def main() -> None:
         "at another --eval-precision, stored under another --budget)",
     )  # fmt: skip
     parser.add_argument(
+        "--models-of", default=None, metavar="BUDGET",
+        help="with --eval-only: the saved models of this budget folder (e.g. --split dev --models-of scifact-hybrid "
+        "scores the models trained on all train data on the dev measures none of them trained on)",
+    )  # fmt: skip
+    parser.add_argument(
         "--train-args", default="",
         help="more `gte-st train` options for every trained arm, e.g. '--length_grouping 0 --pretokenize false' "
         "(store the arm under another --label); for the sf arms they override every stage of the recipe",
@@ -491,6 +498,8 @@ def main() -> None:
         if args.plot:
             plot(results, Path(args.plot))
         return
+    if args.models_of and not args.eval_only:
+        parser.error("--models-of reads saved models: it needs --eval-only")
     if unknown := set(args.metrics.split(",")) - set(METRICS):
         parser.error(f"unknown metrics {sorted(unknown)}; choose from {METRICS}")
     arms = args.arms.split(",")
@@ -548,7 +557,7 @@ def main() -> None:
             if arm == "base":
                 model, seconds = args.base_model or gte_st.default_base_model(), 0.0
             elif args.eval_only:
-                model, seconds = saved(arm, seed, out_dir / "models" / budget_of(arm, label=False))
+                model, seconds = saved(arm, seed, out_dir / "models" / (args.models_of or budget_of(arm, label=False)))
             elif "@w" in arm:
                 model, seconds = interpolated(arm, seed, args, out_dir / "models" / budget)
             else:

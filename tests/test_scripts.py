@@ -269,3 +269,15 @@ def test_train_quality_docstring_dev_queries_are_the_held_out_pairs_not_reported
     assert {**dev.queries, **test.queries} == {f"q{i}": f"summary {i}" for i in range(300)}
     assert test.corpus == dev.corpus and len(test.corpus) == 300
     assert all(dev.qrels[q] == {f"d{q[1:]}"} for q in dev.queries)  # each summary's own body
+
+
+def test_train_quality_models_of_reads_saved_models_only(tmp_path: Path):
+    """``--models-of BUDGET`` names the folder of saved models an ``--eval-only`` run scores; without
+    ``--eval-only`` it would be ignored by a training run, so it is refused before any work."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_train_quality.py"), "--arms", "sf-recipe", "--split", "dev",
+         "--models-of", "scifact-hybrid", "--out-dir", str(tmp_path / "out"), "--results", str(tmp_path / "r.json")],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--models-of reads saved models: it needs --eval-only" in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "r.json").exists()
