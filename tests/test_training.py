@@ -24,6 +24,7 @@ from gte_st.training import (
     parse_stages,
 )
 from gte_st.training.checkpoints import save_atomically
+from gte_st.training.recipe import replay_objectives
 
 
 def main(argv: list[str]) -> int:
@@ -230,6 +231,10 @@ def test_scifact_recipe_parses():
     assert (
         claims.recipe.replay_objective == "distillation" and claims.recipe.replay_distillation_target == "embeddings"
     )
+    assert replay_objectives(claims.recipe) == {
+        "snli": "distillation", "wikiqa": "distillation", "stsb": "distillation", "mrpc": "distillation",
+        "docstrings": "loss",
+    }  # fmt: skip
     assert claims.recipe.wise_ft is None  # 0.8 (dev's choice) cost SciFact test 0.9: docs/benchmarks.md
 
 
