@@ -68,10 +68,11 @@ class Stage:
     hub_token: str | None = field(default=None, repr=False)
 
 
-# Recipe options that are lists of paths: a single string in a recipe file is one entry, never a sequence of
-# characters (``data: /abs/path.jsonl`` is one source).
+# Recipe options that are lists (of paths, NAME=VALUE entries, ...): a single string in a recipe file is one entry,
+# never a sequence of characters (``data: /abs/path.jsonl`` is one source).
 LIST_OPTIONS = (
-    "data", "replay", "replay_objectives", "columns", "eval_sts", "eval_beir", "eval_task", "lora_target_modules", "wise_ft_grid",
+    "data", "replay", "replay_objectives", "columns", "eval_sts", "eval_beir", "eval_task", "lora_target_modules",
+    "wise_ft_grid",
 )  # fmt: skip
 # Options that are text on the command line but may be a number in a recipe file (``wise_ft: 0.5``).
 NUMBER_OR_WORD_OPTIONS = ("wise_ft",)

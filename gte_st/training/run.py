@@ -272,9 +272,8 @@ def _run_stage(
         add_lora(model, stage_lora_config(recipe))
     throughput = ThroughputCallback()
     losses = loss
-    if (
-        replay_loss is not loss
-    ):  # sentence-transformers' loss per source: the distilled replay sources train replay_loss
+    if replay_loss is not loss:
+        # sentence-transformers' loss per source: the replay sources whose objective is distillation train replay_loss
         losses = {name: replay_loss if objectives.get(name) == "distillation" else loss for name in data}
     trainer = _stage_trainer(stage, model, data, losses, replay, tasks, [throughput, *callbacks])
     _train(stage, trainer, _checkpoint_to_resume(stage))
