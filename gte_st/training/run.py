@@ -279,7 +279,7 @@ def _run_stage(
     _train(stage, trainer, _checkpoint_to_resume(stage))
     if recipe.lora_r is not None and not _keeps_adapter(recipe):
         merge_lora(model)
-    summary = _stage_summary(stage, model, data, locations, replay, loss, prompts, trainer, throughput)
+    summary = _stage_summary(stage, model, data, locations, replay, objectives, loss, prompts, trainer, throughput)
     if replay_loss is not loss:
         summary["replay_loss"] = jsonable(describe_loss(replay_loss))
     if _is_main_process():
@@ -400,6 +400,7 @@ def _stage_summary(
     data: DatasetDict,
     locations: dict[str, str],
     replay: list[bool],
+    objectives: dict[str, str],
     loss: torch.nn.Module,
     prompts: dict[str, str] | None,
     trainer: GTETrainer,
@@ -411,7 +412,6 @@ def _stage_summary(
     steps = throughput.end_step - throughput.start_step
     runtime = max(throughput.end_time - throughput.start_time, 1e-9)
     probabilities = sampling_probabilities([len(d) for d in data.values()], recipe.alpha, replay, recipe.replay_share)
-    objectives = replay_objectives(recipe)
     return {
         "name": stage.name,
         "loss": jsonable(describe_loss(loss)),
