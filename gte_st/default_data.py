@@ -182,9 +182,12 @@ def default_datasets(
     """The default job's data as ``datasets.Dataset`` objects.
 
     Returns ``(train, held_out)``: ``train`` maps a source name to a Dataset with ``anchor``/``positive`` columns;
-    ``held_out`` is ``{"queries": {qid: text}, "corpus": {did: text}, "relevant_docs": {qid: {did}}}`` over the
-    held-out files, ready for :class:`~sentence_transformers.sentence_transformer.evaluation.InformationRetrievalEvaluator`.
-    The corpus is every held-out body (the distractors), the queries a seeded sample of ``max_test`` of them.
+    ``held_out`` maps ``"test"`` and ``"dev"`` to ``{"queries": {qid: text}, "corpus": {did: text}, "relevant_docs":
+    {qid: {did}}}`` over the held-out files, ready for
+    :class:`~sentence_transformers.sentence_transformer.evaluation.InformationRetrievalEvaluator`. Both share the
+    corpus, every held-out body (the distractors); ``test`` queries are a seeded sample of ``max_test`` of them (the
+    ones the default job reports), ``dev`` queries every other held-out pair (``None``: every pair is ``test``), so
+    that a choice made on ``dev`` (``--wise_ft auto``) never looks at the reported queries.
     """
     import random
 
@@ -210,10 +213,16 @@ def default_datasets(
     corpus = {f"d{i}": pair.positive for i, pair in enumerate(test)}
     query_ids = list(range(len(test)))
     rng.shuffle(query_ids)
-    query_ids = sorted(query_ids[:max_test] if max_test is not None else query_ids)
-    queries = {f"q{i}": test[i].anchor for i in query_ids}
-    relevant = {f"q{i}": {f"d{i}"} for i in query_ids}
-    return train, {"queries": queries, "corpus": corpus, "relevant_docs": relevant}
+    reported = set(query_ids[:max_test] if max_test is not None else query_ids)
+    held_out = {
+        split: {
+            "queries": {f"q{i}": test[i].anchor for i in ids},
+            "corpus": corpus,
+            "relevant_docs": {f"q{i}": {f"d{i}"} for i in ids},
+        }
+        for split, ids in (("test", sorted(reported)), ("dev", sorted(set(range(len(test))) - reported)))
+    }
+    return train, held_out
 
 
 __all__ = ["DEFAULT_PACKAGES", "DocPair", "default_datasets", "mine_docstring_pairs", "pairs_from_source"]

@@ -133,21 +133,16 @@ def docstrings_beir(work: Path) -> Path:
     folder = work / "docstrings_held_out"
     if all((folder / "qrels" / f"{split}.tsv").exists() for split in ("test", "dev")):
         return folder
-    _, reported = default_datasets(max_train=0, max_test=HELD_OUT_QUERIES)
-    _, every = default_datasets(max_train=0, max_test=None)
-    if every["corpus"] != reported["corpus"]:
-        raise RuntimeError("the held-out docstring corpus differs between two minings of the same installation")
+    _, held_out = default_datasets(max_train=0, max_test=HELD_OUT_QUERIES)  # "test": the reported queries
     (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    write_jsonl(folder / "corpus.jsonl", [{"_id": d, "title": "", "text": t} for d, t in every["corpus"].items()])
-    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": t} for q, t in every["queries"].items()])
-    splits = {
-        "test": reported["relevant_docs"],
-        "dev": {q: docs for q, docs in every["relevant_docs"].items() if q not in reported["relevant_docs"]},
-    }
-    for split, relevant in splits.items():
+    corpus = held_out["test"]["corpus"]
+    queries = {**held_out["test"]["queries"], **held_out["dev"]["queries"]}
+    write_jsonl(folder / "corpus.jsonl", [{"_id": d, "title": "", "text": t} for d, t in corpus.items()])
+    write_jsonl(folder / "queries.jsonl", [{"_id": q, "text": t} for q, t in queries.items()])
+    for split in ("test", "dev"):
         with open(folder / "qrels" / f"{split}.tsv", "w", encoding="utf8") as f:
             f.write("query-id\tcorpus-id\tscore\n")
-            for qid, docs in relevant.items():
+            for qid, docs in held_out[split]["relevant_docs"].items():
                 f.writelines(f"{qid}\t{doc}\t1\n" for doc in sorted(docs))
     return folder
 

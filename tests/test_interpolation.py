@@ -127,6 +127,31 @@ def test_train_wise_ft_saves_the_interpolation_of_the_trained_and_the_base_weigh
     assert after["metrics"]["spearman"] == pytest.approx(trials[wise["alpha"]]["sts-dev/sts-dev"], abs=1e-6)
 
 
+def test_the_default_jobs_wise_ft_auto_chooses_on_held_out_queries_it_does_not_report(
+    tiny_bert_dir, tmp_path, monkeypatch
+):
+    """The default job reports its held-out docstring queries (``docstrings-held-out``); ``--wise_ft auto`` chooses
+    on the other held-out pairs (``docstrings-dev``), never on the reported ones. A fixed weight adds no dev task."""
+    import gte_st.default_data as default_data
+
+    rows = [default_data.DocPair(s1, s2, f"pkg/m{i}.py") for i, (_, s1, s2) in enumerate(stsb_rows("dev")[:300])]
+    monkeypatch.setattr(default_data, "mine_docstring_pairs", lambda: {"train": rows[:64], "test": rows[64:]})
+    common = ["--base_model", str(tiny_bert_dir), "--precision", "fp32", "--seed", "3", "--max_steps", "2",
+              "--per_device_train_batch_size", "16", "--save_steps", "100", "--learning_rate", "1e-2"]  # fmt: skip
+    auto, fixed = tmp_path / "auto", tmp_path / "fixed"
+    assert main([*common, "--output_dir", str(auto), "--wise_ft", "auto", "--wise_ft_grid", "0.5", "1.0"]) == 0
+    summary = json.loads((auto / "training_summary.json").read_text())
+    choice = summary["wise_ft"]
+    assert {key for scores in [choice["base"], *choice["trials"].values()] for key in scores} == {"docstrings-dev/dev"}
+    after = {result["dataset"]: result for result in summary["eval"]["after"]}
+    assert set(after) == {"docstrings-held-out", "docstrings-dev"} and after["docstrings-dev"]["split"] == "dev"
+
+    assert main([*common, "--output_dir", str(fixed)]) == 0  # the default job's own weight: 0.3, fixed
+    summary = json.loads((fixed / "training_summary.json").read_text())
+    assert summary["wise_ft"]["mode"] == "fixed"
+    assert [result["dataset"] for result in summary["eval"]["after"]] == ["docstrings-held-out"]
+
+
 def test_a_recipe_file_wise_ft_interpolates_after_the_last_stage(tiny_bert_dir, tmp_path):
     """``wise_ft: 0.8`` at the top of a two-stage recipe file (as scripts/recipes/scifact-hybrid.yaml): the saved
     weights are 0.2 x base + 0.8 x the weights the *last* stage ended with, once, after every stage."""

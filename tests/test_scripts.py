@@ -262,7 +262,7 @@ def test_train_quality_docstring_dev_queries_are_the_held_out_pairs_not_reported
     spec.loader.exec_module(bench)
 
     folder = bench.docstrings_beir(tmp_path)
-    _, reported = default_data.default_datasets(max_train=0, max_test=default_data.HELD_OUT_QUERIES)
+    reported = default_data.default_datasets(max_train=0, max_test=default_data.HELD_OUT_QUERIES)[1]["test"]
     test, dev = read_beir(folder, split="test"), read_beir(folder, split="dev")
     assert test.queries == reported["queries"] and len(test.queries) == default_data.HELD_OUT_QUERIES
     assert not set(dev.queries) & set(test.queries) and len(dev.queries) == 300 - default_data.HELD_OUT_QUERIES

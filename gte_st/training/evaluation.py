@@ -29,6 +29,8 @@ from gte_st.training.arguments import RecipeArguments
 EVAL_BATCH_SIZE = 64
 # The retrieval metrics are gte_st.evaluation.retrieval's (one list for `gte-st eval` and training).
 IR_SETTINGS = {**IR_EVALUATOR_SETTINGS, "batch_size": EVAL_BATCH_SIZE, "show_progress_bar": False}
+# The dataset name of the default job's held-out docstring queries (its "test" split is the one it reports).
+REPORTED_HELD_OUT = "docstrings-held-out"
 
 
 @dataclass(frozen=True)
@@ -198,8 +200,10 @@ def registered_task(spec: EvalTaskSpec, name: str, max_corpus: int | None = None
 
 def build_eval_tasks(recipe: RecipeArguments, held_out: dict[str, Any] | None = None) -> list[EvalTask]:
     """Evaluation tasks from the recipe's ``eval_sts``/``eval_beir``/``eval_task`` (and the default job's held-out
-    split). Every file is read and checked here, before the model is loaded and before the first training step;
-    a bad ``--eval_task`` entry is a one-line ``ValueError`` naming the option and the entry.
+    splits, :func:`gte_st.default_data.default_datasets`: the reported ``test`` queries, and the ``dev`` queries when
+    ``held_out`` has them, for ``--wise_ft auto`` to choose on in their place: :func:`choice_tasks`). Every file is
+    read and checked here, before the model is loaded and before the first training step; a bad ``--eval_task``
+    entry is a one-line ``ValueError`` naming the option and the entry.
 
     Every task encodes at ``recipe.eval_precision``: fp32 by default, because bf16 rounding reorders near-tied
     candidates -- it moved WikiQA MAP by up to 0.6 (docs/benchmarks.md, SciFact recipe), more than the 0.3 that
@@ -207,8 +211,13 @@ def build_eval_tasks(recipe: RecipeArguments, held_out: dict[str, Any] | None = 
     tasks: list[EvalTask] = []
     precision = recipe.eval_precision
     if held_out is not None:
-        evaluator = make_evaluator(RetrievalEvaluator, precision, **held_out, name="docstrings", **IR_SETTINGS)
-        tasks.append(EvalTask(evaluator, "Retrieval", "docstrings-held-out", "test"))
+        evaluator = make_evaluator(RetrievalEvaluator, precision, **held_out["test"], name="docstrings", **IR_SETTINGS)
+        tasks.append(EvalTask(evaluator, "Retrieval", REPORTED_HELD_OUT, "test"))
+        if held_out.get("dev", {}).get("queries"):
+            evaluator = make_evaluator(
+                RetrievalEvaluator, precision, **held_out["dev"], name="docstrings-dev", **IR_SETTINGS
+            )
+            tasks.append(EvalTask(evaluator, "Retrieval", "docstrings-dev", "dev"))
     for path in recipe.eval_sts or []:
         pairs = read_sts(path)
         name = Path(path).name.split(".")[0]
@@ -231,6 +240,12 @@ def build_eval_tasks(recipe: RecipeArguments, held_out: dict[str, Any] | None = 
     return tasks
 
 
+def choice_tasks(tasks: list[EvalTask]) -> list[EvalTask]:
+    """The tasks ``--wise_ft auto`` chooses on: all but the default job's reported held-out queries, which a choice
+    must not look at (their ``dev`` split stands in for them)."""
+    return [task for task in tasks if task.dataset != REPORTED_HELD_OUT]
+
+
 def evaluate(tasks: list[EvalTask], model: SentenceTransformer) -> list[EvalResult]:
     """Run every task on ``model`` (in eval mode, without gradients)."""
     model.eval()
@@ -239,10 +254,12 @@ def evaluate(tasks: list[EvalTask], model: SentenceTransformer) -> list[EvalResu
 
 
 __all__ = [
+    "REPORTED_HELD_OUT",
     "EvalTask",
     "EvalTaskSpec",
     "RegisteredTaskEvaluator",
     "build_eval_tasks",
+    "choice_tasks",
     "evaluate",
     "parse_eval_task",
 ]

@@ -29,7 +29,7 @@ from gte_st.files import atomic_write_json, replace_directory
 from gte_st.lora import add_lora, has_lora, load_lora_weights, lora_config, merge_lora
 from gte_st.training.arguments import RecipeArguments
 from gte_st.training.checkpoints import discard_non_finite_checkpoints, save_atomically
-from gte_st.training.evaluation import EvalTask, build_eval_tasks, evaluate
+from gte_st.training.evaluation import EvalTask, build_eval_tasks, choice_tasks, evaluate
 from gte_st.training.hard_negatives import mine_negatives
 from gte_st.training.loss import build_loss, build_replay_loss, describe_loss, uses_scores
 from gte_st.training.prompts import check_prompts, column_prompts, served_prompts
@@ -65,6 +65,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     final_dir = first.final_dir
     if first.recipe.resume_from_hub and not first.recipe.resume:
         first.recipe.resume = True
+    wise_ft = parse_wise_ft(first.recipe.wise_ft)
     default_train = held_out = None
     if any(stage.recipe.data is None for stage in stages):
         from gte_st.default_data import HELD_OUT_QUERIES, default_datasets
@@ -72,6 +73,8 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
         default_train, held_out = default_datasets(
             max_train=first.recipe.default_train_pairs, max_test=HELD_OUT_QUERIES
         )
+        if wise_ft != "auto":  # the dev queries are only for --wise_ft auto's choice
+            del held_out["dev"]
     # Every source and evaluation file is read and validated before the model is loaded.
     stage_data = [load_stage_data(stage, default_train) for stage in stages]
     tasks = build_eval_tasks(first.recipe, held_out)
@@ -79,7 +82,6 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
     base_model = first.recipe.base_model or gte_st.default_base_model()
     model = build_model(base_model, pooling=first.recipe.pooling)
     vocabulary = prepare_vocabulary(model, stages, stage_data)  # --extend_vocab, then the [UNK] guard
-    wise_ft = parse_wise_ft(first.recipe.wise_ft)
     # WiSE-FT interpolates with the weights the run started from; kept on the CPU.
     base_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()} if wise_ft else None
     serving_length = resolve_serving_length(model, first.recipe.serving_max_seq_length)
@@ -103,7 +105,7 @@ def run(stages: list[Stage], callbacks: Sequence[TrainerCallback] = ()) -> dict[
             model,
             base_state,
             wise_ft,
-            tasks=tasks,
+            tasks=choice_tasks(tasks),
             before=before,
             grid=first.recipe.wise_ft_grid,
             tolerance=first.recipe.wise_ft_tolerance,

@@ -83,20 +83,22 @@ def apply_wise_ft(
 ) -> dict[str, Any]:
     """Replace ``model``'s weights by their interpolation with ``base_state`` at ``wise_ft`` (a weight, or ``"auto"``:
     each weight of ``grid`` evaluated on ``tasks`` and chosen by :func:`choose_alpha` against ``before``, the base
-    model's results on the same tasks). Returns what the training summary records."""
+    model's results on them and possibly others). Returns what the training summary records."""
     tuned = {key: value.detach().clone() for key, value in model.state_dict().items()}
     if wise_ft != "auto":
         model.load_state_dict(interpolate_state_dicts(base_state, tuned, float(wise_ft)))
         return {"alpha": float(wise_ft), "mode": "fixed"}
     if not tasks:
         raise ValueError("--wise_ft auto needs evaluation tasks (--eval_sts / --eval_beir / --eval_task on dev data)")
-    base = {_key(result): result.score for result in map(EvalResult.from_dict, before)}
     trials: dict[float, dict[str, float]] = {}
     for alpha in check_grid(grid):
         model.load_state_dict(interpolate_state_dicts(base_state, tuned, alpha))
         results = evaluate(list(tasks), model)
         trials[alpha] = {_key(result): result.score for result in results}
         logger.info(f"WiSE-FT alpha {alpha}: {trials[alpha]}")
+    # ``before`` may hold more tasks than ``tasks`` (a reported one the choice must not look at)
+    chosen_on = next(iter(trials.values()))
+    base = {_key(r): r.score for r in map(EvalResult.from_dict, before) if _key(r) in chosen_on}
     alpha, feasible = choose_alpha(base, trials, tolerance)
     if not feasible:
         logger.warning(
