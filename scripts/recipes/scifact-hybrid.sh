@@ -10,8 +10,8 @@
 # 2. train scripts/recipes/scifact-hybrid.yaml: 3 epochs on the claims with those negatives, then 45 CoSENT steps on
 #    the STS-B train scores; a fifth of the claims stage's batches are general text
 #    (scripts/recipes/build_general_pairs.py: SNLI, WikiQA/MRPC/STS-B train, the default job's train docstrings)
-#    trained only to keep the base model's embeddings of it (weight 3), the docstring pairs with the claims' loss
-#    (keeps general quality; chosen on dev data).
+#    in equal shares, trained only to keep the base model's embeddings of it (weight 3), the docstring and WikiQA
+#    pairs with the claims' loss (keeps general quality; chosen on dev data).
 set -euo pipefail
 case "${1:-}" in -h | --help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
 cd "$(dirname "$0")/../.."
