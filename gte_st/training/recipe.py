@@ -470,7 +470,7 @@ def check_run_options(stages: list[Stage], *, from_default_job: bool = False) ->
     ``--output_dir``): ``--lora_save adapter`` keeps the adapter of a single LoRA stage (an adapter names the base
     model it applies to, so no other stage may change that model, and interpolating needs merged weights);
     ``--wise_ft auto`` chooses on the evaluation tasks (``--eval_sts``, ``--eval_beir``, ``--eval_task``, or the
-    default job's held-out set), so it needs some."""
+    default job's held-out docstring pairs that it does not report), so it needs some."""
     first = stages[0].recipe
     if first.lora_save == "adapter":
         if len(stages) != 1 or first.lora_r is None:
