@@ -1,7 +1,6 @@
-"""The embedded offline default data: weak (summary -> documentation) pairs mined from installed Python sources.
+"""The embedded offline default data: weak (summary -> documentation) pairs mined from Python sources.
 
-Every machine that runs gte-st has Python's standard library and the packages gte-st depends on, so their docstrings
-are real text that needs no download. Each documented function or class gives one GTE-style pair:
+Each documented function or class of a Python source gives one GTE-style pair:
 
 - ``anchor``: the docstring's summary line (a short natural-language "title"),
 - ``positive``: the qualified name, the signature and the rest of the docstring (the "body"; text + code).
@@ -10,6 +9,13 @@ The summary line is removed from the positive so the pair is not a trivial copy.
 :mod:`ast` (nothing is imported or executed). Files are assigned to the train or held-out split by a stable hash of
 their path relative to their root, so no file contributes to both; the held-out split is a small retrieval task
 (queries = summaries, corpus = bodies) for the before/after nDCG@10 of the default job.
+
+The default job reads the pairs **shipped with the package** (:data:`DEFAULT_PAIRS_FILE`, :func:`default_pairs`),
+mined once by ``scripts/build_default_pairs.py`` from the standard library and gte-st's dependencies at the versions
+its ``NOTICE`` names. Mining at run time made the job's training pairs *and* its held-out queries depend on the
+installed versions (a new huggingface_hub release changed a quarter of the held-out set, and so the job's printed
+figure); the shipped file gives every machine the same data, whatever it has installed.
+:func:`mine_docstring_pairs` stays for building that file and for mining other sources.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import re
 import sys
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from gte_st.readers import FileFormatError, json_records
 
 logger = logging.getLogger(__name__)
 
-# Packages whose sources are present wherever gte-st is installed (its own dependencies).
+# Packages whose sources scripts/build_default_pairs.py mines (gte-st's own dependencies, beside the standard library).
 # torch and transformers are left out: parsing their ~5k files takes over a minute on 2 cores.
 DEFAULT_PACKAGES = (
     "sentence_transformers",
@@ -171,6 +179,57 @@ def mine_docstring_pairs(
     return splits
 
 
+# The pairs the default job trains and evaluates on, shipped with the package (scripts/build_default_pairs.py wrote
+# it; the NOTICE beside it names the sources, their versions and licences).
+DEFAULT_PAIRS_FILE = Path(__file__).with_name("default_pairs") / "docstring_pairs.jsonl.gz"
+_SPLITS = ("train", "test")
+
+
+def write_docstring_pairs(splits: dict[str, list[DocPair]], path: str | Path) -> bytes:
+    """The bytes of a gzipped JSON Lines file of ``splits`` (one ``{"split", "anchor", "positive", "source"}`` object
+    per pair, in order), written to ``path`` and returned. Byte-identical for the same pairs (no timestamp in the
+    gzip header), so a rebuild from the same sources changes nothing in git."""
+    import gzip
+    import json
+
+    from gte_st.files import atomic_write_bytes
+
+    lines = [
+        json.dumps({"split": split, **asdict(pair)}, ensure_ascii=False, sort_keys=True)
+        for split in _SPLITS
+        for pair in splits[split]
+    ]
+    data = gzip.compress(("\n".join(lines) + "\n").encode("utf8"), compresslevel=9, mtime=0)
+    atomic_write_bytes(path, data)
+    return data
+
+
+def read_docstring_pairs(path: str | Path = DEFAULT_PAIRS_FILE) -> dict[str, list[DocPair]]:
+    """``{"train": [...], "test": [...]}`` from a file :func:`write_docstring_pairs` wrote (``.jsonl`` or
+    ``.jsonl.gz``). A row without a known ``split`` or without text ``anchor`` / ``positive`` / ``source`` is a
+    :class:`~gte_st.readers.FileFormatError` naming the file and line."""
+    splits: dict[str, list[DocPair]] = {split: [] for split in _SPLITS}
+    for line, record in json_records(path):
+        split = record.get("split")
+        if split not in splits:
+            raise FileFormatError(f"{path}:{line}: 'split' must be one of {list(_SPLITS)}, got {split!r}")
+        fields = {name: record.get(name) for name in ("anchor", "positive", "source")}
+        missing = [name for name, value in fields.items() if not isinstance(value, str) or not value]
+        if missing:
+            raise FileFormatError(f"{path}:{line}: needs text in {missing}")
+        splits[split].append(DocPair(**fields))
+    return splits
+
+
+def default_pairs() -> dict[str, list[DocPair]]:
+    """The default job's pairs: :func:`read_docstring_pairs` of the shipped :data:`DEFAULT_PAIRS_FILE`."""
+    splits = read_docstring_pairs(DEFAULT_PAIRS_FILE)
+    logger.info(
+        f"read {len(splits['train'])} train / {len(splits['test'])} held-out docstring pairs from {DEFAULT_PAIRS_FILE}"
+    )
+    return splits
+
+
 # Held-out queries the default job evaluates on: enough for a stable nDCG@10 while the before/after evaluation takes
 # seconds on two cores.
 HELD_OUT_QUERIES = 200
@@ -193,7 +252,7 @@ def default_datasets(
 
     from datasets import Dataset
 
-    splits = mine_docstring_pairs()
+    splits = default_pairs()
     rng = random.Random(seed)
     train_pairs = list(splits["train"])
     rng.shuffle(train_pairs)
@@ -225,4 +284,14 @@ def default_datasets(
     return train, held_out
 
 
-__all__ = ["DEFAULT_PACKAGES", "DocPair", "default_datasets", "mine_docstring_pairs", "pairs_from_source"]
+__all__ = [
+    "DEFAULT_PACKAGES",
+    "DEFAULT_PAIRS_FILE",
+    "DocPair",
+    "default_datasets",
+    "default_pairs",
+    "mine_docstring_pairs",
+    "pairs_from_source",
+    "read_docstring_pairs",
+    "write_docstring_pairs",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from itertools import accumulate
 from pathlib import Path
@@ -253,6 +254,53 @@ def test_default_docstring_pairs_are_real_and_split_by_file():
     assert not train_files & {p.source for p in splits["test"]}, "a file feeds both splits"
     assert all(p.anchor not in p.positive for p in splits["train"][:200])
     assert {p.source.split("/")[0] for p in splits["train"]} == {"stdlib", "tqdm"}
+
+
+def test_the_default_job_reads_its_shipped_pairs_not_the_installed_packages(tmp_path, monkeypatch):
+    """The default job's pairs come from the file shipped with the package, so every machine trains and evaluates on
+    the same pairs whatever versions it has installed: with mining made impossible, default_datasets still returns
+    them, and a rebuild of the file from the same pairs is byte-identical."""
+    import gte_st.default_data as default_data
+
+    shipped = default_data.read_docstring_pairs()
+    assert len(shipped["train"]) > 4000 and len(shipped["test"]) > 800
+    assert not {p.source for p in shipped["train"]} & {p.source for p in shipped["test"]}, "a file feeds both splits"
+    notice = (default_data.DEFAULT_PAIRS_FILE.parent / "NOTICE").read_text()
+    assert hashlib.sha256(default_data.DEFAULT_PAIRS_FILE.read_bytes()).hexdigest() in notice
+    assert f"{len(shipped['train'])}   {len(shipped['test']):>8}" in notice  # the 'all' row's counts
+
+    def no_mining(*args, **kwargs):
+        raise AssertionError("the default job mined the installed packages")
+
+    monkeypatch.setattr(default_data, "mine_docstring_pairs", no_mining)
+    monkeypatch.setattr(default_data, "source_roots", no_mining)
+    train, held_out = default_data.default_datasets(max_test=default_data.HELD_OUT_QUERIES)
+    assert sum(len(d) for d in train.values()) == len(shipped["train"])
+    assert len(held_out["test"]["queries"]) == 200 and len(held_out["test"]["corpus"]) == len(shipped["test"])
+
+    rebuilt = default_data.write_docstring_pairs(shipped, tmp_path / "pairs.jsonl.gz")
+    assert rebuilt == default_data.DEFAULT_PAIRS_FILE.read_bytes()
+    assert default_data.read_docstring_pairs(tmp_path / "pairs.jsonl.gz") == shipped
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"split": "dev", "anchor": "a", "positive": "b", "source": "s"}, "'split' must be one of"),
+        ({"split": "train", "anchor": "a", "source": "s"}, "needs text in ['positive']"),
+        ({"split": "test", "anchor": 3, "positive": "b", "source": ""}, "needs text in ['anchor', 'source']"),
+    ],
+)
+def test_a_bad_docstring_pairs_row_is_named_by_file_and_line(tmp_path, row, message):
+    from gte_st.default_data import read_docstring_pairs
+    from gte_st.readers import FileFormatError
+
+    good = {"split": "train", "anchor": "a", "positive": "b", "source": "s"}
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(FileFormatError) as info:
+        read_docstring_pairs(path)
+    assert str(info.value).startswith(f"{path}:2: ") and message in str(info.value)
 
 
 def test_flagembedding_teacher_scores_become_the_label_column(tmp_path):

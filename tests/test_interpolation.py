@@ -135,7 +135,7 @@ def test_the_default_jobs_wise_ft_auto_chooses_on_held_out_queries_it_does_not_r
     import gte_st.default_data as default_data
 
     rows = [default_data.DocPair(s1, s2, f"pkg/m{i}.py") for i, (_, s1, s2) in enumerate(stsb_rows("dev")[:300])]
-    monkeypatch.setattr(default_data, "mine_docstring_pairs", lambda: {"train": rows[:64], "test": rows[64:]})
+    monkeypatch.setattr(default_data, "default_pairs", lambda: {"train": rows[:64], "test": rows[64:]})
     common = ["--base_model", str(tiny_bert_dir), "--precision", "fp32", "--seed", "3", "--max_steps", "2",
               "--per_device_train_batch_size", "16", "--save_steps", "100", "--learning_rate", "1e-2"]  # fmt: skip
     auto, fixed = tmp_path / "auto", tmp_path / "fixed"

@@ -256,7 +256,7 @@ def test_train_quality_docstring_dev_queries_are_the_held_out_pairs_not_reported
     from gte_st.evaluation.readers import read_beir
 
     held_out = [default_data.DocPair(f"summary {i}", f"body {i}", f"pkg/m{i}.py") for i in range(300)]
-    monkeypatch.setattr(default_data, "mine_docstring_pairs", lambda: {"train": [], "test": held_out})
+    monkeypatch.setattr(default_data, "default_pairs", lambda: {"train": [], "test": held_out})
     spec = importlib.util.spec_from_file_location("bench_train_quality", SCRIPTS / "bench_train_quality.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -111,9 +111,9 @@ def stsb(data: Path, min_score: float) -> list[dict]:
 
 
 def docstrings() -> list[dict]:
-    from gte_st.default_data import mine_docstring_pairs
+    from gte_st.default_data import default_pairs
 
-    return [{"anchor": p.anchor, "positive": p.positive} for p in mine_docstring_pairs()["train"]]
+    return [{"anchor": p.anchor, "positive": p.positive} for p in default_pairs()["train"]]
 
 
 def main() -> None:

@@ -80,16 +80,10 @@ def main() -> None:
     if args.max_titles is not None and not args.titles:
         parser.error("argument --max-titles: only with --titles")
 
-    import csv
-
-    from sentence_transformers import SentenceTransformer
-
-    import gte_st
-    from gte_st.encoding import encode
+    # The checks that need no heavy import come first: a bad option or path is one line before torch is even loaded.
     from gte_st.errors import UsageError
     from gte_st.files import check_output_path
-    from gte_st.search import BM25Retriever, check_bm25_weight
-    from gte_st.search.teacher import hybrid_teacher_rows
+    from gte_st.ranking.fusion import check_bm25_weight
 
     check_bm25_weight(args.bm25_weight)
     try:  # the output folder is this script's own: never an input, inside one or holding one
@@ -107,10 +101,22 @@ def main() -> None:
     ):
         if not path.is_file():
             parser.error(f"--data {args.data}: no {path.relative_to(args.data)} (a BEIR folder with train qrels)")
+    if not Path(args.stsb).is_file():
+        parser.error(f"--stsb: {args.stsb} is not a file")
     try:  # read before any work or output, so a bad file is one line and leaves nothing behind
         stsb = stsb_pairs(Path(args.stsb))
     except (OSError, ValueError) as error:
         parser.error(f"--stsb: {error}")
+
+    import csv
+
+    from sentence_transformers import SentenceTransformer
+
+    import gte_st
+    from gte_st.encoding import encode
+    from gte_st.search import BM25Retriever
+    from gte_st.search.teacher import hybrid_teacher_rows
+
     start = time.time()
     data, out = Path(args.data), Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
