@@ -36,13 +36,14 @@ def main() -> None:
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     from gte_st.errors import UsageError
-    from gte_st.evaluation.readers import read_sts
     from gte_st.files import check_output_path
 
     try:  # the output folder is this script's own: never one of the source files or a folder holding one
         check_output_path(args.out_dir, {f"{name} file": path for name, path in SOURCES.items()}, option="--out-dir")
     except UsageError as error:
         parser.error(str(error))
+    from gte_st.evaluation.readers import read_sts  # after the check: it loads torch, seconds before a one-line error
+
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, path in SOURCES.items():
