@@ -283,6 +283,35 @@ def test_the_default_job_reads_its_shipped_pairs_not_the_installed_packages(tmp_
     assert default_data.read_docstring_pairs(tmp_path / "pairs.jsonl.gz") == shipped
 
 
+def test_the_built_wheel_ships_the_default_pairs(tmp_path):
+    """A user who installs gte-st from a wheel (not from this checkout) gets the default job's pairs and their NOTICE:
+    the package data is declared in pyproject.toml. Built from a copy, so nothing is written into the checkout."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from conftest import REPO_ROOT
+
+    source = tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(REPO_ROOT / "gte_st", source / "gte_st", symlinks=True, ignore=skip)
+    shutil.copytree(REPO_ROOT / "model_cards", source / "model_cards", ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w",
+         str(tmp_path / "dist")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("gte_st-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"gte_st/default_pairs/docstring_pairs.jsonl.gz", "gte_st/default_pairs/NOTICE"} <= set(names)
+    shipped = zipfile.ZipFile(wheel).read("gte_st/default_pairs/docstring_pairs.jsonl.gz")
+    assert shipped == (REPO_ROOT / "gte_st" / "default_pairs" / "docstring_pairs.jsonl.gz").read_bytes()
+
+
 @pytest.mark.parametrize(
     "row, message",
     [
