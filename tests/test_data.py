@@ -248,7 +248,7 @@ def test_default_docstring_pairs_are_real_and_split_by_file():
     assert pair.anchor == "Compute the area of a circle."
     assert pair.positive == "geometry.area: def area(r)\nUses pi times the radius squared, for r >= 0."
 
-    splits = mine_docstring_pairs(("tqdm",))
+    splits = mine_docstring_pairs(("tqdm",), max_files_per_root=250)  # the first 250 files of each root: ~2 s, not 8
     assert len(splits["train"]) > 500 and len(splits["test"]) > 50
     train_files = {p.source for p in splits["train"]}
     assert not train_files & {p.source for p in splits["test"]}, "a file feeds both splits"
