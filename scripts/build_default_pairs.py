@@ -76,8 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         parser.error(f"--out-dir {args.out_dir} is a file, not a folder")
 
-    from gte_st.default_data import mine_docstring_pairs, write_docstring_pairs
-    from gte_st.files import atomic_write_text
+    from gte_st.default_data import mine_docstring_pairs, source_roots, write_docstring_pairs
+    from gte_st.errors import UsageError
+    from gte_st.files import atomic_write_text, check_output_path
+
+    try:  # the output folder is this script's own: never inside, equal to or holding a source it mines
+        check_output_path(
+            args.out_dir,
+            {f"{name} sources": root for name, root in source_roots(DEFAULT_PACKAGES)},
+            option="--out-dir",
+        )
+    except UsageError as error:
+        parser.error(str(error))
 
     splits = mine_docstring_pairs(DEFAULT_PACKAGES)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -246,6 +246,20 @@ def test_pair_builders_refuse_an_output_folder_that_is_or_holds_their_input(
     assert not any(data.iterdir()) and (shared_data / "stsb" / "sts-train.csv").stat().st_mtime_ns == before
 
 
+def test_default_pairs_builder_refuses_an_output_folder_among_its_sources(tmp_path: Path):
+    """build_default_pairs.py mines installed sources: an ``--out-dir`` inside one of them is refused in one line
+    before any mining, and nothing is written there."""
+    import tqdm
+
+    out = Path(tqdm.__file__).parent / "gte-st-pairs"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "build_default_pairs.py"), "--out-dir", str(out)],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "lies inside the tqdm sources" in done.stderr.splitlines()[-1] and not out.exists()
+
+
 def test_train_quality_docstring_dev_queries_are_the_held_out_pairs_not_reported(tmp_path: Path, monkeypatch):
     """bench_train_quality.py's docstring measures: ``test`` holds exactly the queries the default job reports
     (default_datasets' seeded sample), ``dev`` every other held-out pair, over the same held-out corpus; so a setting
