@@ -19,8 +19,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 # Licence of each mined source (its distribution name, for the version, and its licence as its project states it).
 SOURCES = {
     "stdlib": ("Python", "PSF-2.0"),
